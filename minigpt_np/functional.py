@@ -1,0 +1,123 @@
+"""Tensor-level ops: each runs a forward from `ops` and records the matching backward in the graph.
+
+Every function returns a `Tensor`; its backward closure returns one gradient per parent, in order.
+"""
+import numpy as np
+
+from . import ops
+from .tensor import Tensor, make, unbroadcast
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else np.asarray(x)
+
+
+def add(a, b):
+    """y = a + b with numpy broadcasting; each gradient is dy summed back to its operand's shape."""
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = b if isinstance(b, Tensor) else Tensor(b)
+    y = a.data + b.data
+    return make(y, (a, b), lambda dy: (unbroadcast(dy, a.shape), unbroadcast(dy, b.shape)))
+
+
+def mul(a, b):
+    """y = a * b with broadcasting;  da = dy b,  db = dy a (unbroadcast)."""
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = b if isinstance(b, Tensor) else Tensor(b)
+    y = a.data * b.data
+    return make(y, (a, b), lambda dy: (unbroadcast(dy * b.data, a.shape), unbroadcast(dy * a.data, b.shape)))
+
+
+def sum(x):  # noqa: A001 - mirrors Tensor.sum
+    """y = sum of all entries;  dx = dy broadcast to x's shape."""
+    return make(np.sum(x.data), (x,), lambda dy: (np.broadcast_to(dy, x.shape).copy(),))
+
+
+def reshape(x, shape):
+    """Same entries, new shape;  dx = dy reshaped back."""
+    return make(x.data.reshape(shape), (x,), lambda dy: (dy.reshape(x.shape),))
+
+
+def embedding(weight, idx):
+    """out = W[idx].   W (V, C), idx int (B, T) -> (B, T, C);  dW scatter-adds dout into the rows idx."""
+    out = ops.embedding_forward(weight.data, idx)
+    return make(out, (weight,), lambda dout: (ops.embedding_backward(dout, idx, weight.shape[0]),))
+
+
+def linear(x, w, b=None):
+    """y = x W + b.   x (..., C), W (C, OC), b (OC,) -> (..., OC)."""
+    y = ops.linear_forward(x.data, w.data, None if b is None else b.data)
+
+    def backward(dy):
+        dx, dw, db = ops.linear_backward(dy, x.data, w.data, need_dx=x.requires_grad)
+        return dx, dw, db
+    return make(y, (x, w, b), backward)
+
+
+def lm_head(x, wte):
+    """logits = x E^T, the output layer tied to the token embedding E.   x (B, T, C), E (V, C) -> (B, T, V)."""
+    logits = ops.lm_head_forward(x.data, wte.data)
+    return make(logits, (x, wte), lambda dlogits: ops.lm_head_backward(dlogits, x.data, wte.data))
+
+
+def layer_norm(x, w, b, eps=ops.LN_EPS):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis.   x (..., C) -> (..., C)."""
+    y, xhat, rstd = ops.layernorm_forward(x.data, w.data, b.data, eps)
+    return make(y, (x, w, b), lambda dy: ops.layernorm_backward(dy, xhat, rstd, w.data))
+
+
+def gelu(x):
+    """y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    y, th = ops.gelu_forward(x.data)
+    return make(y, (x,), lambda dy: (ops.gelu_backward(dy, x.data, th),))
+
+
+def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
+    """Multi-head causal attention from the fused projection qkv = x W_attn + b_attn.
+
+    qkv (B, T, 3C) -> y (B, T, C), heads merged (before the output projection c_proj).
+    key_mask (B, S): 1 for real tokens, 0 for padding, over all S key positions (S = T without a cache).
+    cache: a `generate.LayerCache` holding earlier keys and values; the new ones are appended to it (no graph).
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (ops.split_heads(part, n_head) for part in np.split(qkv.data, 3, axis=-1))   # (B, H, T, D) each
+    if cache is not None:
+        k, v = cache.append(k, v)                                                      # (B, H, S, D)
+    allowed = ops.causal_allowed(T, k.shape[2], key_mask)
+    y, att = ops.attention_forward(q, k, v, allowed)
+
+    def backward(dy):
+        dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), q, k, v, att)
+        return (np.concatenate([ops.merge_heads(dq), ops.merge_heads(dk), ops.merge_heads(dv)], axis=-1),)
+    return make(ops.merge_heads(y), (qkv,), backward)
+
+
+def dropout(x, p, rng):
+    """y = x * m / (1 - p), m ~ Bernoulli(1 - p) drawn from `rng` (seeded); identity when p == 0."""
+    if p == 0.0:
+        return x
+    keep = (rng.random(x.shape) >= p).astype(x.dtype) / np.asarray(1.0 - p, dtype=x.dtype)
+    return make(x.data * keep, (x,), lambda dy: (dy * keep,))
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """L = mean over positions with target != ignore_index of -log softmax(logits)[target].
+
+    logits (..., V) Tensor, targets int (...) -> scalar Tensor. The backward is the fused softmax - onehot.
+    """
+    targets = np.asarray(targets)
+    V = logits.shape[-1]
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets shape {targets.shape} must equal logits shape without the "
+                         f"vocabulary axis {logits.shape[:-1]}")
+    t = targets.reshape(-1)
+    bad = (t != ignore_index) & ((t < 0) | (t >= V))
+    if bad.any():
+        raise ValueError(f"cross_entropy: target ids must lie in [0, {V}) or equal {ignore_index}; "
+                         f"found {t[bad][:5].tolist()}")
+    loss, probs = ops.cross_entropy_forward(logits.data.reshape(-1, V), t, ignore_index)
+
+    def backward(dloss):
+        return (ops.cross_entropy_backward(dloss, probs, t, ignore_index).reshape(logits.shape),)
+    return make(np.asarray(loss, dtype=logits.dtype), (logits,), backward)
