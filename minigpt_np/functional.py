@@ -88,7 +88,9 @@ def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
     y, att = ops.attention_forward(q, k, v, allowed)
 
     def backward(dy):
-        dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), q, k, v, att)
+        # only a padding mask can leave a query row with no allowed key (see ops.attention_backward)
+        dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), q, k, v, att,
+                                            None if key_mask is None else allowed)
         return (np.concatenate([ops.merge_heads(dq), ops.merge_heads(dk), ops.merge_heads(dv)], axis=-1),)
     return make(ops.merge_heads(y), (qkv,), backward)
 

@@ -122,11 +122,13 @@ def attention_forward(q, k, v, allowed):
     return att @ v, att
 
 
-def attention_backward(dy, q, k, v, att):
+def attention_backward(dy, q, k, v, att, allowed=None):
     """Backward of y = att v, att = softmax(s), s = q k^T / sqrt(D).
 
     dv = att^T dy;  datt = dy v^T;  ds = att * (datt - sum_S(datt * att))  (softmax Jacobian);
     dq = ds k / sqrt(D);  dk = ds^T q / sqrt(D).  Masked scores have att = 0, hence ds = 0: no gradient leaks.
+    A row with no allowed key (a left-padding query) is the exception: its scores are all the same constant, so
+    att is uniform yet independent of q and k; pass `allowed` (the forward's mask) to zero ds there.
     """
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
     dv = att.swapaxes(-1, -2) @ dy
@@ -135,6 +137,8 @@ def attention_backward(dy, q, k, v, att):
     ds -= np.sum(datt * att, axis=-1, keepdims=True)
     ds *= att
     ds *= scale
+    if allowed is not None:
+        ds *= allowed
     dq = ds @ k
     dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv
