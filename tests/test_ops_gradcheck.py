@@ -3,6 +3,8 @@
 Each `test_<op>_backward_matches_finite_differences` is paired with a negative control: the same gradcheck
 against a deliberately wrong backward (a classic bug for that op, monkeypatched in) must raise.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -229,6 +231,14 @@ def test_masked_attention_gradcheck_catches_a_missing_softmax_jacobian_term(monk
     assert_gradcheck_fails(attention_fn(LEFT_PADDING), {"qkv": randn(3, 5, 3 * 4)})
 
 
+def test_masked_attention_gradcheck_catches_gradient_in_query_rows_that_see_no_key(monkeypatch):
+    """A padding query with no allowed key has uniform att over constant scores: ds must be 0 there, not att * (...)."""
+    attention_backward = ops.attention_backward
+    monkeypatch.setattr(ops, "attention_backward",
+                        lambda dy, q, k, v, att, allowed=None: attention_backward(dy, q, k, v, att))
+    assert_gradcheck_fails(attention_fn(LEFT_PADDING), {"qkv": randn(3, 5, 3 * 4)})
+
+
 # ------------------------------------------------------------------------------------------------ dropout
 P_DROP = 0.3
 
@@ -311,7 +321,7 @@ def random_gpt(cfg, seed=0):
 
 @pytest.mark.parametrize("value_head, padded", [(False, False), (True, False), (False, True), (True, True)])
 def test_tiny_gpt_loss_gradient_matches_finite_differences_for_every_parameter(value_head, padded):
-    cfg = mg.GPTConfig(**{**TINY.__dict__, "value_head": value_head})
+    cfg = dataclasses.replace(TINY, value_head=value_head)
     model = random_gpt(cfg)
     rng = np.random.default_rng(1)
     B, T = 2, 6
