@@ -1,0 +1,351 @@
+"""Benchmark the NumPy GPT (minigpt_np) against the same GPT in PyTorch, and KV-cache generation against recomputation.
+
+    python scripts/bench.py [--repeats 10] [--quick] [--threads N]
+
+Times, in one run:
+  * a full training step (forward, backward, AdamW) of the same GPT-2 (pre-LN, tanh GELU, tied head), same weights,
+    float32, in NumPy and in PyTorch on the CPU with the same number of threads, at the default pretraining size
+    (vocab 2048, block 64, 4 layers x 4 heads x 128, batch 32) and a larger one (block 128, 6 x 6 x 192, batch 16);
+  * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
+    with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
+Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
+in machine load hits both sides alike; the figure is the median.
+
+FLOPs are counted analytically, for matmuls only (2 FLOPs per multiply-add), with the attention score matrix counted
+in full (as the PaLM MFU formula does, although half of it is masked):
+    N = L * 12 C^2 + V C                      matmul weights: qkv 3C^2, attention proj C^2, MLP 8C^2; tied lm_head V C
+    forward, per token attending to S keys:   2 N + 4 L C S             (q k^T and att v: 2 C S each, per layer)
+    training step on B x T tokens:            3 x forward = (6 N + 12 L C T) B T
+Peak memory is the growth of the resident set over one step, measured in a separate untimed pass from Linux's
+high-water mark (VmHWM in /proc/self/status after resetting it through /proc/self/clear_refs); where that is not
+available, from resource.getrusage(RUSAGE_SELF).ru_maxrss, which cannot be reset and may under-report.
+
+The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, default size), train_step_ratio_large,
+kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the raw milliseconds and the conditions.
+It prints figures; it never asserts on them.
+"""
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):       # `python scripts/bench.py` from a checkout: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+import minigpt_np as mg
+from minigpt_np import functional as F
+
+SIZES = {
+    "default": (mg.GPTConfig(vocab_size=2048, block_size=64, n_layer=4, n_head=4, n_embd=128), 32),
+    "large": (mg.GPTConfig(vocab_size=2048, block_size=128, n_layer=6, n_head=6, n_embd=192), 16),
+}
+GEN_CFG = mg.GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128)
+GEN_BATCH, GEN_PROMPT, GEN_NEW = 8, 8, 64
+LR, WEIGHT_DECAY = 1e-3, 0.1
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+def matmul_params(cfg):
+    """N = L 12 C^2 + V C: the weights that take part in a matmul (biases, LayerNorms and wpe do not)."""
+    return cfg.n_layer * 12 * cfg.n_embd ** 2 + cfg.vocab_size * cfg.n_embd
+
+
+def forward_flops(cfg, n_tokens, n_keys):
+    """2 N + 4 L C S per token whose query attends to S keys."""
+    return n_tokens * (2 * matmul_params(cfg) + 4 * cfg.n_layer * cfg.n_embd * n_keys)
+
+
+def train_flops(cfg, batch):
+    """(6 N + 12 L C T) B T: forward plus a backward of twice its cost."""
+    return 3 * forward_flops(cfg, batch * cfg.block_size, cfg.block_size)
+
+
+def kv_generate_flops(cfg, batch, prompt, new):
+    """The prompt once (logits at every prompt position), then one position per new token after the first."""
+    flops = forward_flops(cfg, batch * prompt, prompt)
+    for s in range(prompt + 1, prompt + new):
+        flops += forward_flops(cfg, batch, s)
+    return flops
+
+
+def recompute_generate_flops(cfg, batch, prompt, new):
+    """A full forward over all s positions for every new token."""
+    return sum(forward_flops(cfg, batch * s, s) for s in range(prompt, prompt + new))
+
+
+# ------------------------------------------------------------------------------------------------ the PyTorch GPT
+def torch_params(model):
+    """The NumPy model's weights as float32 torch leaves, keyed by the same Hugging Face names."""
+    return {name: torch.tensor(p.data, dtype=torch.float32, requires_grad=True) for name, p in model.named_parameters()}
+
+
+def torch_gpt_loss(P, cfg, idx, targets):
+    """The same GPT-2 in plain torch ops: pre-LN, causal attention with explicit softmax, tanh GELU, tied head."""
+    B, T = idx.shape
+    C, H = cfg.n_embd, cfg.n_head
+    D = C // H
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    x = P["transformer.wte.weight"][idx] + P["transformer.wpe.weight"][:T]
+    for i in range(cfg.n_layer):
+        h = f"transformer.h.{i}."
+        a = TF.layer_norm(x, (C,), P[h + "ln_1.weight"], P[h + "ln_1.bias"], 1e-5)
+        qkv = a @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(C, dim=-1))
+        att = (q @ k.transpose(-1, -2)) * (1.0 / D ** 0.5)
+        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
+        m = TF.layer_norm(x, (C,), P[h + "ln_2.weight"], P[h + "ln_2.bias"], 1e-5)
+        m = TF.gelu(m @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"], approximate="tanh")
+        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
+    x = TF.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], 1e-5)
+    logits = x @ P["transformer.wte.weight"].T
+    return TF.cross_entropy(logits.view(-1, cfg.vocab_size), targets.view(-1))
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def make_numpy_trainer(model, idx, targets):
+    optimizer = mg.AdamW(model.named_parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+
+    def step():
+        model.zero_grad()
+        loss = F.cross_entropy(model(idx), targets)
+        loss.backward()
+        optimizer.step()
+        return float(loss.data)
+    return step, model.zero_grad
+
+
+def make_torch_trainer(P, cfg, idx, targets):
+    decay = [p for p in P.values() if p.ndim >= 2]
+    no_decay = [p for p in P.values() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR)
+    idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch_gpt_loss(P, cfg, idx_t, targets_t)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step, lambda: optimizer.zero_grad(set_to_none=True)
+
+
+def generate_recompute(model, idx, max_new_tokens):
+    """Greedy decoding without a cache: every new token re-runs the whole sequence."""
+    out = idx
+    with mg.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(out).data[:, -1]                    # (B, V)
+            out = np.concatenate([out, logits.argmax(axis=-1)[:, None]], axis=1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
+def interleaved_medians(fns, warmup, repeats):
+    """Run each function `warmup` times, then `repeats` rounds of all of them in turn; median ms of each."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            ts.append(timed(fn))
+    return [statistics.median(ts) for ts in times]
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_rss_growth_mb(fn, before):
+    """Growth of the resident set while fn() runs, in MB: VmHWM after resetting it, minus VmRSS before.
+
+    Runs in a fresh process (see `memory_probe`) whose malloc returns every large block to the system when it is
+    freed (MALLOC_MMAP_THRESHOLD_), so the resident set follows the live arrays rather than malloc's free lists.
+    """
+    fn()                                                 # warm-up: lazily created state (torch's AdamW moments)
+    before()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                 # resets VmHWM to the current RSS (Linux >= 4.0)
+        rss_before = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - rss_before) / 1024
+    except OSError:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, kB on Linux
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) * scale / 1024 ** 2
+
+
+def memory_probe(case, engine):
+    """Peak resident-set growth (MB) of one step of `engine` on `case`, measured here: call in a fresh process."""
+    if case in SIZES:
+        steps = build_training(case)
+        fn, before = steps[engine]
+    else:
+        fn, before = build_generation()[engine], (lambda: None)
+    return peak_rss_growth_mb(fn, before)
+
+
+def measure_memory(case, engine, threads):
+    """Run `memory_probe` in a fresh Python process, so earlier cases leave nothing resident; MB or nan."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", case, engine]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        logging.warning("memory probe %s/%s failed: %s", case, engine, done.stderr.strip()[-500:])
+        return float("nan")
+
+
+def blas_threads():
+    """Threads numpy's BLAS uses (threadpoolctl if installed, else the core count)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return os.cpu_count() or 1
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else os.cpu_count() or 1
+
+
+def set_blas_threads(n):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise SystemExit("--threads needs threadpoolctl (pip install threadpoolctl), or set OPENBLAS_NUM_THREADS")
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def build_training(size):
+    """The same GPT and batch in NumPy and torch: {"numpy": (step, zero_grad), "torch": (step, zero_grad)}."""
+    cfg, batch = SIZES[size]
+    model = mg.GPT(cfg, dtype=np.float32, seed=0)
+    P = torch_params(model)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
+    targets = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
+    return {"numpy": make_numpy_trainer(model, idx, targets), "torch": make_torch_trainer(P, cfg, idx, targets)}
+
+
+def build_generation():
+    """{"kv": generate with the cache, "recompute": generate re-running the sequence}, each returning the tokens."""
+    model = mg.GPT(GEN_CFG, dtype=np.float32, seed=0)
+    prompt = np.random.default_rng(2).integers(0, GEN_CFG.vocab_size, (GEN_BATCH, GEN_PROMPT))
+    return {"kv": lambda: mg.generate(model, prompt, GEN_NEW, temperature=0),
+            "recompute": lambda: generate_recompute(model, prompt, GEN_NEW)}
+
+
+def bench_training(size, warmup, repeats, threads):
+    cfg, batch = SIZES[size]
+    steps = build_training(size)
+    (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
+    loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
+    ms_np, ms_torch = interleaved_medians([np_step, torch_step], warmup, repeats)
+    del steps, np_step, torch_step
+    mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
+    tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
+    shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} T{cfg.block_size} B{batch}"
+    rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem)
+            for engine, ms, mem in (("numpy", ms_np, mem_np), ("torch", ms_torch, mem_torch))]
+    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "first_loss_abs_diff": abs(loss_np - loss_torch)}
+
+
+def bench_generation(warmup, repeats, threads):
+    fns = build_generation()
+    same = bool(np.array_equal(fns["kv"](), fns["recompute"]()))
+    ms_kv, ms_re = interleaved_medians([fns["kv"], fns["recompute"]], warmup, repeats)
+    mem_kv, mem_re = measure_memory("generate", "kv", threads), measure_memory("generate", "recompute", threads)
+    tokens = GEN_BATCH * GEN_NEW
+    shape = f"{GEN_CFG.n_layer}x{GEN_CFG.n_head}x{GEN_CFG.n_embd} B{GEN_BATCH} {GEN_PROMPT}+{GEN_NEW}"
+    rows = [(f"generate ({shape})", "numpy KV cache", ms_kv, tokens / ms_kv * 1e3,
+             kv_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_kv / 1e6, mem_kv),
+            (f"generate ({shape})", "numpy recompute", ms_re, tokens / ms_re * 1e3,
+             recompute_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_re / 1e6, mem_re)]
+    return rows, {"ms_kv": ms_kv, "ms_recompute": ms_re, "same_tokens": same}
+
+
+def print_table(rows):
+    header = ("case", "engine", "ms/step", "tokens/s", "GFLOP/s", "peak MB")
+    width = max(len(r[0]) for r in rows)
+    print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}")
+    for case, engine, ms, tps, gflops, mem in rows:
+        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{mem:>9.1f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up iterations per case")
+    parser.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up: a rough figure in seconds")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses)")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:                               # the fresh process started by measure_memory
+        print(memory_probe(*args.memory_probe))
+        return None
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
+    limits = set_blas_threads(args.threads) if args.threads else None
+    threads = blas_threads()
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+
+    rows, report = [], {}
+    for size in SIZES:
+        size_rows, r = bench_training(size, warmup, repeats, threads)
+        rows += size_rows
+        report[size] = r
+    gen_rows, gen = bench_generation(warmup, repeats, threads)
+    rows += gen_rows
+    print_table(rows)
+    print(f"threads {threads} (numpy BLAS and torch); load average {load_before[0]:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; median of {repeats} interleaved repeats after {warmup} warm-up; "
+          f"peak MB = resident-set growth over one step")
+    summary = {
+        "train_step_ratio": report["default"]["ms_numpy"] / report["default"]["ms_torch"],
+        "train_step_ratio_large": report["large"]["ms_numpy"] / report["large"]["ms_torch"],
+        "kv_cache_speedup": gen["ms_recompute"] / gen["ms_kv"],
+        "train_ms_numpy": report["default"]["ms_numpy"], "train_ms_torch": report["default"]["ms_torch"],
+        "train_large_ms_numpy": report["large"]["ms_numpy"], "train_large_ms_torch": report["large"]["ms_torch"],
+        "generate_kv_ms": gen["ms_kv"], "generate_recompute_ms": gen["ms_recompute"],
+        "generate_same_tokens": gen["same_tokens"],
+        "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
+        "threads": threads, "repeats": repeats, "warmup": warmup,
+        "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    }
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    if limits is not None:
+        limits.restore_original_limits()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
