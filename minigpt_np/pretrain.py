@@ -38,8 +38,9 @@ META_KEY = "pretrain"
 
 @dataclasses.dataclass
 class PretrainConfig:
-    max_steps: int = 1000                 # optimizer updates; the cosine schedule reaches min_lr here
-    max_seconds: Optional[float] = None   # wall-clock budget summed over resumes; stop once spent (None: no limit)
+    max_steps: Optional[int] = 1000       # optimizer updates; the cosine schedule reaches min_lr here (None: time only)
+    max_seconds: Optional[float] = None   # wall-clock budget summed over resumes, a hard stop; sets the schedule
+                                          # when max_steps is None (see learning_rate)
     batch_size: int = 32                  # windows per update, B
     block_size: Optional[int] = None      # tokens of context per window, T (None: the model's block_size)
     lr: float = 2e-3                      # peak learning rate, reached after warmup
@@ -55,10 +56,12 @@ class PretrainConfig:
     seed: int = 0                         # seeds the batch sampler: same seed, data and config -> same weights
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_interval", "checkpoint_interval"):
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("PretrainConfig needs a budget: max_steps, max_seconds or both")
+        for name in ("batch_size", "eval_interval", "checkpoint_interval") + (("max_steps",) if self.max_steps else ()):
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_steps <= self.max_steps:
+        if self.warmup_steps < 0 or (self.max_steps is not None and self.warmup_steps > self.max_steps):
             raise ValueError(f"PretrainConfig.warmup_steps must lie in [0, max_steps={self.max_steps}], "
                              f"got {self.warmup_steps}")
         if not 0.0 <= self.min_lr <= self.lr:
@@ -72,6 +75,26 @@ class PretrainConfig:
 # Fields that may change between a run and its resumption without breaking anything but the bit-for-bit claim
 # (max_steps also reshapes the rest of the schedule): they only say when to stop, evaluate or save.
 _BOOKKEEPING = ("max_steps", "max_seconds", "eval_interval", "eval_windows", "checkpoint_interval")
+
+
+def learning_rate(cfg, step, elapsed):
+    """Learning rate of update `step` (0-based) after `elapsed` seconds of training.
+
+    With a step budget S (max_steps), warmup + cosine over steps, exactly `optim.lr_schedule`: deterministic,
+    so a run is reproducible by seed and max_seconds, if also set, is only a safety stop.
+    With only a time budget, progress is measured in time, p = elapsed / max_seconds, so the run anneals to
+    min_lr just as the budget runs out however fast the machine is:
+
+        lr = min(1, step / W) * (min_lr + (lr - min_lr) (1 + cos(pi p)) / 2)
+
+    (the warmup still counts updates; such a run depends on the machine's speed and is not reproducible).
+    """
+    if cfg.max_steps is not None:
+        return lr_schedule(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
+                           min_lr=cfg.min_lr)
+    p = min(1.0, elapsed / cfg.max_seconds)
+    warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warmup * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -111,7 +134,8 @@ def checkpoint_status(path):
 
 
 def _is_finished(state, cfg):
-    return state["step"] >= cfg.max_steps or (cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds)
+    return ((cfg.max_steps is not None and state["step"] >= cfg.max_steps)
+            or (cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds))
 
 
 def _rng_state_from_json(state):
@@ -219,8 +243,7 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
         while True:
             t0 = time.perf_counter()
             step = state["step"]
-            lr = lr_schedule(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
-                             min_lr=cfg.min_lr)
+            lr = learning_rate(cfg, step, elapsed())
             windows = sample_windows(train_ids, T, B, rng)                          # (B, T+1)
             loss = F.cross_entropy(model(windows[:, :-1]), windows[:, 1:])
             loss_value = float(loss.data)
@@ -246,7 +269,7 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
                                 refresh=False)
 
             # The only place the run decides to stop, so the last update is always evaluated and saved.
-            if state["step"] >= cfg.max_steps:
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 state["stop_reason"] = "max_steps"
             elif cfg.max_seconds is not None and elapsed() >= cfg.max_seconds:
                 state["stop_reason"] = "max_seconds"
@@ -258,7 +281,10 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
                           "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "elapsed": elapsed()}
                 state["history"].append(record)
                 interval_losses = []
-                logger.info("step %d: train %.4f val %.4f nats/token, %.0f tokens/s", record["step"],
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.3f}", val=_fmt(state["val_loss"]),
+                                    tok_s=f"{tokens_per_s:,.0f}")
+                logger.debug("step %d: train %.4f val %.4f nats/token, %.0f tokens/s", record["step"],
                             record["train_loss"], record["val_loss"], tokens_per_s)
                 if log is not None:
                     log(record)

@@ -10,7 +10,7 @@ from minigpt_np.checkpoint import load_npz
 from minigpt_np.data import (build_tokenizer, count_chars, encode_corpus, load_or_build_tokenizer, sample_windows,
                              validation_windows)
 from minigpt_np.metrics import bits_per_char, unigram_entropy
-from minigpt_np.pretrain import PretrainConfig, TrainingDiverged, checkpoint_status, pretrain
+from minigpt_np.pretrain import PretrainConfig, TrainingDiverged, checkpoint_status, learning_rate, pretrain
 
 REVIEWS = [
     "A warm, funny and surprisingly moving film about growing up.",
@@ -196,6 +196,27 @@ def test_time_budget_stops_early_and_is_counted_across_resumes(tokenizer, stream
     assert pretrain(tiny_model(tokenizer), train_ids, val_ids, cfg, checkpoint_path=path, progress=False)["step"] == 1
     more = PretrainConfig(max_steps=3, batch_size=4, warmup_steps=1)
     assert pretrain(tiny_model(tokenizer), train_ids, val_ids, more, checkpoint_path=path, progress=False)["step"] == 3
+
+
+def test_learning_rate_follows_steps_or_else_time_known_answers():
+    by_steps = PretrainConfig(max_steps=110, max_seconds=5.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    for step in (0, 5, 10, 60, 110):     # the step budget decides; elapsed time is ignored
+        assert learning_rate(by_steps, step, elapsed=4.9) == mg.lr_schedule(step, max_lr=1e-3, warmup_steps=10,
+                                                                             total_steps=110, min_lr=1e-4)
+    assert abs(learning_rate(by_steps, 60, 0.0) - 5.5e-4) < 1e-15          # half way: (lr + min_lr) / 2
+    by_time = PretrainConfig(max_steps=None, max_seconds=100.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert abs(learning_rate(by_time, 50, 50.0) - 5.5e-4) < 1e-15         # half the time: half way down
+    assert abs(learning_rate(by_time, 5, 0.0) - 0.5e-3) < 1e-15           # half the warmup
+    assert learning_rate(by_time, 500, 250.0) == 1e-4                      # budget spent: min_lr
+    with pytest.raises(ValueError, match="budget"):
+        PretrainConfig(max_steps=None, max_seconds=None)
+
+
+def test_time_only_budget_stops_on_time(tokenizer, streams):
+    train_ids, val_ids = streams
+    cfg = PretrainConfig(max_steps=None, max_seconds=0.3, batch_size=4, warmup_steps=2)
+    m = pretrain(tiny_model(tokenizer), train_ids, val_ids, cfg, progress=False)
+    assert m["stop_reason"] == "max_seconds" and m["step"] >= 1 and 0.3 <= m["elapsed"] < 5.0
 
 
 def test_resuming_with_another_model_or_data_is_refused(tokenizer, streams, tmp_path):
