@@ -118,8 +118,12 @@ def backward(roots, grads):
         for p, g in zip(node._parents, node._backward(node.grad)):
             if g is None or p is None or not p.requires_grad:
                 continue
-            # never add in place: `g` may be the very array another parent received
-            p.grad = g if p.grad is None else p.grad + g
+            if p.grad is None:
+                # a leaf keeps its own copy: `g` may be the very array another parent received (add passes dy
+                # to both), and optimizers and clip_grad_norm scale leaf gradients in place
+                p.grad = g.copy() if p._backward is None else g
+            else:
+                p.grad = p.grad + g   # never in place, for the same reason
         node.grad = None
 
 

@@ -342,7 +342,7 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, *,
     w_pg = _max_weight(pg_losses, pg_losses2)
     # dmax/dr = w_pg (-A) + (1 - w_pg)(-A) dclip/dr. Case by case:
     #   1-e <= r <= 1+e:  clip(r) = r, so the branches tie: 1/2 (-A) + 1/2 (-A)(1) = -A.
-    #                     This is every token of the first PPO epoch, where r == 1 exactly.
+    #                     This includes the first mini-batch of a step, where r == 1 up to rounding.
     #   r > 1+e, A > 0:   -A(1+e) > -A r, the clipped constant wins:        0  (no push beyond 1+e)
     #   r > 1+e, A < 0:   -A r > -A(1+e), the unclipped branch wins:        -A
     #   r < 1-e, A > 0:   -A r > -A(1-e), the unclipped branch wins:        -A
@@ -369,7 +369,7 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, *,
     w_vf = _max_weight(vf_losses1, vf_losses2)
     # dmax/dv = w_vf 2(v - R) + (1 - w_vf) 2(vc - R) dvc/dv. Case by case:
     #   lo < v < hi:      vc = v, a tie: 1/2 2(v-R) + 1/2 2(v-R)(1) = 2(v - R).
-    #                     This is every token of the first PPO epoch, where values == old_values.
+    #                     This includes the first mini-batch of a step, where values == old_values.
     #   v == hi or lo:    vc = v, a tie, dvc/dv = 1/2:  1/2 2(v-R) + 1/4 2(v-R) = 1.5 (v - R).
     #   v outside, (v-R)^2 > (vc-R)^2:  v went past the trust region away from R; unclipped wins: 2(v - R)
     #   v outside, (vc-R)^2 > (v-R)^2:  the clipped constant wins: 0 (v may not move further this way)
@@ -418,7 +418,8 @@ class AdaptiveKLController:
         e     = clip(current_kl / target - 1, -0.2, 0.2)
         value = value * (1 + e * n_steps / horizon)
 
-    The clip bounds how fast the coefficient moves: at most 20% per `horizon` samples.
+    The clip bounds how fast the coefficient moves: by a factor within [e^-0.2, e^0.2] (-18%, +22%) per
+    `horizon` samples.
     """
 
     def __init__(self, init_kl_coef, target, horizon):

@@ -10,7 +10,8 @@
 Layout of a batch: every row is [left padding, query, response, right padding] with the query ending at column Q - 1
 and the response starting at column Q, Q = the longest query of the whole batch. Response token t of every row sits
 at column Q + t and is predicted by the logits (and valued by the value head) at column Q + t - 1. Widths are fixed
-for the whole batch, so each row is computed the same way whatever forward_batch_size or mini-batch it falls in.
+for the whole batch, so each row is computed the same way, up to float rounding in BLAS, whatever
+forward_batch_size or mini-batch it falls in.
 """
 import dataclasses
 import time
@@ -111,6 +112,9 @@ class PPOTrainer:
             raise ValueError(f"PPOTrainer: policy vocabulary ({model.cfg.vocab_size}) and reference vocabulary "
                              f"({ref_model.cfg.vocab_size}) differ; the KL penalty needs the same tokens")
         self.model, self.ref_model = model, ref_model
+        # No dropout in rollouts, scoring or updates: TRL 0.1's models came from from_pretrained, in eval mode,
+        # and dropout noise in logprobs would make the ratio differ from 1 before any update.
+        model.training = ref_model.training = False
         self.pad_token_id = pad_token_id
         self.optimizer = AdamW(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.kl_ctl = (core.AdaptiveKLController(config.init_kl_coef, config.target, config.horizon)
