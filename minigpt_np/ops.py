@@ -58,22 +58,27 @@ def embedding_backward(dout, idx, num_embeddings):
 # ------------------------------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, w, b, eps=LN_EPS):
     """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (..., C) -> y, xhat, rstd (..., 1)."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    C = x.shape[-1]
+    xhat = x - x.mean(axis=-1, keepdims=True)                              # x - mean, normalised in place below
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C           # row dot products: no squared temporary
     rstd = 1.0 / np.sqrt(var + eps)
-    xhat = xc * rstd
-    return xhat * w + b, xhat, rstd
+    xhat *= rstd
+    y = xhat * w
+    y += b
+    return y, xhat, rstd
 
 
 def layernorm_backward(dy, xhat, rstd, w):
     """dx = rstd (dxhat - mean_C(dxhat) - xhat mean_C(dxhat xhat)),  dxhat = dy w;  dw = sum_N dy xhat,  db = sum_N dy."""
-    dxhat = dy * w
-    dx = dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True)
-    dx *= rstd
     C = dy.shape[-1]
-    dw = np.sum((dy * xhat).reshape(-1, C), axis=0)
-    db = np.sum(dy.reshape(-1, C), axis=0)
+    dxhat = dy * w
+    dx = xhat * (np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C)  # xhat mean_C(dxhat xhat)
+    np.subtract(dxhat, dx, out=dx)
+    dx -= dxhat.mean(axis=-1, keepdims=True)
+    dx *= rstd
+    dy2 = dy.reshape(-1, C)
+    dw = np.einsum("nc,nc->c", dy2, xhat.reshape(-1, C))
+    db = dy2.sum(axis=0)
     return dx, dw, db
 
 
