@@ -191,12 +191,13 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError("cross_entropy: every target equals ignore_index, so the mean is undefined")
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted)
-    sumexp = probs.sum(axis=-1, keepdims=True)
-    probs /= sumexp
     rows = np.nonzero(valid)[0]
-    nll = np.log(sumexp[rows, 0]) - shifted[rows, targets[rows]]
+    probs = logits - logits.max(axis=-1, keepdims=True)       # shifted logits, turned into probabilities in place
+    target_logits = probs[rows, targets[rows]]
+    np.exp(probs, out=probs)
+    sumexp = probs.sum(axis=-1, keepdims=True)
+    nll = np.log(sumexp[rows, 0]) - target_logits
+    probs /= sumexp
     return nll.sum() / n_valid, probs
 
 
