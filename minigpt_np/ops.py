@@ -49,9 +49,18 @@ def embedding_forward(weight, idx):
 
 
 def embedding_backward(dout, idx, num_embeddings):
-    """dW[v] = sum over positions with idx == v of dout: a scatter-add.   dout (B, T, C) -> dW (V, C)."""
+    """dW[v] = sum over positions with idx == v of dout: a scatter-add.   dout (B, T, C) -> dW (V, C).
+
+    Sorting the positions by id makes each id's positions one run, summed by np.add.reduceat: a few times
+    faster than np.add.at, which adds row by row.
+    """
+    ids = idx.reshape(-1)
+    dout = dout.reshape(-1, dout.shape[-1])                                   # (N, C)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))                 # first position of each id's run
     dweight = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
-    np.add.at(dweight, idx.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+    dweight[sorted_ids[starts]] = np.add.reduceat(dout[order], starts, axis=0)
     return dweight
 
 
