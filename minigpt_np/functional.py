@@ -91,7 +91,10 @@ def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
         # only a padding mask can leave a query row with no allowed key (see ops.attention_backward)
         dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), q, k, v, att,
                                             None if key_mask is None else allowed)
-        return (np.concatenate([ops.merge_heads(dq), ops.merge_heads(dk), ops.merge_heads(dv)], axis=-1),)
+        dqkv = np.empty(qkv.shape, dtype=dq.dtype)                                 # (B, T, 3C) = [dq | dk | dv]
+        for i, d in enumerate((dq, dk, dv)):
+            ops.split_heads(dqkv[..., i * C:(i + 1) * C], n_head)[...] = d          # merge heads straight into place
+        return (dqkv,)
     return make(ops.merge_heads(y), (qkv,), backward)
 
 

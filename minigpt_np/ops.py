@@ -147,9 +147,10 @@ def attention_forward(q, k, v, allowed):
     row with no allowed key (a left-padding query) stays finite; no real token ever reads such a row.
     Returns y (B,H,T,D) and the attention probabilities att (B,H,T,S) for the backward.
     """
-    scale = 1.0 / np.sqrt(q.shape[-1])
-    scores = (q @ k.swapaxes(-1, -2)) * np.asarray(scale, dtype=q.dtype)
-    scores = np.where(allowed, scores, np.finfo(q.dtype).min)
+    scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
+    scores = q @ k.swapaxes(-1, -2)                                            # (B, H, T, S)
+    scores *= scale
+    np.copyto(scores, np.finfo(q.dtype).min, where=~allowed)
     scores -= scores.max(axis=-1, keepdims=True)
     att = np.exp(scores, out=scores)
     att /= att.sum(axis=-1, keepdims=True)
@@ -166,15 +167,16 @@ def attention_backward(dy, q, k, v, att, allowed=None):
     """
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
     dv = att.swapaxes(-1, -2) @ dy
-    datt = dy @ v.swapaxes(-1, -2)
-    ds = datt
-    ds -= np.sum(datt * att, axis=-1, keepdims=True)
+    datt = dy @ v.swapaxes(-1, -2)                                             # (B, H, T, S)
+    ds = datt                                                                  # overwritten in place
+    ds -= np.einsum("...ts,...ts->...t", datt, att)[..., None]               # sum_S(datt * att) per row
     ds *= att
-    ds *= scale
     if allowed is not None:
         ds *= allowed
     dq = ds @ k
+    dq *= scale                                                                # on (T, D), smaller than (T, S)
     dk = ds.swapaxes(-1, -2) @ q
+    dk *= scale
     return dq, dk, dv
 
 
