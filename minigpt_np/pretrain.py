@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from . import functional as F
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_npz, save_checkpoint
 from .data import sample_windows, validation_windows
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .tensor import no_grad
@@ -39,9 +39,9 @@ META_KEY = "pretrain"
 @dataclasses.dataclass
 class PretrainConfig:
     max_steps: Optional[int] = 1000       # optimizer updates; the cosine schedule reaches min_lr here (None: time only)
-    max_seconds: Optional[float] = None   # wall-clock budget summed over resumes, a hard stop; sets the schedule
-                                          # when max_steps is None (see learning_rate)
-    batch_size: int = 32                  # windows per update, B
+    max_seconds: Optional[float] = None   # training-time budget summed over resumes: a hard stop that also keeps
+                                          # the schedule from falling behind the clock (see learning_rate)
+    batch_size: int = 16                  # windows per update, B (16 beat 32 per token seen, measured)
     block_size: Optional[int] = None      # tokens of context per window, T (None: the model's block_size)
     lr: float = 2e-3                      # peak learning rate, reached after warmup
     min_lr: float = 2e-4                  # learning rate at the end of the cosine decay
@@ -58,7 +58,7 @@ class PretrainConfig:
     def __post_init__(self):
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("PretrainConfig needs a budget: max_steps, max_seconds or both")
-        for name in ("batch_size", "eval_interval", "checkpoint_interval") + (("max_steps",) if self.max_steps else ()):
+        for name in ("batch_size", "eval_interval", "checkpoint_interval") + (("max_steps",) if self.max_steps is not None else ()):
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or (self.max_steps is not None and self.warmup_steps > self.max_steps):
@@ -80,21 +80,32 @@ _BOOKKEEPING = ("max_steps", "max_seconds", "eval_interval", "eval_windows", "ch
 def learning_rate(cfg, step, elapsed):
     """Learning rate of update `step` (0-based) after `elapsed` seconds of training.
 
-    With a step budget S (max_steps), warmup + cosine over steps, exactly `optim.lr_schedule`: deterministic,
-    so a run is reproducible by seed and max_seconds, if also set, is only a safety stop.
-    With only a time budget, progress is measured in time, p = elapsed / max_seconds, so the run anneals to
-    min_lr just as the budget runs out however fast the machine is:
-
-        lr = min(1, step / W) * (min_lr + (lr - min_lr) (1 + cos(pi p)) / 2)
-
-    (the warmup still counts updates; such a run depends on the machine's speed and is not reproducible).
+    A step budget S = max_steps: warmup over W = warmup_steps updates, then cosine decay, `optim.lr_schedule`:
+        lr(s) = lr s / W  for s < W,  then  min_lr + (lr - min_lr) (1 + cos(pi (s - W) / (S - W))) / 2
+    It depends on the step alone, so a run is reproducible by seed.
+    A time budget alone, with p = min(1, elapsed / max_seconds) (the warmup still counts updates):
+        lr = min(1, s / W) (min_lr + (lr - min_lr) (1 + cos(pi p)) / 2)
+    The run anneals to min_lr just as its time runs out on any machine, but depends on the machine's speed.
+    Both budgets: the schedule runs on the step budget's clock, but never behind the wall clock,
+        lr(max(s, floor(S elapsed / max_seconds)))
+    so while the run keeps ahead of the time plan it is the reproducible step schedule, and on a machine slower
+    than planned it still ends annealed and on time.
     """
-    if cfg.max_steps is not None:
-        return lr_schedule(step, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
-                           min_lr=cfg.min_lr)
-    p = min(1.0, elapsed / cfg.max_seconds)
-    warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return warmup * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p)))
+    return _paced_learning_rate(cfg, step, elapsed)[0]
+
+
+def _paced_learning_rate(cfg, step, elapsed):
+    """(lr, time_paced): time_paced says the time budget, not the step count, set this learning rate."""
+    if cfg.max_steps is None:
+        p = min(1.0, elapsed / cfg.max_seconds)
+        warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return warmup * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))), True
+    effective = step
+    if cfg.max_seconds is not None:
+        effective = max(step, math.floor(cfg.max_steps * elapsed / cfg.max_seconds))
+    lr = lr_schedule(effective, max_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps,
+                     min_lr=cfg.min_lr)
+    return lr, effective != step
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,7 +139,6 @@ def checkpoint_status(path):
     file does not exist or was not written by `pretrain`."""
     if path is None or not os.path.exists(path):
         return None
-    from .checkpoint import load_npz
     _, meta = load_npz(path)
     return meta.get(META_KEY)
 
@@ -187,7 +197,8 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
 
     Returns a dict: step, tokens (seen in total), train_loss (mean over the last eval interval), val_loss
     (nats/token), tokens_per_s (this session, excluding evaluation), elapsed (s, all sessions),
-    stop_reason ("max_steps" or "max_seconds"), history (one dict per evaluation).
+    stop_reason ("max_steps" or "max_seconds"), time_paced_updates (updates whose learning rate the time budget
+    set, see learning_rate; 0 means a step-budget run is reproducible), history (one dict per evaluation).
     Raises TrainingDiverged on a NaN/inf loss or gradient norm, leaving the checkpoint at its last good state.
     """
     T = cfg.block_size or model.cfg.block_size
@@ -206,7 +217,8 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
 
     optimizer = AdamW(model.named_parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "history": [], "val_loss": None, "stop_reason": None}
+    state = {"step": 0, "elapsed": 0.0, "tokens": 0, "history": [], "val_loss": None, "stop_reason": None,
+             "time_paced_updates": 0}
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         state = _restore(model, optimizer, rng, checkpoint_path, cfg, train_fp)
         if _is_finished(state, cfg):
@@ -243,7 +255,8 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
         while True:
             t0 = time.perf_counter()
             step = state["step"]
-            lr = learning_rate(cfg, step, elapsed())
+            lr, time_paced = _paced_learning_rate(cfg, step, elapsed())
+            state["time_paced_updates"] += time_paced   # > 0: this run's weights depend on the machine's speed
             windows = sample_windows(train_ids, T, B, rng)                          # (B, T+1)
             loss = F.cross_entropy(model(windows[:, :-1]), windows[:, 1:])
             loss_value = float(loss.data)
@@ -318,4 +331,5 @@ def _metrics(state, tokens_per_s):
     return {"step": state["step"], "tokens": state["tokens"],
             "train_loss": history[-1]["train_loss"] if history else None, "val_loss": state["val_loss"],
             "tokens_per_s": tokens_per_s, "elapsed": state["elapsed"], "stop_reason": state["stop_reason"],
+            "time_paced_updates": state.get("time_paced_updates", 0),
             "history": list(history)}

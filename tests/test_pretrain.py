@@ -198,16 +198,22 @@ def test_time_budget_stops_early_and_is_counted_across_resumes(tokenizer, stream
     assert pretrain(tiny_model(tokenizer), train_ids, val_ids, more, checkpoint_path=path, progress=False)["step"] == 3
 
 
-def test_learning_rate_follows_steps_or_else_time_known_answers():
-    by_steps = PretrainConfig(max_steps=110, max_seconds=5.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    for step in (0, 5, 10, 60, 110):     # the step budget decides; elapsed time is ignored
-        assert learning_rate(by_steps, step, elapsed=4.9) == mg.lr_schedule(step, max_lr=1e-3, warmup_steps=10,
-                                                                             total_steps=110, min_lr=1e-4)
-    assert abs(learning_rate(by_steps, 60, 0.0) - 5.5e-4) < 1e-15          # half way: (lr + min_lr) / 2
-    by_time = PretrainConfig(max_steps=None, max_seconds=100.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    assert abs(learning_rate(by_time, 50, 50.0) - 5.5e-4) < 1e-15         # half the time: half way down
-    assert abs(learning_rate(by_time, 5, 0.0) - 0.5e-3) < 1e-15           # half the warmup
-    assert learning_rate(by_time, 500, 250.0) == 1e-4                      # budget spent: min_lr
+def test_learning_rate_follows_steps_time_or_whichever_is_ahead_known_answers():
+    steps_only = PretrainConfig(max_steps=110, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    for step in (0, 5, 10, 60, 110):
+        assert learning_rate(steps_only, step, elapsed=1e9) == mg.lr_schedule(step, max_lr=1e-3, warmup_steps=10,
+                                                                              total_steps=110, min_lr=1e-4)
+    assert abs(learning_rate(steps_only, 60, 0.0) - 5.5e-4) < 1e-15         # half way: (lr + min_lr) / 2
+    time_only = PretrainConfig(max_steps=None, max_seconds=100.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert abs(learning_rate(time_only, 50, 50.0) - 5.5e-4) < 1e-15         # half the time: half way down
+    assert abs(learning_rate(time_only, 5, 0.0) - 0.5e-3) < 1e-15           # half the warmup
+    assert learning_rate(time_only, 500, 250.0) == 1e-4                      # budget spent: min_lr
+    both = PretrainConfig(max_steps=110, max_seconds=110.0, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    # ahead of the clock (or less than one step behind): exactly the step schedule
+    assert learning_rate(both, 0, 0.9) == 0.0 and learning_rate(both, 60, 30.0) == learning_rate(steps_only, 60, 0)
+    # behind the clock: the schedule is where the clock says, step 60 of 110 -> half way down
+    assert abs(learning_rate(both, 20, 60.5) - 5.5e-4) < 1e-15
+    assert learning_rate(both, 20, 200.0) == 1e-4
     with pytest.raises(ValueError, match="budget"):
         PretrainConfig(max_steps=None, max_seconds=None)
 
