@@ -124,5 +124,11 @@ def cross_entropy(logits, targets, ignore_index=-100):
     loss, probs = ops.cross_entropy_forward(logits.data.reshape(-1, V), t, ignore_index)
 
     def backward(dloss):
-        return (ops.cross_entropy_backward(dloss, probs, t, ignore_index).reshape(logits.shape),)
+        nonlocal probs
+        if probs is None:
+            raise RuntimeError("cross_entropy: backward ran twice through the same graph; its probabilities were "
+                               "consumed by the first one. Run the forward pass again.")
+        dlogits = ops.cross_entropy_backward(dloss, probs, t, ignore_index)   # overwrites probs
+        probs = None
+        return (dlogits.reshape(logits.shape),)
     return make(np.asarray(loss, dtype=logits.dtype), (logits,), backward)

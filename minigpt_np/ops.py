@@ -213,10 +213,14 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 
 
 def cross_entropy_backward(dloss, probs, targets, ignore_index=-100):
-    """dlogits = dL (softmax - onehot(target)) / n_valid on valid rows, 0 on ignored rows (fused log-softmax backward)."""
+    """dlogits = dL (softmax - onehot(target)) / n_valid on valid rows, 0 on ignored rows (fused log-softmax backward).
+
+    Written over `probs` (N, V), which nothing needs afterwards: the largest array of the step is not allocated twice.
+    """
     valid = targets != ignore_index
     scale = np.asarray(dloss / valid.sum(), dtype=probs.dtype)
-    dlogits = probs * scale
+    dlogits = probs
+    dlogits *= scale
     dlogits[~valid] = 0
     rows = np.nonzero(valid)[0]
     dlogits[rows, targets[rows]] -= scale
