@@ -64,6 +64,7 @@ def parse_args(argv=None):
     g.add_argument("--response-tokens", type=int, default=16)
     g.add_argument("--no-stop-at-eos", action="store_true",
                    help="keep sampling past <|endoftext|> (TRL's fixed-length responses; allows a reward hack)")
+    g.add_argument("--checkpoint-every", type=int, default=10, help="PPO steps between checkpoints")
     g.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the before/after evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -144,7 +145,8 @@ def main(argv=None):
                            adap_kl_ctrl=not args.fixed_kl, init_kl_coef=args.init_kl_coef, target=args.target_kl,
                            seed=args.seed)
     rlhf_config = RLHFConfig(steps=args.ppo_steps, max_seconds=args.ppo_seconds, response_tokens=args.response_tokens,
-                             stop_at_eos=not args.no_stop_at_eos, seed=args.seed)
+                             stop_at_eos=not args.no_stop_at_eos, checkpoint_every=args.checkpoint_every,
+                             seed=args.seed)
     train_queries, eval_queries = prompts_from(tokenizer, test, args)
     t = time.perf_counter()
     policy = mg.load_checkpoint(os.path.join(run_dir, "gpt_pretrained.npz"))
