@@ -234,8 +234,8 @@ def _csv_rows(text: str, source, required: Sequence[str]) -> list:
     missing = [c for c in required if c not in header]
     if missing:
         raise ValueError(f"{source}: no column {', '.join(map(repr, missing))}; the header has "
-                         f"{', '.join(map(repr, header))}. Name the right columns (text_column=, label_column=, "
-                         "or --text-column/--label-column).")
+                         f"{', '.join(map(repr, header))}. Name the right columns: text_column= and label_column= in "
+                         "Python, --text-column and --label-column on the command line.")
     rows = []
     while True:
         start = reader.line_num + 1
@@ -400,11 +400,12 @@ def load_plain_text(path: PathLike, unit: str = "line") -> list:
     return [Snippet(s.strip(), None, f"{path.name}:{k}") for k, s in pieces]
 
 
-def load_corpus(spec: Union[str, PathLike] = "rotten_tomatoes", cache_dir: Optional[PathLike] = None) -> list:
+def load_corpus(spec: Union[str, PathLike] = "rotten_tomatoes", cache_dir: Optional[PathLike] = None,
+                text_column: str = "text", label_column: str = "label") -> list:
     """"rotten_tomatoes" (default) or a path, dispatched on what it is:
     a folder -> load_aclimdb; .whl / .bz2 -> load_rotten_tomatoes(path=...); .csv with columns
     category/text/movie_name -> the Rotten Tomatoes format, other .csv and .jsonl -> load_labelled_file
-    (columns text, label); .txt -> load_plain_text."""
+    (with the given column names); .txt -> load_plain_text."""
     if str(spec) == "rotten_tomatoes":
         return load_rotten_tomatoes(cache_dir=cache_dir)
     path = Path(spec).expanduser()
@@ -418,12 +419,12 @@ def load_corpus(spec: Union[str, PathLike] = "rotten_tomatoes", cache_dir: Optio
         return load_rotten_tomatoes(cache_dir=cache_dir, path=path)
     if suffix == ".csv":
         path, text = _read_text(path)
-        header = next(csv.reader(io.StringIO(text, newline="")), [])
-        if {"category", "text", "movie_name"} <= {h.strip() for h in header}:
+        header = {h.strip() for h in next(csv.reader(io.StringIO(text, newline="")), [])}
+        if label_column not in header and {"category", "text", "movie_name"} <= header:
             return parse_rotten_tomatoes_csv(text, str(path))
-        return load_labelled_file(path)
+        return load_labelled_file(path, text_column, label_column)
     if suffix in (".jsonl", ".ndjson"):
-        return load_labelled_file(path)
+        return load_labelled_file(path, text_column, label_column)
     if suffix == ".txt":
         return load_plain_text(path)
     raise ValueError(f"{path}: don't know how to read {path.suffix!r} files; give a .csv, .jsonl or .txt file, "

