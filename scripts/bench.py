@@ -1,30 +1,37 @@
 """Benchmark the NumPy GPT (minigpt_np) against the same GPT in PyTorch, and KV-cache generation against recomputation.
 
-    python scripts/bench.py [--repeats 10] [--quick] [--threads N]
+    python scripts/bench.py [--repeats 10] [--quick] [--threads N] [--keep-freed-memory]
 
 Times, in one run:
   * a full training step (forward, backward, AdamW) of the same GPT-2 (pre-LN, tanh GELU, tied head), same weights,
     float32, in NumPy and in PyTorch on the CPU with the same number of threads, at the default pretraining size
-    (vocab 2048, block 64, 4 layers x 4 heads x 128, batch 32) and a larger one (block 128, 6 x 6 x 192, batch 16);
+    (vocab 2048, block 64, 4 layers x 4 heads x 128, batch 32) and a larger one (block 128, 6 x 6 x 192, batch 16).
+    The PyTorch GPT is written below in plain torch ops (addmm for the linears, explicit masked softmax attention);
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
-in machine load hits both sides alike; the figure is the median.
+in machine load hits both sides alike; the figure is the median. Other processes on the machine distort the figures,
+multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed.
 
 FLOPs are counted analytically, for matmuls only (2 FLOPs per multiply-add), with the attention score matrix counted
 in full (as the PaLM MFU formula does, although half of it is masked):
     N = L * 12 C^2 + V C                      matmul weights: qkv 3C^2, attention proj C^2, MLP 8C^2; tied lm_head V C
     forward, per token attending to S keys:   2 N + 4 L C S             (q k^T and att v: 2 C S each, per layer)
     training step on B x T tokens:            3 x forward = (6 N + 12 L C T) B T
-Peak memory is the growth of the resident set over one step, measured in a separate untimed pass from Linux's
-high-water mark (VmHWM in /proc/self/status after resetting it through /proc/self/clear_refs); where that is not
-available, from resource.getrusage(RUSAGE_SELF).ru_maxrss, which cannot be reset and may under-report.
+Peak memory (MB) is the growth of the resident set over one step (after a warm-up step), measured untimed in a fresh
+Python process whose malloc hands every large freed block back to the kernel (MALLOC_MMAP_THRESHOLD_), so the
+resident set follows the live arrays: Linux's high-water mark VmHWM (reset through /proc/self/clear_refs) minus
+VmRSS before the step; where that is unavailable, resource.getrusage's ru_maxrss, which cannot be reset.
+
+--keep-freed-memory tunes glibc's malloc (in this process, for both engines) to keep freed memory instead of
+returning it to the kernel; see `keep_freed_memory`. It shows how much of a NumPy step goes to page faults.
 
 The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, default size), train_step_ratio_large,
 kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the raw milliseconds and the conditions.
 It prints figures; it never asserts on them.
 """
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -89,6 +96,11 @@ def torch_params(model):
     return {name: torch.tensor(p.data, dtype=torch.float32, requires_grad=True) for name, p in model.named_parameters()}
 
 
+def torch_linear(x, w, b):
+    """y = x W + b with the bias fused into the matmul (addmm), as nn.Linear does.   x (B, T, C), W (C, OC)."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[1])
+
+
 def torch_gpt_loss(P, cfg, idx, targets):
     """The same GPT-2 in plain torch ops: pre-LN, causal attention with explicit softmax, tanh GELU, tied head."""
     B, T = idx.shape
@@ -99,15 +111,15 @@ def torch_gpt_loss(P, cfg, idx, targets):
     for i in range(cfg.n_layer):
         h = f"transformer.h.{i}."
         a = TF.layer_norm(x, (C,), P[h + "ln_1.weight"], P[h + "ln_1.bias"], 1e-5)
-        qkv = a @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
+        qkv = torch_linear(a, P[h + "attn.c_attn.weight"], P[h + "attn.c_attn.bias"])
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(C, dim=-1))
         att = (q @ k.transpose(-1, -2)) * (1.0 / D ** 0.5)
         att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
-        x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
+        x = x + torch_linear(y, P[h + "attn.c_proj.weight"], P[h + "attn.c_proj.bias"])
         m = TF.layer_norm(x, (C,), P[h + "ln_2.weight"], P[h + "ln_2.bias"], 1e-5)
-        m = TF.gelu(m @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"], approximate="tanh")
-        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
+        m = TF.gelu(torch_linear(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"]), approximate="tanh")
+        x = x + torch_linear(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])
     x = TF.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], 1e-5)
     logits = x @ P["transformer.wte.weight"].T
     return TF.cross_entropy(logits.view(-1, cfg.vocab_size), targets.view(-1))
@@ -223,6 +235,22 @@ def measure_memory(case, engine, threads):
         return float("nan")
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel; True if applied.
+
+    A training step frees and reallocates some 100 MB of activations. By default glibc returns large freed blocks
+    (and the top of its heap) to the kernel, so the next step gets them back zero-filled, one page fault per 4 KB:
+    about a quarter of a NumPy step on this machine. M_MMAP_THRESHOLD at its 32 MB maximum and an unlimited
+    M_TRIM_THRESHOLD keep them. The resident set then stays at the peak of a step.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):             # not glibc (macOS, Windows)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def blas_threads():
     """Threads numpy's BLAS uses (threadpoolctl if installed, else the core count)."""
     try:
@@ -304,6 +332,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up: a rough figure in seconds")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune glibc malloc to keep freed memory (no page faults on reallocation), both engines")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:                               # the fresh process started by measure_memory
@@ -313,6 +343,7 @@ def main(argv=None):
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     limits = set_blas_threads(args.threads) if args.threads else None
+    malloc = "keep freed memory" if args.keep_freed_memory and keep_freed_memory() else "default"
     threads = blas_threads()
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
@@ -325,7 +356,7 @@ def main(argv=None):
     gen_rows, gen = bench_generation(warmup, repeats, threads)
     rows += gen_rows
     print_table(rows)
-    print(f"threads {threads} (numpy BLAS and torch); load average {load_before[0]:.2f} before, "
+    print(f"threads {threads} (numpy BLAS and torch); malloc {malloc}; load average {load_before[0]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after; median of {repeats} interleaved repeats after {warmup} warm-up; "
           f"peak MB = resident-set growth over one step")
     summary = {
@@ -337,11 +368,11 @@ def main(argv=None):
         "generate_kv_ms": gen["ms_kv"], "generate_recompute_ms": gen["ms_recompute"],
         "generate_same_tokens": gen["same_tokens"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
-        "threads": threads, "repeats": repeats, "warmup": warmup,
+        "threads": threads, "malloc": malloc, "repeats": repeats, "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
     }
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in summary.items()}))
     if limits is not None:
         limits.restore_original_limits()
     return summary
