@@ -77,8 +77,8 @@ def lbfgs(fun: Callable, x0: np.ndarray, *, max_iter: int = 500, history: int = 
     built from the last ``history`` pairs s_k = x_{k+1} - x_k, y_k = g_{k+1} - g_k by the two-loop
     recursion, with H_0 = (s.y / y.y) I. The step t starts at 1 and halves until the Armijo condition
     f(x + t d) <= f(x) + 1e-4 t g.d holds. A pair is kept only when s.y > 0 (curvature), which a convex
-    loss guarantees up to rounding. Stops when max |g| < gtol, when f stops decreasing (relative change
-    < ftol), after max_iter iterations, or when callback(k, x, f) returns True.
+    loss guarantees up to rounding. Stops when max |g| < gtol, when f stops decreasing
+    (f_old - f <= ftol max(1, |f|)), after max_iter iterations, or when callback(k, x, f) returns True.
     """
     x = np.array(x0, dtype=np.float64)
     f, g = fun(x)
