@@ -85,7 +85,8 @@ def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
     if cache is not None:
         k, v = cache.append(k, v)                                                      # (B, H, S, D)
     allowed = ops.causal_allowed(T, k.shape[2], key_mask)
-    y, att = ops.attention_forward(q, k, v, allowed)
+    y = np.empty((B, T, C), dtype=q.dtype)                              # heads merged: each head writes its slice
+    _, att = ops.attention_forward(q, k, v, allowed, out=ops.split_heads(y, n_head))
 
     def backward(dy):
         # only a padding mask can leave a query row with no allowed key (see ops.attention_backward)
@@ -95,7 +96,7 @@ def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
         for i, d in enumerate((dq, dk, dv)):
             ops.split_heads(dqkv[..., i * C:(i + 1) * C], n_head)[...] = d          # merge heads straight into place
         return (dqkv,)
-    return make(ops.merge_heads(y), (qkv,), backward)
+    return make(y, (qkv,), backward)
 
 
 def dropout(x, p, rng):

@@ -140,12 +140,13 @@ def causal_allowed(T, S, key_mask=None):
     return allowed
 
 
-def attention_forward(q, k, v, allowed):
+def attention_forward(q, k, v, allowed, out=None):
     """y = softmax(q k^T / sqrt(D) masked) v, per head.   q (B,H,T,D), k and v (B,H,S,D), allowed bool (B|1,1,T,S).
 
     Disallowed scores are set to the dtype's most negative number rather than -inf, as Hugging Face GPT-2 does, so a
     row with no allowed key (a left-padding query) stays finite; no real token ever reads such a row.
-    Returns y (B,H,T,D) and the attention probabilities att (B,H,T,S) for the backward.
+    Returns y (B,H,T,D) (written into `out` if given, e.g. a head-split view of a (B,T,C) array) and the attention
+    probabilities att (B,H,T,S) for the backward.
     """
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
     scores = q @ k.swapaxes(-1, -2)                                            # (B, H, T, S)
@@ -154,7 +155,7 @@ def attention_forward(q, k, v, allowed):
     scores -= scores.max(axis=-1, keepdims=True)
     att = np.exp(scores, out=scores)
     att /= att.sum(axis=-1, keepdims=True)
-    return att @ v, att
+    return np.matmul(att, v, out=out), att
 
 
 def attention_backward(dy, q, k, v, att, allowed=None):
