@@ -23,6 +23,7 @@ from minigpt_np.data import encode_corpus, load_or_build_tokenizer  # noqa: E402
 from minigpt_np.metrics import unigram_entropy  # noqa: E402
 from minigpt_np.pretrain import PretrainConfig, checkpoint_status, pretrain  # noqa: E402
 from ppo_np import PPOConfig  # noqa: E402
+from scripts.pretrain import DEFAULT_MODEL, DEFAULT_SECONDS, DEFAULT_STEPS  # noqa: E402
 from ppo_np.rlhf import RLHFConfig, evaluate, make_queries, ppo_finished, read_log, train_ppo  # noqa: E402
 from reward import corpus, load_scorer, train_reward_model  # noqa: E402
 from scripts.report import format_table, write_curves, write_samples  # noqa: E402
@@ -40,28 +41,31 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=None, help="corpus cache (default: $MINICHATGPT_CACHE or ~/.cache/minichatgpt)")
     p.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation, sampling and shuffling")
     g = p.add_argument_group("pretraining")
-    g.add_argument("--vocab-size", type=int, default=2048, help="byte-level BPE vocabulary (default 2048)")
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
-    g.add_argument("--block-size", type=int, default=64)
-    g.add_argument("--pretrain-steps", type=int, default=1500, help="AdamW updates of batch 32 x 64 tokens")
-    g.add_argument("--pretrain-seconds", type=float, default=240, help="time budget for pretraining (seconds)")
-    g.add_argument("--pretrain-lr", type=float, default=2e-3)
+    g.add_argument("--vocab-size", type=int, default=DEFAULT_MODEL.vocab_size, help="byte-level BPE vocabulary")
+    g.add_argument("--n-layer", type=int, default=DEFAULT_MODEL.n_layer, help="transformer blocks")
+    g.add_argument("--n-head", type=int, default=DEFAULT_MODEL.n_head, help="attention heads")
+    g.add_argument("--n-embd", type=int, default=DEFAULT_MODEL.n_embd, help="channels")
+    g.add_argument("--block-size", type=int, default=DEFAULT_MODEL.block_size, help="context length in tokens")
+    g.add_argument("--pretrain-steps", type=int, default=DEFAULT_STEPS, help="AdamW updates")
+    g.add_argument("--pretrain-batch-size", type=int, default=PretrainConfig.batch_size, help="windows per update")
+    g.add_argument("--pretrain-seconds", type=float, default=DEFAULT_SECONDS,
+                   help="time budget for pretraining; the schedule never falls behind it")
+    g.add_argument("--pretrain-lr", type=float, default=PretrainConfig.lr, help="peak pretraining learning rate")
     g = p.add_argument_group("PPO")
-    g.add_argument("--ppo-steps", type=int, default=40)
+    g.add_argument("--ppo-steps", type=int, default=40, help="PPO steps (rollouts, scoring, updates)")
     g.add_argument("--ppo-seconds", type=float, default=None, help="optional time budget for PPO (seconds)")
     g.add_argument("--batch-size", type=int, default=64, help="rollouts per PPO step")
     g.add_argument("--forward-batch-size", type=int, default=16,
                    help="rows per forward pass in generation, scoring and the trainer; bounds memory; "
                         "batch-size must be a multiple of it")
-    g.add_argument("--mini-batch-size", type=int, default=16)
-    g.add_argument("--ppo-epochs", type=int, default=4)
+    g.add_argument("--mini-batch-size", type=int, default=16,
+                   help="rows per gradient update (TRL 0.1 used 1); batch-size must be a multiple of it")
+    g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each batch of rollouts")
     g.add_argument("--lr", type=float, default=3e-4, help="PPO learning rate")
-    g.add_argument("--init-kl-coef", type=float, default=0.2)
-    g.add_argument("--target-kl", type=float, default=6.0)
+    g.add_argument("--init-kl-coef", type=float, default=0.2, help="initial beta of the per-token KL penalty")
+    g.add_argument("--target-kl", type=float, default=6.0, help="KL (nats/response) the adaptive controller aims at")
     g.add_argument("--fixed-kl", action="store_true", help="keep kl_coef fixed instead of the adaptive controller")
-    g.add_argument("--response-tokens", type=int, default=16)
+    g.add_argument("--response-tokens", type=int, default=16, help="new tokens per response (at most)")
     g.add_argument("--no-stop-at-eos", action="store_true",
                    help="keep sampling past <|endoftext|> (TRL's fixed-length responses; allows a reward hack)")
     g.add_argument("--checkpoint-every", type=int, default=10, help="PPO steps between checkpoints")
@@ -80,7 +84,8 @@ def stage_data(args):
 def stage_pretrain(args, run_dir, tokenizer, train, val):
     path = os.path.join(run_dir, "gpt_pretrained.npz")
     cfg = PretrainConfig(max_steps=args.pretrain_steps, max_seconds=args.pretrain_seconds, lr=args.pretrain_lr,
-                         warmup_steps=min(100, args.pretrain_steps), seed=args.seed)
+                         batch_size=args.pretrain_batch_size, warmup_steps=min(PretrainConfig.warmup_steps,
+                                                                              args.pretrain_steps), seed=args.seed)
     status = checkpoint_status(path)
     if status is not None and status.get("finished"):
         log.info("pretraining: done already (%s, val loss %.3f)", path, status["val_loss"])
