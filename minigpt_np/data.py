@@ -33,7 +33,7 @@ def build_tokenizer(train_texts, vocab_size, path=None, min_frequency=2):
     return tokenizer
 
 
-def load_or_build_tokenizer(path, train_texts, vocab_size=None, default_vocab_size=2048):
+def load_or_build_tokenizer(path, train_texts, vocab_size=None, default_vocab_size=4096):
     """Load tokenizer.json at path if it exists, else train one on train_texts and save it there.
 
     vocab_size None accepts whatever the saved tokenizer has (or default_vocab_size for a new one); a number that

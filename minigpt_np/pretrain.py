@@ -38,7 +38,7 @@ META_KEY = "pretrain"
 
 @dataclasses.dataclass
 class PretrainConfig:
-    max_steps: Optional[int] = 1000       # optimizer updates; the cosine schedule reaches min_lr here (None: time only)
+    max_steps: Optional[int] = 2000       # optimizer updates; the cosine schedule reaches min_lr here (None: time only)
     max_seconds: Optional[float] = None   # training-time budget summed over resumes: a hard stop that also keeps
                                           # the schedule from falling behind the clock (see learning_rate)
     batch_size: int = 16                  # windows per update, B (16 beat 32 per token seen, measured)
@@ -195,7 +195,8 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
     already finished, nothing is trained and its stored metrics are returned.
     progress: show a tqdm bar with the loss and tokens/s. log: callable receiving one dict per evaluation.
 
-    Returns a dict: step, tokens (seen in total), train_loss (mean over the last eval interval), val_loss
+    Returns a dict: step, tokens (seen in total), train_loss (mean over the updates since the previous evaluation
+    in this session), val_loss
     (nats/token), tokens_per_s (this session, excluding evaluation), elapsed (s, all sessions),
     stop_reason ("max_steps" or "max_seconds"), time_paced_updates (updates whose learning rate the time budget
     set, see learning_rate; 0 means a step-budget run is reproducible), history (one dict per evaluation).
