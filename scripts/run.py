@@ -61,7 +61,8 @@ def parse_args(argv=None):
     g.add_argument("--mini-batch-size", type=int, default=16,
                    help="rows per gradient update (TRL 0.1 used 1); batch-size must be a multiple of it")
     g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each batch of rollouts")
-    g.add_argument("--lr", type=float, default=3e-4, help="PPO learning rate")
+    g.add_argument("--lr", type=float, default=2e-4,
+                   help="PPO learning rate (TRL's 1.41e-5 suits GPT-2; this tiny model needs more, see README)")
     g.add_argument("--init-kl-coef", type=float, default=0.2, help="initial beta of the per-token KL penalty")
     g.add_argument("--target-kl", type=float, default=6.0, help="KL (nats/response) the adaptive controller aims at")
     g.add_argument("--fixed-kl", action="store_true", help="keep kl_coef fixed instead of the adaptive controller")
