@@ -166,21 +166,26 @@ def generate_recompute(model, idx, max_new_tokens):
 
 # ------------------------------------------------------------------------------------------------ measuring
 def timed(fn):
+    """(wall ms, minor page faults) of one call: faults show memory handed back by malloc and touched again."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     fn()
-    return 1e3 * (time.perf_counter() - start)
+    ms = 1e3 * (time.perf_counter() - start)
+    return ms, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
 def interleaved_medians(fns, warmup, repeats):
-    """Run each function `warmup` times, then `repeats` rounds of all of them in turn; median ms of each."""
+    """Run each function `warmup` times, then `repeats` rounds of all of them in turn.
+
+    Returns, per function, (median ms, mean page faults per call)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
-    times = [[] for _ in fns]
+    runs = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            ts.append(timed(fn))
-    return [statistics.median(ts) for ts in times]
+        for fn, r in zip(fns, runs):
+            r.append(timed(fn))
+    return [(statistics.median(ms for ms, _ in r), statistics.mean(f for _, f in r)) for r in runs]
 
 
 def _status_kb(field):
@@ -293,36 +298,39 @@ def bench_training(size, warmup, repeats, threads):
     steps = build_training(size)
     (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
-    ms_np, ms_torch = interleaved_medians([np_step, torch_step], warmup, repeats)
+    (ms_np, faults_np), (ms_torch, faults_torch) = interleaved_medians([np_step, torch_step], warmup, repeats)
     del steps, np_step, torch_step
     mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
     shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} T{cfg.block_size} B{batch}"
-    rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem)
-            for engine, ms, mem in (("numpy", ms_np, mem_np), ("torch", ms_torch, mem_torch))]
-    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "first_loss_abs_diff": abs(loss_np - loss_torch)}
+    rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem, faults)
+            for engine, ms, mem, faults in (("numpy", ms_np, mem_np, faults_np),
+                                            ("torch", ms_torch, mem_torch, faults_torch))]
+    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "first_loss_abs_diff": abs(loss_np - loss_torch),
+                  "faults_numpy": faults_np, "faults_torch": faults_torch}
 
 
 def bench_generation(warmup, repeats, threads):
     fns = build_generation()
     same = bool(np.array_equal(fns["kv"](), fns["recompute"]()))
-    ms_kv, ms_re = interleaved_medians([fns["kv"], fns["recompute"]], warmup, repeats)
+    (ms_kv, faults_kv), (ms_re, faults_re) = interleaved_medians([fns["kv"], fns["recompute"]], warmup, repeats)
     mem_kv, mem_re = measure_memory("generate", "kv", threads), measure_memory("generate", "recompute", threads)
     tokens = GEN_BATCH * GEN_NEW
     shape = f"{GEN_CFG.n_layer}x{GEN_CFG.n_head}x{GEN_CFG.n_embd} B{GEN_BATCH} {GEN_PROMPT}+{GEN_NEW}"
     rows = [(f"generate ({shape})", "numpy KV cache", ms_kv, tokens / ms_kv * 1e3,
-             kv_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_kv / 1e6, mem_kv),
+             kv_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_kv / 1e6, mem_kv, faults_kv),
             (f"generate ({shape})", "numpy recompute", ms_re, tokens / ms_re * 1e3,
-             recompute_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_re / 1e6, mem_re)]
+             recompute_generate_flops(GEN_CFG, GEN_BATCH, GEN_PROMPT, GEN_NEW) / ms_re / 1e6, mem_re, faults_re)]
     return rows, {"ms_kv": ms_kv, "ms_recompute": ms_re, "same_tokens": same}
 
 
 def print_table(rows):
-    header = ("case", "engine", "ms/step", "tokens/s", "GFLOP/s", "peak MB")
+    header = ("case", "engine", "ms/step", "tokens/s", "GFLOP/s", "peak MB", "faults/step")
     width = max(len(r[0]) for r in rows)
-    print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}")
-    for case, engine, ms, tps, gflops, mem in rows:
-        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{mem:>9.1f}")
+    print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}"
+          f"{header[6]:>13}")
+    for case, engine, ms, tps, gflops, mem, faults in rows:
+        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{mem:>9.1f}{faults:>13.0f}")
 
 
 def main(argv=None):
@@ -358,7 +366,8 @@ def main(argv=None):
     print_table(rows)
     print(f"threads {threads} (numpy BLAS and torch); malloc {malloc}; load average {load_before[0]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after; median of {repeats} interleaved repeats after {warmup} warm-up; "
-          f"peak MB = resident-set growth over one step")
+          f"peak MB = resident-set growth over one step; faults/step = minor page faults (memory malloc "
+          f"returned to the kernel and touched again)")
     summary = {
         "train_step_ratio": report["default"]["ms_numpy"] / report["default"]["ms_torch"],
         "train_step_ratio_large": report["large"]["ms_numpy"] / report["large"]["ms_torch"],
@@ -367,6 +376,8 @@ def main(argv=None):
         "train_large_ms_numpy": report["large"]["ms_numpy"], "train_large_ms_torch": report["large"]["ms_torch"],
         "generate_kv_ms": gen["ms_kv"], "generate_recompute_ms": gen["ms_recompute"],
         "generate_same_tokens": gen["same_tokens"],
+        "train_page_faults_numpy": report["default"]["faults_numpy"],
+        "train_page_faults_torch": report["default"]["faults_torch"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
         "threads": threads, "malloc": malloc, "repeats": repeats, "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
