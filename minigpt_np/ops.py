@@ -182,15 +182,9 @@ def attention_backward(dy, q, k, v, att, allowed=None):
 
 
 def split_heads(x, n_head):
-    """(B, T, C) -> (B, H, T, D)."""
+    """(B, T, C) -> (B, H, T, D), a view of x: writing into it merges heads back into x's (B, T, C) layout."""
     B, T, C = x.shape
     return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x):
-    """(B, H, T, D) -> (B, T, C), contiguous."""
-    B, H, T, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
 # ------------------------------------------------------------------------------------------ cross-entropy
