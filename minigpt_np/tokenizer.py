@@ -8,10 +8,11 @@ eos_token_id that generation stops at.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .checkpoint import atomic_write
 
 EOS = "<|endoftext|>"
 
@@ -59,18 +60,8 @@ class Tokenizer:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.hf.to_str())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write(self.hf.to_str())
 
 
 def train_tokenizer(texts, vocab_size=2048, min_frequency=2):

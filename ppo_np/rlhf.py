@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 import minigpt_np as mg
-from minigpt_np.checkpoint import load_npz, save_checkpoint
+from minigpt_np.checkpoint import atomic_write, load_npz, save_checkpoint
 
 from . import core
 from .rollout import generate_responses
@@ -159,10 +159,8 @@ def read_log(path):
 
 
 def write_log(path, history):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in history)
-    os.replace(tmp, path)
 
 
 def _progress(total, initial, enabled):

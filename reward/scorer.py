@@ -7,13 +7,13 @@ way a probability does, so a policy keeps being paid for clearer positivity.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from minigpt_np.checkpoint import atomic_write
 
 from reward.features import FeatureConfig, Featurizer
 from reward.logreg import log_loss
@@ -96,16 +96,8 @@ class Scorer:
         for block in self.featurizer.config.blocks:
             arrays[f"{block}_vocabulary"] = self.featurizer.vocabularies[block]
             arrays[f"{block}_scale"] = self.featurizer.column_scales[block]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is ordinary readable data
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
         return path
 
 

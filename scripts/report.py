@@ -1,8 +1,9 @@
 """What a finished run shows a reader: curves.png, samples.md and the before/after table."""
 import logging
-import os
 
 import numpy as np
+
+from minigpt_np.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def write_samples(path, prompts, before, after, n=12):
         lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", "",
                   f"- before ({before[1][i]:+.2f}): {before[0][i]}",
                   f"- after ({after[1][i]:+.2f}): {after[0][i]}", ""]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
-    os.replace(tmp, path)
 
 
 def format_table(before, after):

@@ -1,6 +1,5 @@
 """The main job end to end on a tiny fixture corpus: artifacts, skipping finished stages, resuming a killed PPO run."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 autograd), L-BFGS against Newton's method, a scorer trained on a fixture, reward.npz round trips and errors."""
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
