@@ -124,7 +124,8 @@ def prompts_from(tokenizer, test, args):
     return queries[n_eval:], queries[:n_eval]
 
 
-def main(argv=None):
+def run_pipeline(argv=None):
+    """Run every stage that is not finished yet -> the summary dict also written to summary.json."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     run_dir = os.path.join(args.runs_dir, args.name)
@@ -195,6 +196,11 @@ def main(argv=None):
               f"  after  ({after_scores[i]:+.2f}): {after_texts[i]!r}")
     print(f"\nwrote {run_dir}/ in {timings['total']:.0f} s: samples.md, curves.png, summary.json, ppo_log.jsonl")
     return summary
+
+
+def main(argv=None):
+    """Console entry point: returns nothing, so the exit status is 0 (a returned dict would make it 1)."""
+    run_pipeline(argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def _features_line(pairs):
     return ", ".join(f"{name} {weight:+.2f}" for name, weight in pairs)
 
 
-def main(argv=None):
+def train_from_args(argv=None):
+    """Train, evaluate, print and write reward.npz -> the metrics dict."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
@@ -79,6 +80,11 @@ def main(argv=None):
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def main(argv=None):
+    """Console entry point: returns nothing, so the exit status is 0."""
+    train_from_args(argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def tiny_args(tmp_path, name, corpus, *extra):
 
 def test_main_job_writes_every_artifact_and_skips_finished_stages(tmp_path, monkeypatch):
     corpus = fixture_corpus(tmp_path / "reviews.csv")
-    summary = run.main(tiny_args(tmp_path, "demo", corpus))
+    summary = run.run_pipeline(tiny_args(tmp_path, "demo", corpus))
     run_dir = tmp_path / "runs" / "demo"
     for name in ("tokenizer.json", "gpt_pretrained.npz", "reward.npz", "gpt_ppo.npz", "ppo_log.jsonl",
                  "curves.png", "samples.md", "summary.json"):
@@ -57,13 +57,13 @@ def test_main_job_writes_every_artifact_and_skips_finished_stages(tmp_path, monk
     monkeypatch.setattr(run, "pretrain", refuse)
     monkeypatch.setattr(run, "train_reward_model", refuse)
     monkeypatch.setattr(run, "train_ppo", refuse)
-    again = run.main(tiny_args(tmp_path, "demo", corpus))
+    again = run.run_pipeline(tiny_args(tmp_path, "demo", corpus))
     assert again["policy"] == summary["policy"]
 
 
 def test_a_killed_ppo_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     corpus = fixture_corpus(tmp_path / "reviews.csv")
-    run.main(tiny_args(tmp_path, "whole", corpus))
+    run.run_pipeline(tiny_args(tmp_path, "whole", corpus))
 
     real_step, calls = trainer_module.PPOTrainer.step, {"n": 0}
 
@@ -74,7 +74,7 @@ def test_a_killed_ppo_run_resumes_from_its_checkpoint_and_ends_where_an_uninterr
         return real_step(self, *args, **kwargs)
     monkeypatch.setattr(trainer_module.PPOTrainer, "step", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
-        run.main(tiny_args(tmp_path, "killed", corpus))
+        run.run_pipeline(tiny_args(tmp_path, "killed", corpus))
     killed_dir = tmp_path / "runs" / "killed"
     assert len((killed_dir / "ppo_log.jsonl").read_text().splitlines()) == 2
 
@@ -84,7 +84,7 @@ def test_a_killed_ppo_run_resumes_from_its_checkpoint_and_ends_where_an_uninterr
         steps_after_restart.append(1)
         return real_step(self, *args, **kwargs)
     monkeypatch.setattr(trainer_module.PPOTrainer, "step", counted)
-    run.main(tiny_args(tmp_path, "killed", corpus))
+    run.run_pipeline(tiny_args(tmp_path, "killed", corpus))
     assert len(steps_after_restart) == 2, "the restarted run did not continue from the step-2 checkpoint"
 
     whole = mg.load_checkpoint(str(tmp_path / "runs" / "whole" / "gpt_ppo.npz")).state_dict()
@@ -95,3 +95,9 @@ def test_a_killed_ppo_run_resumes_from_its_checkpoint_and_ends_where_an_uninterr
     log_resumed = (killed_dir / "ppo_log.jsonl").read_text().splitlines()
     strip = lambda line: {k: v for k, v in json.loads(line).items() if not k.startswith("time/")}  # noqa: E731
     assert [strip(x) for x in log_whole] == [strip(x) for x in log_resumed]
+
+
+def test_console_entry_points_return_nothing_so_the_exit_status_is_zero(tmp_path):
+    """setuptools' console scripts call sys.exit(main()): a returned dict would exit with status 1."""
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    assert run.main(tiny_args(tmp_path, "exit", corpus)) is None

@@ -352,7 +352,7 @@ def test_train_reward_model_reports_splits_and_metrics():
 def test_train_reward_script_writes_a_loadable_model(tmp_path, capsys):
     from scripts import train_reward
     out = tmp_path / "reward.npz"
-    metrics = train_reward.main(["--corpus", str(FIXTURES / "sentiment.csv"), "--out", str(out),
+    metrics = train_reward.train_from_args(["--corpus", str(FIXTURES / "sentiment.csv"), "--out", str(out),
                                  "--metrics", str(tmp_path / "metrics.json"), "--l2", "1e-4"])
     printed = capsys.readouterr().out
     assert "test : accuracy" in printed and "top positive" in printed and str(out) in printed
