@@ -21,9 +21,8 @@ import numpy as np
 import minigpt_np as mg
 from minigpt_np.checkpoint import atomic_write, load_npz, save_checkpoint
 
-from . import core
 from .rollout import generate_responses
-from .trainer import PPOTrainer, layout
+from .trainer import PPOTrainer, layout, response_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -179,15 +178,9 @@ def distinct_n(texts, n=2):
 
 def response_kl(policy, ref_model, queries, responses, forward_batch_size):
     """Per-response KL estimate sum_t (log pi(y_t) - log pi_ref(y_t)) on the policy's own samples -> (N,)."""
-    kls = []
-    with mg.no_grad():
-        for i in range(0, len(queries), forward_batch_size):
-            batch = layout(queries[i:i + forward_batch_size], responses[i:i + forward_batch_size])
-            cols, labels = slice(batch.Q - 1, batch.input_ids.shape[1] - 1), batch.input_ids[:, batch.Q:]
-            lp = core.logprobs_from_logits(policy(batch.input_ids, batch.attention_mask).data[:, cols], labels)
-            ref_lp = core.logprobs_from_logits(ref_model(batch.input_ids, batch.attention_mask).data[:, cols], labels)
-            kls.append(((lp - ref_lp) * batch.mask).sum(axis=1))
-    return np.concatenate(kls)
+    batch = layout(queries, responses)
+    kl = response_logprobs(policy, batch, forward_batch_size) - response_logprobs(ref_model, batch, forward_batch_size)
+    return kl.sum(axis=1)
 
 
 def evaluate(model, ref_model, tokenizer, scorer, queries, config, forward_batch_size, seed):

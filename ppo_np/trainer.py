@@ -103,6 +103,25 @@ def response_slice(batch):
     return slice(batch.Q - 1, batch.input_ids.shape[1] - 1)
 
 
+def response_logprobs(model, batch, forward_batch_size, with_values=False):
+    """log pi(y_t) of every response token (and the values V_t), no graph, forward_batch_size rows at a time.
+
+    -> logprobs (B, R) float64, 0 on padding; with_values: (logprobs, values (B, R)).
+    """
+    cols, labels = response_slice(batch), batch.input_ids[:, batch.Q:]
+    logprobs, values = [], []
+    with mg.no_grad():
+        for i in range(0, len(batch.input_ids), forward_batch_size):
+            rows = slice(i, i + forward_batch_size)
+            out = model(batch.input_ids[rows], batch.attention_mask[rows], return_values=with_values)
+            logits = out[0] if with_values else out
+            logprobs.append(core.logprobs_from_logits(logits.data[:, cols], labels[rows]).astype(np.float64))
+            if with_values:
+                values.append(out[1].data[:, cols].astype(np.float64))
+    logprobs = np.concatenate(logprobs) * batch.mask
+    return (logprobs, np.concatenate(values) * batch.mask) if with_values else logprobs
+
+
 class PPOTrainer:
     def __init__(self, model, ref_model, config=None, pad_token_id=0):
         self.config = config = config if config is not None else PPOConfig()
@@ -146,19 +165,9 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------ forward
     def batched_forward_pass(self, batch):
         """logprobs, ref_logprobs and values (B, R) of the response tokens, no graph, forward_batch_size rows at a time."""
-        fbs, cols = self.config.forward_batch_size, response_slice(batch)
-        labels = batch.input_ids[:, batch.Q:]
-        logprobs, ref_logprobs, values = [], [], []
-        with mg.no_grad():
-            for i in range(0, len(batch.input_ids), fbs):
-                ids, att = batch.input_ids[i:i + fbs], batch.attention_mask[i:i + fbs]
-                logits, v = self.model(ids, att, return_values=True)
-                ref_logits = self.ref_model(ids, att)
-                logprobs.append(core.logprobs_from_logits(logits.data[:, cols], labels[i:i + fbs]))
-                ref_logprobs.append(core.logprobs_from_logits(ref_logits.data[:, cols], labels[i:i + fbs]))
-                values.append(v.data[:, cols].astype(np.float64))
-        mask = batch.mask
-        return (np.concatenate(logprobs) * mask, np.concatenate(ref_logprobs) * mask, np.concatenate(values) * mask)
+        fbs = self.config.forward_batch_size
+        logprobs, values = response_logprobs(self.model, batch, fbs, with_values=True)
+        return logprobs, response_logprobs(self.ref_model, batch, fbs), values
 
     # ------------------------------------------------------------------------------------------ step
     def step(self, queries, responses, scores):
