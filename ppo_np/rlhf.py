@@ -92,7 +92,7 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
     trainer = PPOTrainer(policy, ref_model, ppo_config, pad_token_id=tokenizer.eos_token_id)
     prompts = PromptStream(queries, config.seed)
     sample_rng = np.random.default_rng(config.seed + 1)
-    step, history = 0, []
+    step, history, last_saved = 0, [], None
     if os.path.exists(ckpt_path):
         model, arrays, meta = mg.load_checkpoint(ckpt_path, with_extras=True)
         policy.load_state_dict(model.state_dict())
@@ -100,6 +100,7 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
         prompts.load_state(meta["ppo"]["prompts"])
         sample_rng.bit_generator.state = meta["ppo"]["sample_rng"]
         step = meta["ppo"]["step"]
+        last_saved = step
         history = read_log(log_path)[:step]
         log.info("resuming PPO from step %d (%s)", step, ckpt_path)
     write_log(log_path, history)             # drop lines logged after the checkpoint we resume from
@@ -122,8 +123,9 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
         try:
             stats = trainer.step(batch_queries, responses, scores)
         except FloatingPointError as err:
-            raise RuntimeError(f"PPO stopped at step {step + 1}: {err} The last good checkpoint is {ckpt_path} "
-                               f"(step {step - step % config.checkpoint_every}).") from err
+            kept = (f"The last good checkpoint is {ckpt_path} (step {last_saved})." if last_saved is not None
+                    else "No PPO checkpoint was written yet.")
+            raise RuntimeError(f"PPO stopped at step {step + 1}: {err} {kept}") from err
         step += 1
         stats.update({"step": step, "env/reward_mean": float(np.mean(scores)),
                       "env/reward_positive": float(np.mean(scores > 0)),
@@ -138,6 +140,7 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
                             pos=f"{stats['env/reward_positive']:.2f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_ppo_checkpoint(ckpt_path, trainer, step, prompts, sample_rng, finished=step == config.steps)
+            last_saved = step
     if bar is not None:
         bar.close()
     if step < config.steps:

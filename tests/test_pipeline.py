@@ -101,3 +101,20 @@ def test_console_entry_points_return_nothing_so_the_exit_status_is_zero(tmp_path
     """setuptools' console scripts call sys.exit(main()): a returned dict would exit with status 1."""
     corpus = fixture_corpus(tmp_path / "reviews.csv")
     assert run.main(tiny_args(tmp_path, "exit", corpus)) is None
+
+
+def test_a_nan_during_ppo_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    real_step, calls = trainer_module.PPOTrainer.step, {"n": 0}
+
+    def nan_in_step_three(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise FloatingPointError("PPO loss or its gradient is NaN/inf; the step was not applied.")
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(trainer_module.PPOTrainer, "step", nan_in_step_three)
+    with pytest.raises(RuntimeError, match=r"step 3: .*NaN.*last good checkpoint .*gpt_ppo.npz \(step 2\)"):
+        run.run_pipeline(tiny_args(tmp_path, "nan", corpus))
+    arrays, meta = mg.checkpoint.load_npz(str(tmp_path / "runs" / "nan" / "gpt_ppo.npz"))
+    assert meta["ppo"]["step"] == 2 and not meta["ppo"]["finished"]
+    assert all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f")
