@@ -35,12 +35,14 @@ from reward import corpus
 #   2000 updates (equal steps):       vocab 2048 2.138, vocab 4096 2.091
 #   equal time (4096 costs 1.15x):    vocab 2048 at 2300 updates 2.104, vocab 4096 at 2000 updates 2.091
 # Batch 16 beat 32 at equal tokens (2.288 vs 2.327 bits/char after 819k tokens). 2000 updates take 216 s of
-# training (~10k tokens/s, 3.6 minutes in all) on an idle machine; the 270-second budget keeps the whole run
-# within 5 minutes, and annealed, on a busier one.
+# training (~10k tokens/s, 3.6 minutes in all) on an idle machine. No time budget by default: with one, a machine
+# slower than planned at any moment (even during start-up) paces the schedule by the clock and the run no longer
+# reproduces by seed (measured: two README runs on a briefly busy machine were paced for 104 and 334 updates).
+# --max-seconds 270 keeps a slow machine within 5 minutes at that price.
 DEFAULT_VOCAB = 4096
 DEFAULT_MODEL = mg.GPTConfig(vocab_size=DEFAULT_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128)
 DEFAULT_STEPS = 2000
-DEFAULT_SECONDS = 270.0
+DEFAULT_SECONDS = None
 
 
 def parse_args(argv=None):
@@ -58,11 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size, help="windows per update")
     p.add_argument("--lr", type=float, default=PretrainConfig.lr, help="peak learning rate")
     p.add_argument("--max-steps", type=int, default=None,
-                   help=f"updates; the cosine schedule ends here (default {DEFAULT_STEPS} with a {DEFAULT_SECONDS:.0f} s "
-                        "time budget; give either or both to replace that)")
+                   help=f"updates; the cosine schedule ends here (default {DEFAULT_STEPS})")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="training-time budget: alone, the schedule anneals by time; with --max-steps, a hard stop "
-                        "that also keeps the schedule from falling behind the clock")
+                   help="training-time budget (default none): alone, the schedule anneals by time; with --max-steps, "
+                        "a hard stop that also keeps the schedule from falling behind the clock (then a slow "
+                        "machine makes the run not reproducible by seed)")
     p.add_argument("--eval-interval", type=int, default=200, help="updates between validation losses")
     p.add_argument("--seed", type=int, default=0, help="seeds the model's initial weights, the batches and samples")
     p.add_argument("--split-seed", type=int, default=0, help="seeds the train/val/test split (keep it shared with "

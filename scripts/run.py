@@ -49,7 +49,8 @@ def parse_args(argv=None):
     g.add_argument("--pretrain-steps", type=int, default=DEFAULT_STEPS, help="AdamW updates")
     g.add_argument("--pretrain-batch-size", type=int, default=PretrainConfig.batch_size, help="windows per update")
     g.add_argument("--pretrain-seconds", type=float, default=DEFAULT_SECONDS,
-                   help="time budget for pretraining; the schedule never falls behind it")
+                   help="optional time budget for pretraining (e.g. 270 on a slow machine); the schedule then never "
+                        "falls behind the clock, at the price of reproducibility by seed")
     g.add_argument("--pretrain-lr", type=float, default=PretrainConfig.lr, help="peak pretraining learning rate")
     g = p.add_argument_group("PPO")
     g.add_argument("--ppo-steps", type=int, default=40, help="PPO steps (rollouts, scoring, updates)")
