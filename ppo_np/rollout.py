@@ -21,6 +21,17 @@ def left_pad(queries, pad_token_id=0):
     return idx, attention_mask
 
 
+def right_pad(responses, pad_token_id=0):
+    """Stack responses of different lengths, padded on the right -> idx (B, R), mask (B, R)."""
+    R = max(len(r) for r in responses)
+    idx = np.full((len(responses), R), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(responses), R), dtype=np.int64)
+    for i, r in enumerate(responses):
+        idx[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return idx, mask
+
+
 def generate_responses(model, queries, max_new_tokens, *, forward_batch_size, rng, eos_token_id=None,
                        stop_at_eos=True, temperature=1.0, top_k=None, top_p=None):
     """Sample one response per query -> list of int arrays.

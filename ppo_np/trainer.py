@@ -23,6 +23,7 @@ import minigpt_np as mg
 from minigpt_np.optim import AdamW, clip_grad_norm
 
 from . import core
+from .rollout import left_pad, right_pad
 
 
 @dataclasses.dataclass
@@ -84,18 +85,11 @@ class Batch:
 
 def layout(queries, responses, pad_token_id=0):
     """Left-pad queries to Q, right-pad responses to R and stack: -> Batch."""
-    Q = max(len(q) for q in queries)
-    R = max(len(r) for r in responses)
-    B = len(queries)
-    input_ids = np.full((B, Q + R), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((B, Q + R), dtype=np.int64)
-    mask = np.zeros((B, R))
-    for i, (q, r) in enumerate(zip(queries, responses)):
-        input_ids[i, Q - len(q):Q] = q
-        input_ids[i, Q:Q + len(r)] = r
-        attention_mask[i, Q - len(q):Q + len(r)] = 1
-        mask[i, :len(r)] = 1
-    return Batch(input_ids, attention_mask, mask, Q)
+    query_ids, query_mask = left_pad(queries, pad_token_id)              # (B, Q)
+    response_ids, response_mask = right_pad(responses, pad_token_id)     # (B, R)
+    return Batch(np.concatenate([query_ids, response_ids], axis=1),
+                 np.concatenate([query_mask, response_mask], axis=1),
+                 response_mask.astype(np.float64), query_ids.shape[1])
 
 
 def response_slice(batch):
