@@ -115,12 +115,12 @@ def stage_reward(args, run_dir, snippets):
     return scorer, metrics
 
 
-def prompts_from(tokenizer, test, args):
+def prompts_from(tokenizer, test, args, rlhf_config):
     """Held-out labelled reviews (never seen by the reward model), shuffled, split into PPO and evaluation prompts."""
     rng = np.random.default_rng(args.seed)
     texts = [s.text for s in test if s.label is not None]
     texts = [texts[i] for i in rng.permutation(len(texts))]
-    queries = make_queries(tokenizer, texts, 2, 8, rng)
+    queries = make_queries(tokenizer, texts, rlhf_config.query_min_tokens, rlhf_config.query_max_tokens, rng)
     n_eval = min(args.eval_prompts, len(queries) // 4)
     return queries[n_eval:], queries[:n_eval]
 
@@ -155,7 +155,7 @@ def run_pipeline(argv=None):
     rlhf_config = RLHFConfig(steps=args.ppo_steps, max_seconds=args.ppo_seconds, response_tokens=args.response_tokens,
                              stop_at_eos=not args.no_stop_at_eos, checkpoint_every=args.checkpoint_every,
                              seed=args.seed)
-    train_queries, eval_queries = prompts_from(tokenizer, test, args)
+    train_queries, eval_queries = prompts_from(tokenizer, test, args, rlhf_config)
     t = time.perf_counter()
     policy = mg.load_checkpoint(os.path.join(run_dir, "gpt_pretrained.npz"))
     policy.add_value_head(seed=args.seed)
