@@ -1,41 +1,12 @@
 """Tensor-level ops: each runs a forward from `ops` and records the matching backward in the graph.
 
-Every function returns a `Tensor`; its backward closure returns one gradient per parent, in order.
+Every function returns a `Tensor`; its backward closure returns one gradient per parent, in order. The
+elementary arithmetic (add, mul, sum, reshape) lives with the Tensor in `tensor` and is re-exported here.
 """
 import numpy as np
 
 from . import ops
-from .tensor import Tensor, make, unbroadcast
-
-
-def _data(x):
-    return x.data if isinstance(x, Tensor) else np.asarray(x)
-
-
-def add(a, b):
-    """y = a + b with numpy broadcasting; each gradient is dy summed back to its operand's shape."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
-    y = a.data + b.data
-    return make(y, (a, b), lambda dy: (unbroadcast(dy, a.shape), unbroadcast(dy, b.shape)))
-
-
-def mul(a, b):
-    """y = a * b with broadcasting;  da = dy b,  db = dy a (unbroadcast)."""
-    a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(b)
-    y = a.data * b.data
-    return make(y, (a, b), lambda dy: (unbroadcast(dy * b.data, a.shape), unbroadcast(dy * a.data, b.shape)))
-
-
-def sum(x):  # noqa: A001 - mirrors Tensor.sum
-    """y = sum of all entries;  dx = dy broadcast to x's shape."""
-    return make(np.sum(x.data), (x,), lambda dy: (np.broadcast_to(dy, x.shape).copy(),))
-
-
-def reshape(x, shape):
-    """Same entries, new shape;  dx = dy reshaped back."""
-    return make(x.data.reshape(shape), (x,), lambda dy: (dy.reshape(x.shape),))
+from .tensor import add, make, mul, reshape, sum  # noqa: F401 - the elementary ops, re-exported beside the rest
 
 
 def embedding(weight, idx):

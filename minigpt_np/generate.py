@@ -40,11 +40,12 @@ class KVCache:
 
 def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """Draw one token per row from softmax(logits / temperature), restricted to the top_k most likely tokens and
-    to the smallest set whose probability reaches top_p; temperature 0 is greedy (argmax).   logits (B, V) -> (B,)."""
+    to the smallest set whose probability reaches top_p; temperature 0 is greedy (argmax), top_k None or 0 and
+    top_p None or 1 keep every token.   logits (B, V) -> (B,)."""
     if temperature == 0:
         return logits.argmax(axis=-1)
     z = logits.astype(np.float64) / temperature
-    if top_k is not None and top_k < z.shape[-1]:
+    if top_k and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
     probs = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -63,6 +64,19 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
 
 
+def _check_sampling(idx, max_new_tokens, temperature, top_k, top_p):
+    if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"generate: idx must be integer token ids of shape (batch, time), got {idx.dtype} {idx.shape}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise ValueError(f"generate: top_k must be None or an integer >= 0 (0 = no top-k), got {top_k!r}")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise ValueError(f"generate: top_p must lie in (0, 1] (1 = no nucleus cut), got {top_p}")
+
+
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, attention_mask=None,
              eos_token_id=None, seed=None, pad_token_id=None, rng=None):
     """Extend each row of idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens) ints.
@@ -72,15 +86,12 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     a new generator seeded with `seed`.
     """
     idx = np.asarray(idx)
-    if idx.ndim != 2:
-        raise ValueError(f"generate: idx must be (batch, time), got shape {idx.shape}")
+    _check_sampling(idx, max_new_tokens, temperature, top_k, top_p)
     B, T = idx.shape
     total = T + max_new_tokens
     if total > model.cfg.block_size:
         raise ValueError(f"generate: prompt length {T} + max_new_tokens {max_new_tokens} = {total} exceeds "
                          f"block_size {model.cfg.block_size}; shorten the prompt or ask for fewer tokens")
-    if temperature < 0:
-        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
     rng = np.random.default_rng(seed) if rng is None else rng
     pad = eos_token_id if pad_token_id is None else pad_token_id
     mask = np.ones((B, total), dtype=np.int64)

@@ -12,12 +12,15 @@ import dataclasses
 import numpy as np
 
 from . import functional as F
+from .checkpoint import load_npz, save_npz
 from .tensor import Tensor
+
+FORMAT = "minigpt_np GPT"   # the "format" entry of a GPT file's metadata
 
 
 @dataclasses.dataclass
 class GPTConfig:
-    vocab_size: int = 2048      # tokens in the vocabulary, V
+    vocab_size: int = 4096      # tokens in the vocabulary, V (4096 beat 2048 in bits/char, see README)
     block_size: int = 64        # longest sequence the position embedding covers, T_max
     n_layer: int = 4            # transformer blocks, L
     n_head: int = 4             # attention heads per block, H
@@ -74,6 +77,8 @@ class GPT:
     def __init__(self, cfg, dtype=np.float32, seed=0):
         self.cfg = cfg
         self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"GPT dtype must be float32 or float64, got {self.dtype}")
         self.training = True
         self._rng = np.random.default_rng(seed)
         self.params = {name: Tensor(init_parameter(name, shape, cfg, self._rng, self.dtype), requires_grad=True)
@@ -136,9 +141,18 @@ class GPT:
         self.params["v_head.weight"] = Tensor(init_parameter("v_head.weight", (C, 1), self.cfg, rng, self.dtype), True)
         self.params["v_head.bias"] = Tensor(np.zeros(1, self.dtype), True)
 
-    def save(self, path, **extra):
-        from .checkpoint import save_checkpoint
-        save_checkpoint(self, path, **extra)
+    def save(self, path, extra_arrays=None, extra_meta=None):
+        """Write the parameters, the config and the dtype to one .npz (`checkpoint.save_npz`), atomically.
+
+        extra_arrays (e.g. optimizer moments) must not reuse parameter names; extra_meta keys go beside
+        "format", "config" and "dtype" in the metadata (a training checkpoint's state, for instance).
+        """
+        arrays, extra_arrays, extra_meta = self.state_dict(), dict(extra_arrays or {}), dict(extra_meta or {})
+        clash = sorted(set(extra_arrays) & set(arrays)) + sorted(set(extra_meta) & {"format", "config", "dtype"})
+        if clash:
+            raise ValueError(f"extra arrays or metadata reuse the names {clash}; rename them")
+        meta = {"format": FORMAT, "config": dataclasses.asdict(self.cfg), "dtype": self.dtype.name, **extra_meta}
+        save_npz(path, {**arrays, **extra_arrays}, meta)
 
     # ------------------------------------------------------------------------------------------ forward
     def _positions(self, idx, attention_mask, cache):
@@ -158,8 +172,8 @@ class GPT:
         pos = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)[:, past:]
         return pos, mask
 
-    def __call__(self, idx, attention_mask=None, return_values=False, cache=None):
-        """idx int (B, T) -> logits Tensor (B, T, V), and values Tensor (B, T) when return_values.
+    def hidden_states(self, idx, attention_mask=None, cache=None):
+        """idx int (B, T) -> the final hidden states ln_f(x), Tensor (B, T, C): what the heads read.
 
         attention_mask (B, T) (with a cache: (B, past + T)), 1 = token, 0 = padding, for left-padded batches.
         cache: a `KVCache` from `generate`; keys and values of these positions are appended to it.
@@ -170,8 +184,6 @@ class GPT:
         if idx.size and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}); got min {idx.min()} max {idx.max()}. "
                              "Was the tokenizer trained with a different vocabulary size than the model?")
-        if return_values and not self.cfg.value_head:
-            raise ValueError("return_values=True needs a value head: call model.add_value_head() first")
         pos, key_mask = self._positions(idx, attention_mask, cache)
         P, cfg = self.params, self.cfg
         p_drop = cfg.dropout if self.training else 0.0
@@ -189,11 +201,49 @@ class GPT:
             m = F.gelu(F.linear(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"]))   # (B, T, 4C)
             m = F.linear(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])
             x = x + F.dropout(m, p_drop, self._rng)
-        x = F.layer_norm(x, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])
-        logits = F.lm_head(x, P["transformer.wte.weight"])                                # (B, T, V)
-        if not return_values:
-            return logits
-        values = F.linear(x, P["v_head.weight"], P["v_head.bias"]).reshape(idx.shape)   # (B, T)
-        return logits, values
+        return F.layer_norm(x, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"])
+
+    def __call__(self, idx, attention_mask=None, cache=None):
+        """idx int (B, T) -> logits Tensor (B, T, V) = ln_f(x) wte^T (the tied lm_head)."""
+        return F.lm_head(self.hidden_states(idx, attention_mask, cache), self.params["transformer.wte.weight"])
 
     forward = __call__
+
+    def logits_and_values(self, idx, attention_mask=None):
+        """idx int (B, T) -> (logits Tensor (B, T, V), values Tensor (B, T)): both heads on one trunk (PPO)."""
+        if not self.cfg.value_head:
+            raise ValueError("logits_and_values needs a value head: call model.add_value_head() first")
+        x = self.hidden_states(idx, attention_mask)
+        logits = F.lm_head(x, self.params["transformer.wte.weight"])                    # (B, T, V)
+        values = F.linear(x, self.params["v_head.weight"], self.params["v_head.bias"])   # (B, T, 1)
+        return logits, values.reshape(np.shape(idx))
+
+
+def load_checkpoint(path, dtype=None):
+    """The GPT stored at path by `GPT.save` -> GPT (with its value head, if it was saved with one).
+
+    dtype: None keeps the stored dtype; np.float32 / np.float64 converts. Arrays that are not parameters
+    (an optimizer's moments in a training checkpoint) are ignored here; `minigpt_np.resume` reads them.
+    """
+    arrays, meta = load_npz(path)
+    model = GPT(config_of(path, meta), dtype=meta.get("dtype", "float32") if dtype is None else dtype)
+    shapes = parameter_shapes(model.cfg)
+    missing = sorted(k for k in shapes if k not in arrays)
+    misshaped = sorted(k for k in shapes if k in arrays and arrays[k].shape != shapes[k])
+    if missing or misshaped:
+        raise ValueError(f"{path}: the arrays do not fit the stored config (missing {missing[:4]}, mis-shaped "
+                         f"{misshaped[:4]}); the file mixes two models: delete it and re-create it")
+    model.load_state_dict({k: arrays[k] for k in shapes})
+    return model
+
+
+def config_of(path, meta):
+    """The GPTConfig stored in a GPT file's metadata; ValueError if the file is not a GPT or its config is bad."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a GPT checkpoint (its format is {meta.get('format')!r}, "
+                         f"expected {FORMAT!r}); pass a gpt_*.npz file written by this project")
+    try:
+        return GPTConfig(**meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the stored config is not a valid GPTConfig ({e}); it was written by an "
+                         "incompatible version: re-create it") from e

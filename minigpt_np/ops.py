@@ -143,8 +143,9 @@ def causal_allowed(T, S, key_mask=None):
 def attention_forward(q, k, v, allowed, out=None):
     """y = softmax(q k^T / sqrt(D) masked) v, per head.   q (B,H,T,D), k and v (B,H,S,D), allowed bool (B|1,1,T,S).
 
-    Disallowed scores are set to the dtype's most negative number rather than -inf, as Hugging Face GPT-2 does, so a
-    row with no allowed key (a left-padding query) stays finite; no real token ever reads such a row.
+    Disallowed scores are replaced by the dtype's most negative number rather than -inf, as Hugging Face GPT-2 does
+    for its causal mask (it adds that number for padding instead; docs/gpt.md), so a row with no allowed key (a
+    left-padding query) stays finite; no real token ever reads such a row.
     Returns y (B,H,T,D) (written into `out` if given, e.g. a head-split view of a (B,T,C) array) and the attention
     probabilities att (B,H,T,S) for the backward.
     """

@@ -1,7 +1,8 @@
 """AdamW, global-norm gradient clipping and the warmup + cosine learning-rate schedule.
 
-AdamW follows torch.optim.AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization") to the
-operation order, so ten float64 steps agree with PyTorch to ~1e-15. Weight decay applies to parameters with
+AdamW follows torch.optim.AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization") step for step;
+torch 2.13 updates the first moment with lerp_, which rounds differently at the ulp level, and ten float64 steps
+agree with PyTorch to 1e-13 (tested; docs/gpt.md). Weight decay applies to parameters with
 ndim >= 2 (the matmul weights and the embeddings), never to biases, LayerNorm gains or the value-head bias,
 as in GPT-2 / nanoGPT training.
 """

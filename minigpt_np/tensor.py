@@ -61,21 +61,17 @@ class Tensor:
             grad = np.ones_like(self.data)
         backward([self], [grad])
 
-    # The few operators the model and tests need; the real ops live in `functional`.
+    # The arithmetic the model and tests need, defined below; the network's ops live in `functional`.
     def __add__(self, other):
-        from .functional import add
         return add(self, other)
 
     def __mul__(self, other):
-        from .functional import mul
         return mul(self, other)
 
     def sum(self):
-        from .functional import sum as sum_
-        return sum_(self)
+        return sum(self)
 
     def reshape(self, *shape):
-        from .functional import reshape
         return reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape)
 
 
@@ -125,6 +121,31 @@ def backward(roots, grads):
             else:
                 p.grad = p.grad + g   # never in place, for the same reason
         node.grad = None
+
+
+def add(a, b):
+    """y = a + b with numpy broadcasting; each gradient is dy summed back to its operand's shape."""
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = b if isinstance(b, Tensor) else Tensor(b)
+    return make(a.data + b.data, (a, b), lambda dy: (unbroadcast(dy, a.shape), unbroadcast(dy, b.shape)))
+
+
+def mul(a, b):
+    """y = a * b with broadcasting;  da = dy b,  db = dy a (unbroadcast)."""
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = b if isinstance(b, Tensor) else Tensor(b)
+    return make(a.data * b.data, (a, b),
+                lambda dy: (unbroadcast(dy * b.data, a.shape), unbroadcast(dy * a.data, b.shape)))
+
+
+def sum(x):  # noqa: A001 - the Tensor method's name
+    """y = sum of all entries;  dx = dy broadcast to x's shape."""
+    return make(np.sum(x.data), (x,), lambda dy: (np.broadcast_to(dy, x.shape).copy(),))
+
+
+def reshape(x, shape):
+    """Same entries, new shape;  dx = dy reshaped back."""
+    return make(x.data.reshape(shape), (x,), lambda dy: (dy.reshape(x.shape),))
 
 
 def unbroadcast(grad, shape):

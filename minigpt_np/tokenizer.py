@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
-
 from .checkpoint import atomic_write
 
 EOS = "<|endoftext|>"
@@ -76,6 +73,9 @@ def train_tokenizer(texts, vocab_size=2048, min_frequency=2):
         raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
     if isinstance(texts, str):
         raise ValueError("train_tokenizer expects an iterable of strings, got a single str")
+    from tokenizers import Tokenizer as HFTokenizer    # imported here: the rest of minigpt_np needs only NumPy
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # as GPT-2: "Hello" and " Hello" differ
     hf.decoder = decoders.ByteLevel()
@@ -100,6 +100,7 @@ def load_tokenizer(path):
             f"no tokenizer file at {path}. It is written by Tokenizer.save after train_tokenizer(...) "
             "(the pretraining stage does this); check the path or train a tokenizer first."
         )
+    from tokenizers import Tokenizer as HFTokenizer
     try:
         with open(path, encoding="utf-8") as f:
             hf = HFTokenizer.from_str(f.read())

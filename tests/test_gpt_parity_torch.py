@@ -82,7 +82,7 @@ def compare(value_head, padded, seed=0):
     # NumPy engine
     model.zero_grad()
     if value_head:
-        logits, values = model(idx, attention_mask=mask, return_values=True)
+        logits, values = model.logits_and_values(idx, attention_mask=mask)
         ce = F.cross_entropy(logits, targets)
         loss = ce + F.mul(values, Tensor(value_weights)).sum()
     else:

@@ -132,9 +132,9 @@ def test_add_value_head_gives_one_value_per_position_and_leaves_logits_alone():
     idx, _ = batch()
     logits = model(idx).data
     with pytest.raises(ValueError, match="add_value_head"):
-        model(idx, return_values=True)
+        model.logits_and_values(idx)
     model.add_value_head(seed=0)
-    new_logits, values = model(idx, return_values=True)
+    new_logits, values = model.logits_and_values(idx)
     assert values.shape == (B, T) and values.dtype == np.float32
     np.testing.assert_array_equal(new_logits.data, logits)
     sd = model.state_dict()
@@ -148,10 +148,10 @@ def test_values_are_the_value_head_applied_to_the_final_hidden_states():
     model = mg.GPT(dataclasses.replace(CFG, value_head=True), dtype=np.float64, seed=0)
     model.params["v_head.bias"].data[:] = 0.5
     idx, _ = batch()
-    _, values = model(idx, return_values=True)
+    _, values = model.logits_and_values(idx)
     # the value head is linear in h: doubling w_v doubles values - b_v
     model.params["v_head.weight"].data *= 2
-    _, doubled = model(idx, return_values=True)
+    _, doubled = model.logits_and_values(idx)
     np.testing.assert_allclose(doubled.data - 0.5, 2 * (values.data - 0.5), rtol=1e-12, atol=1e-15)
 
 

@@ -11,6 +11,7 @@ import pytest
 import minigpt_np as mg
 from minigpt_np import functional as F
 from minigpt_np import ops
+from minigpt_np import tensor as tensor_module
 from minigpt_np.tensor import Tensor, unbroadcast
 from gradcheck import gradcheck
 
@@ -26,10 +27,12 @@ def assert_gradcheck_fails(fn, inputs, **kwargs):
 
 
 def break_backward(monkeypatch, transform):
-    """Route every backward built by `functional` through transform(grads) -> grads: a wrong backward for inline ops."""
-    make = F.make
-    monkeypatch.setattr(F, "make", lambda data, parents, backward_fn: make(
-        data, parents, lambda dy: transform(tuple(backward_fn(dy)))))
+    """Route every backward built by `functional` and `tensor` through transform(grads) -> grads: a wrong backward
+    for inline ops (the arithmetic lives in `tensor`, the network's ops in `functional`)."""
+    make = tensor_module.make
+    for module in (F, tensor_module):
+        monkeypatch.setattr(module, "make", lambda data, parents, backward_fn: make(
+            data, parents, lambda dy: transform(tuple(backward_fn(dy)))))
 
 
 # ------------------------------------------------------------------------------------------------ gradcheck itself
@@ -66,7 +69,7 @@ def unbroadcast_forgetting_stretched_axes(grad, shape):
 
 
 def test_add_gradcheck_catches_a_missing_sum_over_a_broadcast_axis(monkeypatch):
-    monkeypatch.setattr(F, "unbroadcast", unbroadcast_forgetting_stretched_axes)
+    monkeypatch.setattr(tensor_module, "unbroadcast", unbroadcast_forgetting_stretched_axes)
     assert_gradcheck_fails(lambda t: F.add(t["a"], t["b"]), {"a": randn(2, 3, 4), "b": randn(2, 1, 4, seed=1)})
 
 
@@ -81,7 +84,7 @@ def test_mul_gradcheck_catches_swapped_operand_gradients(monkeypatch):
 
 
 def test_mul_gradcheck_catches_a_wrong_unbroadcast(monkeypatch):
-    monkeypatch.setattr(F, "unbroadcast", unbroadcast_forgetting_stretched_axes)
+    monkeypatch.setattr(tensor_module, "unbroadcast", unbroadcast_forgetting_stretched_axes)
     assert_gradcheck_fails(lambda t: F.mul(t["a"], t["b"]), {"a": randn(3, 4), "b": randn(3, 1, seed=1)})
 
 
@@ -305,7 +308,7 @@ def gpt_loss_fn(model, idx, targets, mask=None, value_weights=None):
         model.params.update(t)
         if value_weights is None:
             return F.cross_entropy(model(idx, attention_mask=mask), targets)
-        logits, values = model(idx, attention_mask=mask, return_values=True)
+        logits, values = model.logits_and_values(idx, attention_mask=mask)
         return F.cross_entropy(logits, targets) + F.mul(values, Tensor(value_weights)).sum()
     return fn
 
