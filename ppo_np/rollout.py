@@ -9,27 +9,7 @@ import numpy as np
 
 import minigpt_np as mg
 
-
-def left_pad(queries, pad_token_id=0):
-    """Stack queries of different lengths, padded on the left -> idx (B, Q), attention_mask (B, Q)."""
-    Q = max(len(q) for q in queries)
-    idx = np.full((len(queries), Q), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((len(queries), Q), dtype=np.int64)
-    for i, q in enumerate(queries):
-        idx[i, Q - len(q):] = q
-        attention_mask[i, Q - len(q):] = 1
-    return idx, attention_mask
-
-
-def right_pad(responses, pad_token_id=0):
-    """Stack responses of different lengths, padded on the right -> idx (B, R), mask (B, R)."""
-    R = max(len(r) for r in responses)
-    idx = np.full((len(responses), R), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(responses), R), dtype=np.int64)
-    for i, r in enumerate(responses):
-        idx[i, :len(r)] = r
-        mask[i, :len(r)] = 1
-    return idx, mask
+from .batch import left_pad
 
 
 def generate_responses(model, queries, max_new_tokens, *, forward_batch_size, rng, eos_token_id=None,
@@ -39,7 +19,7 @@ def generate_responses(model, queries, max_new_tokens, *, forward_batch_size, rn
     With stop_at_eos a response ends with the first eos token (kept, so the policy is credited for choosing to
     stop); without it every response has max_new_tokens tokens, as in TRL's gpt2-sentiment example.
     """
-    if temperature != 1.0 or top_k is not None or top_p is not None:
+    if temperature != 1.0 or top_k or (top_p is not None and top_p < 1.0):
         warnings.warn("PPO rollouts should sample from the full distribution (temperature=1, top_k=None, "
                       "top_p=None): the per-token KL penalty assumes the tokens were drawn from the policy",
                       stacklevel=2)

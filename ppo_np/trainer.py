@@ -7,11 +7,7 @@
        dloss/dlogprobs and dloss/dvalues, carried to the logits by the log-softmax backward, model backward, AdamW
     5. adaptive KL update with n_steps = batch_size
 
-Layout of a batch: every row is [left padding, query, response, right padding] with the query ending at column Q - 1
-and the response starting at column Q, Q = the longest query of the whole batch. Response token t of every row sits
-at column Q + t and is predicted by the logits (and valued by the value head) at column Q + t - 1. Widths are fixed
-for the whole batch, so each row is computed the same way, up to float rounding in BLAS, whatever
-forward_batch_size or mini-batch it falls in.
+The batch layout (left-padded queries, right-padded responses) is `ppo_np.batch`.
 """
 import dataclasses
 import time
@@ -22,8 +18,8 @@ import numpy as np
 import minigpt_np as mg
 from minigpt_np.optim import AdamW, clip_grad_norm
 
-from . import core
-from .rollout import left_pad, right_pad
+from . import checks, core
+from .batch import layout, response_logprobs, response_logprobs_and_values
 
 
 @dataclasses.dataclass
@@ -47,73 +43,7 @@ class PPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        for name in ("batch_size", "forward_batch_size", "mini_batch_size", "ppo_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"PPOConfig.{name} must be a positive integer, got {value!r}")
-        if self.batch_size % self.forward_batch_size:
-            raise ValueError(
-                f"PPOConfig.batch_size ({self.batch_size}) must be a multiple of forward_batch_size "
-                f"({self.forward_batch_size}): forward passes run in chunks of forward_batch_size. Use e.g. "
-                f"forward_batch_size={_largest_divisor_at_most(self.batch_size, self.forward_batch_size)} or "
-                f"batch_size={self.batch_size + self.forward_batch_size - self.batch_size % self.forward_batch_size}.")
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError(
-                f"PPOConfig.batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
-                f"({self.mini_batch_size}) so that no tail batch is dropped; use e.g. mini_batch_size="
-                f"{_largest_divisor_at_most(self.batch_size, self.mini_batch_size)}.")
-        for name in ("lr", "cliprange", "cliprange_value", "vf_coef", "horizon", "target"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.init_kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError("PPOConfig: need init_kl_coef >= 0, 0 <= gamma <= 1 and 0 <= lam <= 1, got "
-                             f"{self.init_kl_coef}, {self.gamma}, {self.lam}")
-
-
-def _largest_divisor_at_most(n, k):
-    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
-
-
-@dataclasses.dataclass
-class Batch:
-    """A batch laid out for the model: see the module docstring."""
-    input_ids: np.ndarray        # (B, Q + R) ints
-    attention_mask: np.ndarray   # (B, Q + R) 1 on query and response tokens
-    mask: np.ndarray             # (B, R) 1 on response tokens (right padded)
-    Q: int                       # column of the first response token
-
-
-def layout(queries, responses, pad_token_id=0):
-    """Left-pad queries to Q, right-pad responses to R and stack: -> Batch."""
-    query_ids, query_mask = left_pad(queries, pad_token_id)              # (B, Q)
-    response_ids, response_mask = right_pad(responses, pad_token_id)     # (B, R)
-    return Batch(np.concatenate([query_ids, response_ids], axis=1),
-                 np.concatenate([query_mask, response_mask], axis=1),
-                 response_mask.astype(np.float64), query_ids.shape[1])
-
-
-def response_slice(batch):
-    """Columns of the logits and values that predict / value the response tokens."""
-    return slice(batch.Q - 1, batch.input_ids.shape[1] - 1)
-
-
-def response_logprobs(model, batch, forward_batch_size, with_values=False):
-    """log pi(y_t) of every response token (and the values V_t), no graph, forward_batch_size rows at a time.
-
-    -> logprobs (B, R) float64, 0 on padding; with_values: (logprobs, values (B, R)).
-    """
-    cols, labels = response_slice(batch), batch.input_ids[:, batch.Q:]
-    logprobs, values = [], []
-    with mg.no_grad():
-        for i in range(0, len(batch.input_ids), forward_batch_size):
-            rows = slice(i, i + forward_batch_size)
-            out = model(batch.input_ids[rows], batch.attention_mask[rows], return_values=with_values)
-            logits = out[0] if with_values else out
-            logprobs.append(core.logprobs_from_logits(logits.data[:, cols], labels[rows]).astype(np.float64))
-            if with_values:
-                values.append(out[1].data[:, cols].astype(np.float64))
-    logprobs = np.concatenate(logprobs) * batch.mask
-    return (logprobs, np.concatenate(values) * batch.mask) if with_values else logprobs
+        checks.ppo_config(self)
 
 
 class PPOTrainer:
@@ -134,43 +64,23 @@ class PPOTrainer:
                        if config.adap_kl_ctrl else core.FixedKLController(config.init_kl_coef))
         self.rng = np.random.default_rng(config.seed)
 
-    # ------------------------------------------------------------------------------------------ checks
-    def _check_inputs(self, queries, responses, scores):
-        B = self.config.batch_size
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if not len(queries) == len(responses) == len(scores) == B:
-            raise ValueError(f"PPOTrainer.step: got {len(queries)} queries, {len(responses)} responses and "
-                             f"{len(scores)} scores; each must equal batch_size = {B}")
-        if not np.all(np.isfinite(scores)):
-            raise ValueError(f"PPOTrainer.step: scores must be finite; rows {np.nonzero(~np.isfinite(scores))[0][:10].tolist()} "
-                             "are NaN or inf. Check the reward model on those texts.")
-        queries = [np.asarray(q, dtype=np.int64).reshape(-1) for q in queries]
-        responses = [np.asarray(r, dtype=np.int64).reshape(-1) for r in responses]
-        for i, (q, r) in enumerate(zip(queries, responses)):
-            if len(q) == 0 or len(r) == 0:
-                raise ValueError(f"PPOTrainer.step: row {i} has an empty {'query' if len(q) == 0 else 'response'}; "
-                                 "every query and response needs at least one token")
-        longest = max(len(q) for q in queries) + max(len(r) for r in responses)
-        if longest > self.model.cfg.block_size:
-            raise ValueError(f"PPOTrainer.step: longest query + longest response = {longest} tokens exceeds "
-                             f"block_size {self.model.cfg.block_size}; use shorter prompts or responses")
-        return queries, responses, scores
-
-    # ------------------------------------------------------------------------------------------ forward
     def batched_forward_pass(self, batch):
         """logprobs, ref_logprobs and values (B, R) of the response tokens, no graph, forward_batch_size rows at a time."""
         fbs = self.config.forward_batch_size
-        logprobs, values = response_logprobs(self.model, batch, fbs, with_values=True)
+        logprobs, values = response_logprobs_and_values(self.model, batch, fbs)
         return logprobs, response_logprobs(self.ref_model, batch, fbs), values
 
-    # ------------------------------------------------------------------------------------------ step
     def step(self, queries, responses, scores):
-        """One PPO step. queries, responses: lists of B int arrays (any lengths); scores (B,) -> stats dict (TRL keys)."""
+        """One PPO step. queries, responses: lists of B 1-D int arrays (any lengths); scores (B,) -> stats (TRL keys)."""
         cfg = self.config
-        queries, responses, scores = self._check_inputs(queries, responses, scores)
+        queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
+                                                          self.model.cfg.block_size, self.model.cfg.vocab_size)
+        with checks.trusted():     # the batch is checked; everything below works on arrays made from it
+            return self._step(layout(queries, responses, self.pad_token_id), scores)
+
+    def _step(self, batch, scores):
+        cfg, mask = self.config, batch.mask
         timing, t0 = {}, time.perf_counter()
-        batch = layout(queries, responses, self.pad_token_id)
-        mask = batch.mask
 
         t = time.perf_counter()
         logprobs, ref_logprobs, values = self.batched_forward_pass(batch)
@@ -181,9 +91,9 @@ class PPOTrainer:
         rewards, non_score_rewards = core.compute_rewards(scores, logprobs, ref_logprobs, kl_coef, mask)
         advantages, returns = core.compute_advantages(values, rewards, cfg.gamma, cfg.lam, mask)
         # Whitened once over all response tokens of the batch. TRL 0.1 whitened inside each mini-batch (of one row),
-        # which at mini_batch_size 1 normalises every response on its own; over the batch keeps the relative size
-        # of advantages between responses, as later TRL versions do.
-        advantages = core.whiten(advantages, mask) * mask
+        # which normalises every response on its own; over the batch keeps the relative size of advantages between
+        # responses, as TRL does from v0.5.0 on.
+        advantages = core.whiten(advantages, mask)
         timing["time/ppo/compute_rewards"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -192,40 +102,31 @@ class PPOTrainer:
             order = self.rng.permutation(cfg.batch_size)
             for start in range(0, cfg.batch_size, cfg.mini_batch_size):
                 rows = order[start:start + cfg.mini_batch_size]
-                all_stats.append(self.train_minibatch(batch, rows, logprobs, values, advantages, returns))
+                all_stats.append(self.train_minibatch(batch.rows(rows), logprobs[rows], values[rows],
+                                                      advantages[rows], returns[rows]))
         timing["time/ppo/optimize_step"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        stats = {key: float(np.mean([s[key] for s in all_stats])) for key in all_stats[0]}
-        kl = ((logprobs - ref_logprobs) * mask).sum(axis=1)                          # (B,) nats per response
-        stats = {
-            "objective/kl": float(kl.mean()),
-            "objective/kl_coef": float(kl_coef),
-            "objective/entropy": float((-logprobs * mask).sum(axis=1).mean()),     # sampled-token estimate
-            "objective/response_length": float(mask.sum(axis=1).mean()),
-            "ppo/mean_non_score_reward": float(non_score_rewards.sum(axis=1).mean()),
-            "ppo/mean_scores": float(scores.mean()),
-            **{f"ppo/{key}": value for key, value in stats.items()},
-        }
-        stats["ppo/val/var_explained"] = 1.0 - stats["ppo/val/error"] / stats["ppo/returns/var"]
+        stats = step_stats(all_stats, logprobs, ref_logprobs, non_score_rewards, scores, kl_coef, mask)
         timing["time/ppo/calc_stats"] = time.perf_counter() - t
         self.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
         timing["time/ppo/total"] = time.perf_counter() - t0
-        stats.update(timing)
-        return stats
+        return {**stats, **timing}
 
-    def train_minibatch(self, batch, rows, old_logprobs, old_values, advantages, returns):
-        """Forward with graph, per-token gradients from ppo_loss, model backward, optimizer step -> stats."""
-        cfg, cols = self.config, response_slice(batch)
-        ids, att, mask = batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows]
-        labels = ids[:, batch.Q:]
-        logits, vpred = self.model(ids, att, return_values=True)             # (b, Q+R, V), (b, Q+R)
-        response_logits = logits.data[:, cols]                                 # (b, R, V)
+    def train_minibatch(self, batch, old_logprobs, old_values, advantages, returns):
+        """One gradient update on a mini-batch (a Batch of a few rows and their per-token arrays) -> its stats.
+
+        Forward with a graph, the PPO loss and its per-token gradients, the log-softmax backward into the
+        logits, the model's backward from logits and values at once, then the optimizer step.
+        """
+        cfg, cols, labels = self.config, batch.response_columns, batch.labels
+        logits, vpred = self.model.logits_and_values(batch.input_ids, batch.attention_mask)  # (b, Q+R, V), (b, Q+R)
+        response_logits = logits.data[:, cols]                                                 # (b, R, V)
         logprobs = core.logprobs_from_logits(response_logits, labels)
-        loss, grads, stats = core.ppo_loss(
-            logprobs, old_logprobs[rows], vpred.data[:, cols].astype(np.float64), old_values[rows],
-            advantages[rows], returns[rows], cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value,
-            vf_coef=cfg.vf_coef, mask=mask)
+        loss, terms = core.ppo_loss(logprobs, old_logprobs, vpred.data[:, cols].astype(np.float64), old_values,
+                                    advantages, returns, cliprange=cfg.cliprange,
+                                    cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef, mask=batch.mask)
+        grads = core.ppo_loss_backward(terms)
         if not (np.isfinite(loss) and np.all(np.isfinite(grads["logprobs"])) and np.all(np.isfinite(grads["values"]))):
             raise FloatingPointError("PPO loss or its gradient is NaN/inf; the step was not applied. Lower lr or "
                                      "check the scores; the last checkpoint is intact.")
@@ -238,17 +139,23 @@ class PPOTrainer:
         if cfg.max_grad_norm is not None:
             clip_grad_norm(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
-        stats["policy/entropy"] = float(core.masked_mean(core.entropy_from_logits(response_logits), mask))
+        stats = core.ppo_stats(terms)
+        stats["policy/entropy"] = core.masked_mean(core.entropy_from_logits(response_logits), batch.mask)
         return stats
 
-    # ------------------------------------------------------------------------------------------ resume
-    def state_dict(self):
-        """Optimizer moments, KL coefficient and shuffling-rng state: with the model weights, enough to resume exactly."""
-        arrays = {f"trainer/{k}": v for k, v in self.optimizer.state_dict().items()}
-        meta = {"kl_coef": float(self.kl_ctl.value), "rng_state": self.rng.bit_generator.state}
-        return arrays, meta
 
-    def load_state_dict(self, arrays, meta):
-        self.optimizer.load_state_dict({k[len("trainer/"):]: v for k, v in arrays.items() if k.startswith("trainer/")})
-        self.kl_ctl.value = meta["kl_coef"]
-        self.rng.bit_generator.state = meta["rng_state"]
+def step_stats(minibatch_stats, logprobs, ref_logprobs, non_score_rewards, scores, kl_coef, mask):
+    """TRL's step stats: the objective over the rollouts, and the mean of every mini-batch's `ppo_stats` under
+    "ppo/" (equal weight per mini-batch). logprobs, ref_logprobs, non_score_rewards, mask (B, R); scores (B,)."""
+    kl = ((logprobs - ref_logprobs) * mask).sum(axis=1)                          # (B,) nats per response
+    stats = {
+        "objective/kl": float(kl.mean()),
+        "objective/kl_coef": float(kl_coef),
+        "objective/entropy": float((-logprobs * mask).sum(axis=1).mean()),     # sampled-token estimate
+        "objective/response_length": float(mask.sum(axis=1).mean()),
+        "ppo/mean_non_score_reward": float(non_score_rewards.sum(axis=1).mean()),
+        "ppo/mean_scores": float(scores.mean()),
+        **{f"ppo/{key}": float(np.mean([s[key] for s in minibatch_stats])) for key in minibatch_stats[0]},
+    }
+    stats["ppo/val/var_explained"] = 1.0 - stats["ppo/val/error"] / stats["ppo/returns/var"]
+    return stats

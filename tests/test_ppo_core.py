@@ -21,6 +21,8 @@ from ppo_np.core import (
     masked_mean,
     masked_var,
     ppo_loss,
+    ppo_loss_backward,
+    ppo_stats,
     whiten,
 )
 
@@ -161,6 +163,10 @@ def region_inputs(seed, B=6, T=10):
     dv = np.array([-0.5, -0.1, 0.0, 0.1, 0.5])[move] + rng.uniform(-0.05, 0.05, (B, T)) * (move != 2)
     values = old_values + dv
     returns = old_values + side * rng.uniform(0.4, 1.0, size=(B, T))
+    if T > 7:
+        # outside the clip range with R exactly halfway between V and V^c: (V - R)^2 == (V^c - R)^2, a tie.
+        # 0.3 + 0.2 == 0.5 in floating point, so V^c = 0.5, and (1.5 - 1)^2 == (0.5 - 1)^2 == 0.25 exactly.
+        old_values[0, 7], values[0, 7], returns[0, 7] = 0.3, 1.5, 1.0
     return logprobs, old_logprobs, values, old_values, advantages, returns
 
 
@@ -176,6 +182,7 @@ def policy_regions(logprobs, old_logprobs, advantages, mask):
         "above, A<0 (unclipped wins)": above & (advantages < 0),
         "below, A>0 (unclipped wins)": below & (advantages > 0),
         "below, A<0 (clipped wins)": below & (advantages < 0),
+        "A == 0": m & (advantages == 0),
     }
 
 
@@ -189,6 +196,7 @@ def value_regions(values, old_values, returns, mask):
         "values == old_values": m & (values == old_values),
         "outside, unclipped wins": outside & ((values - returns) ** 2 > (vc - returns) ** 2),
         "outside, clipped wins": outside & ((vc - returns) ** 2 > (values - returns) ** 2),
+        "outside, a tie": outside & ((vc - returns) ** 2 == (values - returns) ** 2),
     }
 
 
@@ -383,7 +391,9 @@ def test_padded_batch_gives_row_for_row_what_each_row_alone_gives():
 
 
 def ours(inputs, mask=None):
-    return ppo_loss(*inputs, cliprange=CLIPRANGE, cliprange_value=CLIPRANGE_VALUE, vf_coef=VF_COEF, mask=mask)
+    """ppo_loss, ppo_loss_backward and ppo_stats of one set of inputs -> (loss, grads, stats)."""
+    loss, terms = ppo_loss(*inputs, cliprange=CLIPRANGE, cliprange_value=CLIPRANGE_VALUE, vf_coef=VF_COEF, mask=mask)
+    return loss, ppo_loss_backward(terms), ppo_stats(terms)
 
 
 def assert_matches_torch(inputs, mask=None, tag=""):
@@ -419,8 +429,8 @@ def test_ppo_loss_grads_match_torch_autograd(masked):
             assert_close(f"d{name} on padding", grads[name][pad], np.zeros(int(pad.sum())), atol=0)
 
 
-def test_ppo_loss_first_epoch_ratio_one_matches_torch():
-    # the first PPO epoch: the policy has not moved, so logprobs == old_logprobs and values == old_values
+def test_ppo_loss_at_ratio_one_matches_torch():
+    # the first mini-batch of a step: the policy has not moved, so logprobs == old_logprobs, values == old_values
     logprobs, old_logprobs, values, old_values, advantages, returns = region_inputs(seed=10)
     inputs = (old_logprobs.copy(), old_logprobs, old_values.copy(), old_values, advantages, returns)
     mask = right_padded_mask([10, 4, 9, 1, 10, 6], 10)
@@ -502,10 +512,10 @@ def test_chained_dlogits_match_torch_autograd_of_the_loss_from_logits():
     old_values = values - rng.choice([-0.5, 0.0, 0.1, 0.5], size=(B, T))
     advantages, returns = rng.normal(size=(B, T)), values + rng.normal(size=(B, T))
     assert_every_region_has_members(
-        {k: v for k, v in policy_regions(logprobs, old_logprobs, advantages, mask).items() if k != "ratio == 1"})
+        {k: v for k, v in policy_regions(logprobs, old_logprobs, advantages, mask).items()
+         if k not in ("ratio == 1", "A == 0")})
 
-    loss, grads, _ = ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns,
-                              cliprange=CLIPRANGE, cliprange_value=CLIPRANGE_VALUE, vf_coef=VF_COEF, mask=mask)
+    loss, grads, _ = ours((logprobs, old_logprobs, values, old_values, advantages, returns), mask)
     dlogits = logprobs_from_logits_backward(logits, labels, grads["logprobs"])
 
     lt, vt = t64(logits).requires_grad_(True), t64(values).requires_grad_(True)

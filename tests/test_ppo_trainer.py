@@ -7,7 +7,7 @@ import pytest
 import minigpt_np as mg
 from ppo_np import PPOConfig, PPOTrainer, core
 from ppo_np.rollout import generate_responses
-from ppo_np.trainer import layout
+from ppo_np.batch import layout
 
 CFG = mg.GPTConfig(vocab_size=13, block_size=12, n_layer=2, n_head=2, n_embd=8)
 
@@ -75,9 +75,9 @@ def ppo_objective(policy, batch, old, advantages, returns, cfg):
     """The scalar loss of one mini-batch as a plain function of the weights (for finite differences)."""
     cols = slice(batch.Q - 1, batch.input_ids.shape[1] - 1)
     with mg.no_grad():
-        logits, values = policy(batch.input_ids, batch.attention_mask, return_values=True)
+        logits, values = policy.logits_and_values(batch.input_ids, batch.attention_mask)
     logprobs = core.logprobs_from_logits(logits.data[:, cols], batch.input_ids[:, batch.Q:])
-    loss, _, _ = core.ppo_loss(logprobs, old[0], values.data[:, cols], old[2], advantages, returns,
+    loss, _ = core.ppo_loss(logprobs, old[0], values.data[:, cols], old[2], advantages, returns,
                                cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value,
                                vf_coef=cfg.vf_coef, mask=batch.mask)
     return loss
@@ -101,7 +101,7 @@ def test_gradient_applied_by_the_trainer_matches_finite_differences_of_the_ppo_l
 
     captured = {}
     trainer.optimizer.step = lambda *a, **k: captured.update({n: p.grad.copy() for n, p in policy.named_parameters()})
-    stats = trainer.train_minibatch(batch, np.arange(8), old[0], old[2], advantages, returns)
+    stats = trainer.train_minibatch(batch, old[0], old[2], advantages, returns)
     assert stats["policy/clipfrac"] > 0 and stats["val/clipfrac"] > 0, "the clipped branches were not exercised"
 
     eps, worst = 1e-6, (0.0, "")
@@ -137,7 +137,8 @@ def test_a_nan_loss_stops_before_the_weights_change():
     (dict(batch_size=10, forward_batch_size=4), "multiple of forward_batch_size"),
     (dict(batch_size=8, forward_batch_size=4, mini_batch_size=3), "multiple of mini_batch_size"),
     (dict(batch_size=8, forward_batch_size=0), "positive integer"),
-    (dict(lr=0.0), "lr must be > 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0"),
+    (dict(init_kl_coef=float("nan")), "init_kl_coef"),
     (dict(lam=1.5), "lam"),
 ])
 def test_bad_config_is_refused_with_a_fix(kwargs, message):
