@@ -33,7 +33,8 @@ def write_curves(history, path):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return True
 

@@ -29,10 +29,9 @@ Shapes: N texts, D = total number of features.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Optional, Sequence
 
@@ -80,13 +79,6 @@ class FeatureConfig:
     def blocks(self) -> tuple:
         """The feature blocks in use, in column order."""
         return tuple(b for b, on in zip(BLOCKS, (self.word_ngram_max > 0, self.char_ngram_max > 0)) if on)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FeatureConfig":
-        return cls(**json.loads(text))
 
 
 # The named variants; training can compare them on validation data.

@@ -6,19 +6,18 @@ way a probability does, so a policy keeps being paid for clearer positivity.
 """
 from __future__ import annotations
 
-import json
-import zipfile
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from minigpt_np.checkpoint import atomic_write
+from minigpt_np.checkpoint import load_npz, save_npz
 
 from reward.features import FeatureConfig, Featurizer
 from reward.logreg import log_loss
 
-FORMAT = "minichatgpt-reward-v1"
+FORMAT = "reward logistic regression"   # the "format" entry of a reward.npz file's metadata
 
 
 class Scorer:
@@ -49,7 +48,7 @@ class Scorer:
             logits[start:start + len(chunk)] = self.featurizer.transform(chunk).matvec(self.w) + self.b
         return logits
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence[int]) -> dict:
+    def metrics(self, texts: Sequence[str], labels: Sequence[int]) -> dict:
         """{"accuracy": mean 1[(z > 0) = y], "log_loss": mean binary cross-entropy (nats), "n": N}."""
         y = np.asarray(labels, dtype=np.float64)
         if y.shape != (len(texts),):
@@ -84,49 +83,32 @@ class Scorer:
         return positive, negative
 
     def save(self, path) -> Path:
-        """Write reward.npz atomically (a temporary file in the same folder, then os.replace).
-
-        Every entry is a plain array (loadable with allow_pickle=False): the vocabularies as unicode arrays,
-        the feature config and training info as JSON strings in 0-d arrays.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"format": np.array(FORMAT), "feature_config": np.array(self.featurizer.config.to_json()),
-                  "info": np.array(json.dumps(self.info, sort_keys=True)), "w": self.w, "b": np.array(self.b)}
+        """Write reward.npz (`minigpt_np.checkpoint.save_npz`): the weights and, per feature block, the
+        vocabulary (a unicode array) and column scales; the feature config and training info as metadata."""
+        arrays = {"w": self.w, "b": np.array(self.b)}
         for block in self.featurizer.config.blocks:
             arrays[f"{block}_vocabulary"] = self.featurizer.vocabularies[block]
             arrays[f"{block}_scale"] = self.featurizer.column_scales[block]
-        with atomic_write(path, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        return path
+        meta = {"format": FORMAT, "feature_config": dataclasses.asdict(self.featurizer.config), "info": self.info}
+        save_npz(path, arrays, meta)
+        return Path(path)
 
 
 def load_scorer(path) -> Scorer:
-    """Read a reward.npz written by Scorer.save (allow_pickle=False). Missing -> FileNotFoundError,
-    unreadable or incomplete -> ValueError saying so."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no reward model here; train one with `python -m scripts.train_reward "
-                                f"--out {path}`")
+    """Read a reward.npz written by Scorer.save. Missing -> FileNotFoundError, unreadable or not a reward
+    model -> ValueError saying so."""
+    arrays, meta = load_npz(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a reward model (its format is {meta.get('format')!r}, expected "
+                         f"{FORMAT!r}); pass a reward.npz written by this project")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a readable reward.npz ({type(e).__name__}: {e}); retrain it with "
-                         "scripts/train_reward.py") from e
-    if str(arrays.get("format", "")) != FORMAT:
-        raise ValueError(f"{path}: not a reward model file (format {str(arrays.get('format'))!r}, "
-                         f"expected {FORMAT!r})")
-    try:
-        config = FeatureConfig.from_json(str(arrays["feature_config"]))
-        info = json.loads(str(arrays["info"]))
+        config = FeatureConfig(**meta["feature_config"])
         vocabularies = {b: arrays[f"{b}_vocabulary"] for b in config.blocks}
         scales = {b: arrays[f"{b}_scale"] for b in config.blocks}
-        return Scorer(Featurizer(config, vocabularies, scales), arrays["w"], float(arrays["b"]), info)
-    except KeyError as e:
-        raise ValueError(f"{path}: reward.npz is missing the entry {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: reward.npz is inconsistent: {e}") from e
+        return Scorer(Featurizer(config, vocabularies, scales), arrays["w"], float(arrays["b"]), meta["info"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: reward.npz is incomplete or inconsistent ({type(e).__name__}: {e}); "
+                         "re-create it") from e
 
 
 __all__ = ["Scorer", "load_scorer"]

@@ -13,7 +13,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from reward import corpus
 from reward.features import FEATURE_PRESETS, FeatureConfig, Featurizer
 from reward.logreg import fit_logistic_regression, log_loss
 from reward.scorer import Scorer
@@ -102,46 +101,3 @@ def train_scorer(train_texts: Sequence[str], train_labels: Sequence[int], val_te
             "n_train": len(train_texts), "n_val": len(val_texts)}
     log(f"chose features={best['name']} l2={best['l2']:g}")
     return Scorer(best["featurizer"], best["fit"].w, best["fit"].b, info)
-
-
-def labelled(snippets: Sequence[corpus.Snippet]) -> tuple:
-    """(texts, labels) of the snippets that have a label (plots and plain text dropped)."""
-    pairs = [(s.text, s.label) for s in snippets if s.label is not None]
-    return [t for t, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64)
-
-
-def train_reward_model(snippets: Sequence[corpus.Snippet], *, seed: int = 0,
-                       fractions: Sequence[float] = (0.8, 0.1, 0.1), l2=None, features="nb",
-                       log: Optional[Callable[[str], None]] = None, top_k: int = 15) -> tuple:
-    """Split the corpus by movie, train the scorer on the labelled train snippets (validation on the val
-    split) and evaluate it on val and test. Returns (scorer, metrics) with metrics = {label counts, split
-    sizes, chosen features and l2, "val"/"test" {accuracy, log_loss, n}, top features, train seconds}.
-
-    The split is of the whole corpus (plots included) so it matches the split the rest of the pipeline
-    draws its PPO prompts from: the test split is text the reward model never saw.
-    """
-    t0 = time.perf_counter()
-    train, val, test = corpus.split(snippets, seed=seed, fractions=fractions, by="movie")
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = labelled(train), labelled(val), labelled(test)
-    if len(val_x) == 0:
-        raise ValueError("the validation split has no labelled snippets; give more labelled data or a larger "
-                         "validation fraction")
-    scorer = train_scorer(train_x, train_y, val_x, val_y, l2=l2, features=features, seed=seed, log=log)
-    train_seconds = time.perf_counter() - t0
-    positive, negative = scorer.top_features(top_k)
-    metrics = {
-        "labels": corpus.label_counts(snippets),
-        "splits": {name: {"snippets": len(part), "labelled": int(len(x)), "positive": int(np.sum(y == 1)),
-                          "movies": len({s.movie for s in part})}
-                   for name, part, x, y in (("train", train, train_x, train_y), ("val", val, val_x, val_y),
-                                            ("test", test, test_x, test_y))},
-        "features": scorer.info["features"], "l2": scorer.info["l2"], "n_features": len(scorer.featurizer),
-        "train": scorer.evaluate(train_x, train_y),
-        "val": scorer.evaluate(val_x, val_y),
-        "test": scorer.evaluate(test_x, test_y) if len(test_x) else None,
-        "top_positive": positive, "top_negative": negative,
-        "train_seconds": train_seconds,
-    }
-    scorer.info.update(test_accuracy=metrics["test"]["accuracy"] if metrics["test"] else None,
-                       test_log_loss=metrics["test"]["log_loss"] if metrics["test"] else None, seed=seed)
-    return scorer, metrics

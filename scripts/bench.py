@@ -42,9 +42,6 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ""):       # `python scripts/bench.py` from a checkout: make the project importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np
 import torch
 import torch.nn.functional as TF

@@ -11,17 +11,13 @@ mini_batch_size. Prints a table and, last, JSON. It prints figures; it never ass
 import argparse
 import json
 import os
-import sys
 import tracemalloc
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python scripts/bench_ppo.py` from a checkout
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigpt_np as mg  # noqa: E402
-from ppo_np import PPOConfig, PPOTrainer  # noqa: E402
-from ppo_np.trainer import layout  # noqa: E402
+import minigpt_np as mg
+from ppo_np import PPOConfig, PPOTrainer
+from ppo_np.batch import layout
 
 
 def make_inputs(batch_size, vocab_size, seed=0):

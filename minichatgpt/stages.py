@@ -1,0 +1,153 @@
+"""The stages of the main job, one function each: data, tokenizer, pretraining, reward model, prompts, PPO.
+
+Each stage reads what the earlier ones made and writes its artifacts into the run folder. `pipeline` decides,
+with the run folder's manifest, which stages to run, skip or refuse.
+"""
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+import minigpt_np as mg
+from minigpt_np.data import encode_corpus, load_or_build_tokenizer
+from minigpt_np.metrics import unigram_entropy
+from minigpt_np.pretrain import pretrain
+from minigpt_np.resume import training_state
+from reward import load_scorer, train_scorer
+
+from . import corpus
+from .rlhf import make_queries, train_ppo
+from .run_folder import Refused, path, read_jsonl
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = {  # what each stage writes into the run folder
+    "tokenizer": ["tokenizer.json"],
+    "pretrain": ["gpt_pretrained.npz"],
+    "reward": ["reward.npz"],
+    "ppo": ["gpt_ppo.npz", "ppo_log.jsonl"],
+}
+DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "ppo": ["tokenizer", "pretrain", "reward"]}
+
+
+def load_data(config, cache_dir=None):
+    """The corpus without duplicates, split by movie -> (train, val, test, info); refuses a corpus too small."""
+    snippets = corpus.load_corpus(config.corpus, cache_dir=cache_dir, text_column=config.text_column,
+                                  label_column=config.label_column)
+    info = {"corpus_sha256": corpus.sha256_of_snippets(snippets), "snippets": len(snippets)}
+    snippets, info["duplicates_removed"] = corpus.deduplicate(snippets)
+    train, val, test = corpus.split(snippets, seed=config.seed)
+    corpus.check_size(train, val, test)
+    log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
+             info["duplicates_removed"], len(train), len(val), len(test))
+    return train, val, test, info
+
+
+def tokenizer_stage(config, run_dir, train):
+    """Train the byte-level BPE on the training split (or load the run's tokenizer.json)."""
+    return load_or_build_tokenizer(path(run_dir, "tokenizer.json"), [s.text for s in train],
+                                   default_vocab_size=config.model.vocab_size)
+
+
+def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True):
+    """Pretrain the GPT on every training snippet (reviews and plots) -> (model, metrics); resumes if killed."""
+    train_ids = encode_corpus(tokenizer, [s.text for s in train])
+    val_ids = encode_corpus(tokenizer, [s.text for s in val])
+    # the tokenizer may hold fewer tokens than asked for (a small corpus runs out of merges)
+    model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
+    log.info("pretraining %.2f M parameters on %d tokens (unigram entropy %.2f nats/token)",
+             model.num_parameters() / 1e6, len(train_ids), unigram_entropy(train_ids, tokenizer.vocab_size))
+    metrics = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=path(run_dir, "gpt_pretrained.npz"),
+                       progress=progress)
+    return model, metrics
+
+
+def load_pretrained(run_dir, tokenizer):
+    """The finished pretraining stage -> (model, metrics), checked against the run's tokenizer."""
+    file = path(run_dir, "gpt_pretrained.npz")
+    model = mg.load_checkpoint(file)
+    if model.cfg.vocab_size != tokenizer.vocab_size:
+        raise Refused(f"{file} has a vocabulary of {model.cfg.vocab_size} tokens but the run's tokenizer.json has "
+                         f"{tokenizer.vocab_size}: they come from different runs")
+    return model, training_state(file)
+
+
+def labelled(snippets):
+    """(texts, labels) of the snippets that have a label (plots and plain text dropped)."""
+    pairs = [(s.text, s.label) for s in snippets if s.label is not None]
+    return [t for t, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64)
+
+
+def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15):
+    """Fit the scorer on the labelled training snippets, choosing on validation, and measure it on every split.
+
+    -> (scorer, metrics) with metrics = {split sizes, chosen features and l2, "train"/"val"/"test"
+    {accuracy, log_loss, n}, top features, train seconds}. The test split is text the scorer never saw: the
+    PPO prompts come from it.
+    """
+    t0 = time.perf_counter()
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = labelled(train), labelled(val), labelled(test)
+    if len(val_x) == 0:
+        raise ValueError("the validation split has no labelled snippets; give a corpus with more labelled rows")
+    scorer = train_scorer(train_x, train_y, val_x, val_y, l2=l2, features=features)
+    positive, negative = scorer.top_features(top_k)
+    metrics = {
+        "splits": {name: {"snippets": len(part), "labelled": len(x), "positive": int(np.sum(y == 1)),
+                          "movies": len({s.movie for s in part})}
+                   for name, part, x, y in (("train", train, train_x, train_y), ("val", val, val_x, val_y),
+                                            ("test", test, test_x, test_y))},
+        "features": scorer.info["features"], "l2": scorer.info["l2"], "n_features": len(scorer.featurizer),
+        "train": scorer.metrics(train_x, train_y),
+        "val": scorer.metrics(val_x, val_y),
+        "test": scorer.metrics(test_x, test_y) if len(test_x) else None,
+        "top_positive": positive, "top_negative": negative,
+        "train_seconds": time.perf_counter() - t0,
+    }
+    if metrics["test"]:
+        scorer.info.update(test_accuracy=metrics["test"]["accuracy"], test_log_loss=metrics["test"]["log_loss"])
+    return scorer, metrics
+
+
+def reward_stage(run_dir, train, val, test):
+    """Train the reward model and write reward.npz -> (scorer, metrics)."""
+    scorer, metrics = train_reward_model(train, val, test)
+    scorer.save(path(run_dir, "reward.npz"))
+    log.info("reward model: test accuracy %.3f", metrics["test"]["accuracy"])
+    return scorer, metrics
+
+
+def load_reward(run_dir):
+    return load_scorer(path(run_dir, "reward.npz"))
+
+
+def prompts(config, tokenizer, test):
+    """Held-out labelled reviews (never seen by the reward model), shuffled, cut into prompts of 2..8 tokens
+    -> (PPO training prompts, evaluation prompts): one quarter at most, config.eval_prompts, for evaluation."""
+    rng = np.random.default_rng(config.seed)
+    texts = [s.text for s in test if s.label is not None]
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    queries = make_queries(tokenizer, texts, config.rlhf.query_min_tokens, config.rlhf.query_max_tokens, rng)
+    n_eval = min(config.eval_prompts, len(queries) // 4)
+    return queries[n_eval:], queries[:n_eval]
+
+
+def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, progress=True):
+    """PPO from the pretrained model against the reward model -> (policy, history); resumes if killed.
+
+    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint.
+    """
+    policy, ref_model = (mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz")) for _ in range(2))
+    policy.add_value_head(seed=config.seed)
+    log.info("PPO: %d steps of %d rollouts, %d training prompts", config.rlhf.steps, config.ppo.batch_size,
+             len(queries))
+    history = train_ppo(policy, ref_model, tokenizer, scorer, queries, config.ppo, config.rlhf,
+                        path(run_dir, "gpt_ppo.npz"), path(run_dir, "ppo_log.jsonl"), inputs=inputs,
+                        progress=progress)
+    return policy, history
+
+
+def load_ppo(run_dir):
+    """The finished PPO stage -> (policy, history); the log must hold every step."""
+    file = path(run_dir, "gpt_ppo.npz")
+    return mg.load_checkpoint(file), read_jsonl(path(run_dir, "ppo_log.jsonl"), expect=training_state(file)["step"])
