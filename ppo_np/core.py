@@ -33,7 +33,7 @@ from . import checks
 
 __all__ = [
     "logprobs_from_logits", "compute_rewards", "compute_advantages", "masked_mean", "masked_var", "whiten",
-    "clip_by_value", "ppo_loss", "PPOTerms", "ppo_loss_backward", "logprobs_from_logits_backward",
+    "clip_by_value", "clipped_surrogate", "clipped_surrogate_backward", "ppo_loss", "PPOTerms", "ppo_loss_backward", "logprobs_from_logits_backward",
     "AdaptiveKLController", "FixedKLController", "ppo_stats", "entropy_from_logits",
 ]
 
@@ -179,6 +179,22 @@ def clip_by_value(x, lo, hi):
     return np.maximum(np.minimum(x, hi), lo)
 
 
+def clipped_surrogate(ratio, advantages, cliprange):
+    """The two branches of PPO's clipped policy loss, per token; the loss of a token is their max.
+
+        pg_losses  = -A rho,     pg_losses2 = -A clip(rho, 1 - e, 1 + e)        ratio, advantages (B,T) -> (B,T) each
+
+    PPO, GRPO and the clipped RLOO share it; each averages max(pg_losses, pg_losses2) over its own tokens.
+    """
+    return -advantages * ratio, -advantages * np.clip(ratio, 1.0 - cliprange, 1.0 + cliprange)
+
+
+def clipped_surrogate_backward(ratio, advantages, pg_losses, pg_losses2):
+    """d max(pg_losses, pg_losses2) / d logpi per token: 0 where the clipped branch wins (a constant), else -A rho
+    (d rho / d logpi = rho). (B,T) each -> (B,T); section 7 shows it equals torch autograd of TRL's code."""
+    return np.where(pg_losses2 > pg_losses, 0.0, -advantages * ratio)
+
+
 @dataclasses.dataclass
 class PPOTerms:
     """What one `ppo_loss` call computed, per token (B,T) and 0 on padding: what the backward and the stats read."""
@@ -230,8 +246,7 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, *,
     # policy term
     logratio = logprobs - old_logprobs
     ratio = np.exp(logratio)
-    pg_losses = -advantages * ratio
-    pg_losses2 = -advantages * np.clip(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_losses, pg_losses2 = clipped_surrogate(ratio, advantages, cliprange)
     pg_loss = float((np.maximum(pg_losses, pg_losses2) * mask).sum() / n)
 
     # value term
@@ -266,7 +281,7 @@ def ppo_loss_backward(terms):
     torch gives half (docs/ppo.md, section 7).
     """
     t = terms
-    dlogprobs = np.where(t.pg_losses2 > t.pg_losses, 0.0, -t.advantages * t.ratio) * t.mask / t.n
+    dlogprobs = clipped_surrogate_backward(t.ratio, t.advantages, t.pg_losses, t.pg_losses2) * t.mask / t.n
     dvalues = np.where(t.vf_losses2 > t.vf_losses1, 0.0, t.values - t.returns) * _torch_value_tie_share(t)
     dvalues = t.vf_coef * (dvalues * t.mask / t.n)
     return {"logprobs": dlogprobs, "values": dvalues}
