@@ -109,3 +109,9 @@ def with_values(values, config=None):
                                              **{**seeded.get(section, {}), **sections.get(section, {})})
                 for section in {*sections, *seeded}}
     return dataclasses.replace(config, **replaced)
+
+
+def from_dict(d):
+    """The RunConfig that dataclasses.asdict(config) was made from (as summary.json stores it)."""
+    sections = {"model": GPTConfig, "pretrain": PretrainConfig, "ppo": PPOConfig, "rlhf": RLHFConfig}
+    return RunConfig(**{k: sections[k](**v) if k in sections else v for k, v in d.items()})

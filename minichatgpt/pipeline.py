@@ -1,7 +1,8 @@
 """The main job: corpus -> tokenizer -> pretrained GPT -> reward model -> PPO -> evaluation -> report.
 
-Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gpt_ppo.npz, ppo_log.jsonl, curves.png,
-samples.md, summary.json, and manifest.json, the record of what each stage was built from. Run again, it
+Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_ppo.npz, ppo_log.jsonl,
+curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built
+from. Run again, it
 skips the finished stages and resumes an interrupted one; if an option or an input of a stage changed, it
 refuses and names the change, so a run folder never mixes two runs.
 """
@@ -17,10 +18,11 @@ from .config import OPTIONS, default_of
 from .evaluate import evaluate_policy
 from .report import write_curves, write_samples
 from .run_folder import DamagedFile, Lock, Manifest, Refused, path, write_json
+from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("tokenizer", "pretrain", "reward", "ppo")
+STAGE_ORDER = ("tokenizer", "pretrain", "reward", "gold", "ppo")
 EVAL_SEED_OFFSET = 12345   # the evaluation samples with its own generator, seed + this
 
 
@@ -97,35 +99,42 @@ def _run(config, run_dir, progress, cache_dir, restart):
 
     t = time.perf_counter()
     scorer, reward_metrics = run_stage("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
-                                       lambda: (stages.load_reward(run_dir), None))
+                                       lambda: (stages.load_scorer_of(run_dir, "reward"), None))
+    gold, gold_metrics = run_stage("gold", hashes(run_dir, ["reward.npz"]),
+                                   lambda: stages.gold_stage(run_dir, train, val, test, scorer),
+                                   lambda: (stages.load_scorer_of(run_dir, "gold"), None))
     timings["reward"] = time.perf_counter() - t
 
     t = time.perf_counter()
     train_queries, eval_queries = stages.prompts(config, tokenizer, test)
     inputs = hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz", "reward.npz"])
     policy, history = run_stage(
-        "ppo", inputs, lambda: stages.ppo_stage(config, run_dir, tokenizer, scorer, train_queries, inputs, progress),
+        "ppo", inputs, lambda: stages.ppo_stage(config, run_dir, tokenizer, scorer, train_queries, inputs, gold,
+                                                progress),
         lambda: stages.load_ppo(run_dir))
     timings["ppo"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    seed, fbs = config.seed + EVAL_SEED_OFFSET, config.ppo.forward_batch_size
-    before, before_texts, before_scores = evaluate_policy(ref_model, ref_model, tokenizer, scorer, eval_queries,
-                                                          config.rlhf, fbs, seed)
-    after, after_texts, after_scores = evaluate_policy(policy, ref_model, tokenizer, scorer, eval_queries,
-                                                       config.rlhf, fbs, seed)
+    seed, fbs, scorers = config.seed + EVAL_SEED_OFFSET, config.ppo.forward_batch_size, {"reward": scorer, "gold": gold}
+    before, before_samples = evaluate_policy(ref_model, ref_model, tokenizer, scorers, eval_queries, config.rlhf, fbs,
+                                             seed)
+    after, after_samples = evaluate_policy(policy, ref_model, tokenizer, scorers, eval_queries, config.rlhf, fbs, seed)
     timings["evaluate"] = time.perf_counter() - t
     prompt_texts = [tokenizer.decode([int(t) for t in q]) for q in eval_queries]
-    write_samples(path(run_dir, "samples.md"), prompt_texts, (before_texts, before_scores), (after_texts, after_scores))
-    wrote = ["samples.md", "summary.json", "ppo_log.jsonl"] + (["curves.png"] if write_curves(
+    write_samples(path(run_dir, "samples.md"), prompt_texts, (before, before_samples), (after, after_samples))
+    kl_coef = next(h["objective/kl_coef"] for h in reversed(history) if "objective/kl_coef" in h)
+    write_token_view(path(run_dir, "tokens.html"), policy, ref_model, tokenizer, scorer, eval_queries, config, kl_coef,
+                     seed)
+    wrote = ["samples.md", "summary.json", "ppo_log.jsonl", "tokens.html"] + (["curves.png"] if write_curves(
         history, path(run_dir, "curves.png")) else [])
     timings["total"] = time.perf_counter() - t_start
     summary = {
         "reference": before, "policy": after, "ppo_steps": len(history), "timings_s": timings, "data": data,
         "built_with": {stage: manifest.stages[stage]["built_from"] for stage in STAGE_ORDER},
         "config": dataclasses.asdict(config), "wrote": sorted(wrote),
-        "examples": [{"prompt": prompt_texts[i], "before": before_texts[i], "before_score": float(before_scores[i]),
-                      "after": after_texts[i], "after_score": float(after_scores[i])}
+        "examples": [{"prompt": prompt_texts[i], "before": before_samples["texts"][i],
+                      "before_score": float(before_samples["scores"]["reward"][i]), "after": after_samples["texts"][i],
+                      "after_score": float(after_samples["scores"]["reward"][i])}
                      for i in range(min(3, len(prompt_texts)))],
     }
     if pretrain_metrics is not None:
@@ -133,5 +142,7 @@ def _run(config, run_dir, progress, cache_dir, restart):
                                                                     "stop_reason")}
     if reward_metrics is not None:
         summary["reward"] = {k: reward_metrics[k] for k in ("val", "test")}
+    if gold_metrics is not None:
+        summary["gold"] = {"test": gold_metrics}
     write_json(path(run_dir, "summary.json"), summary)
     return summary

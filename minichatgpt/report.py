@@ -1,4 +1,4 @@
-"""What a finished run shows a reader: curves.png, samples.md and the before/after table."""
+"""What a finished run shows a reader: the before/after table, curves.png and samples.md."""
 import logging
 
 import numpy as np
@@ -7,18 +7,46 @@ from minigpt_np.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
-CURVES = [  # (stats key, title)
-    ("env/reward_mean", "reward (log-odds positive)"),
-    ("objective/kl", "KL to reference (nats / response)"),
-    ("objective/kl_coef", "kl_coef"),
-    ("ppo/policy/entropy", "policy entropy (nats / token)"),
-    ("ppo/loss/value", "value loss"),
-    ("ppo/policy/clipfrac", "policy clipfrac"),
+TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold only judges
+    ("reward model: positive", "reward_positive", "{:.3f}"),
+    ("reward model: mean log-odds", "reward_mean", "{:+.3f}"),
+    ("gold scorer: positive", "gold_positive", "{:.3f}"),
+    ("gold scorer: mean log-odds", "gold_mean", "{:+.3f}"),
+    ("KL to reference (nats/response)", "kl_to_reference", "{:.2f}"),
+    ("responses with the top word", "top_word_share", "{:.3f}"),
+    ("unique responses", "unique_share", "{:.3f}"),
+    ("distinct-1 / distinct-2", ("distinct_1", "distinct_2"), "{:.3f}"),
+    ("response length (tokens)", "response_tokens", "{:.1f}"),
+    ("reference NLL (nats/token)", "reference_nll", "{:.2f}"),
+]
+
+CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy and judged by the gold
+    (("env/reward_mean", "env/gold_mean"), "mean log-odds: reward model, gold"),
+    (("objective/kl",), "KL to reference (nats / response)"),
+    (("objective/kl_coef",), "kl_coef"),
+    (("env/top_word_share", "env/unique_share"), "top-word share, unique share"),
+    (("objective/response_length",), "response length (tokens)"),
+    (("ppo/policy/entropy",), "policy entropy (nats / token)"),
+    (("ppo/loss/value",), "value loss"),
+    (("ppo/policy/clipfrac",), "policy clipfrac"),
 ]
 
 
+def format_table(before, after):
+    """Before/after table of the evaluation metrics as aligned text."""
+    def cell(metrics, key, fmt):
+        keys = key if isinstance(key, tuple) else (key,)
+        return " / ".join(fmt.format(metrics[k]) for k in keys if k in metrics) or "-"
+
+    out = [f"{'held-out prompts (n=' + str(after['n']) + ')':34s} {'reference':>13s} {'policy':>13s}"]
+    for label, key, fmt in TABLE:
+        out.append(f"{label:34s} {cell(before, key, fmt):>13s} {cell(after, key, fmt):>13s}")
+    out.append(f"{'the top word':34s} {before.get('top_word', '-'):>13s} {after.get('top_word', '-'):>13s}")
+    return "\n".join(out)
+
+
 def write_curves(history, path):
-    """Six panels over PPO steps; skipped with a warning when matplotlib is not installed."""
+    """Eight panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -27,9 +55,12 @@ def write_curves(history, path):
         log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
         return False
     steps = [s["step"] for s in history]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6), constrained_layout=True)
-    for ax, (key, title) in zip(axes.flat, CURVES):
-        ax.plot(steps, [s.get(key, np.nan) for s in history], lw=1.5)
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
+    for ax, (keys, title) in zip(axes.flat, CURVES):
+        for key in keys:
+            ax.plot(steps, [s.get(key, np.nan) for s in history], lw=1.5, label=key.split("/")[-1])
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
@@ -40,23 +71,54 @@ def write_curves(history, path):
 
 
 def write_samples(path, prompts, before, after, n=12):
-    """samples.md: the same prompts, the reference's continuation and the policy's, with their scores."""
+    """samples.md: the collapse measures, then the same prompts answered by the reference and by the policy,
+    each answer with the reward model's and the gold scorer's log-odds. before/after = (metrics, samples)."""
     lines = ["# Samples: the same held-out prompts, before (reference) and after PPO (policy)", "",
-             "Score = the reward model's log-odds that the snippet is positive.", ""]
+             "Scores: r = the reward model's log-odds that the snippet is positive (what PPO optimised), "
+             "g = the gold scorer's (it only judges).", "", "```", format_table(before[0], after[0]), "```", ""]
     for i in range(min(n, len(prompts))):
-        lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", "",
-                  f"- before ({before[1][i]:+.2f}): {before[0][i]}",
-                  f"- after ({after[1][i]:+.2f}): {after[0][i]}", ""]
+        lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", ""]
+        for name, (_, samples) in (("before", before), ("after", after)):
+            r, g = samples["scores"]["reward"][i], samples["scores"]["gold"][i]
+            lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}): {samples['texts'][i]}")
+        lines.append("")
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
 
 
-def format_table(before, after):
-    """Before/after table of the evaluation metrics as aligned text."""
-    rows = [("fraction scored positive", "reward_positive", "{:.3f}"), ("mean reward (log-odds)", "reward_mean", "{:+.3f}"),
-            ("KL to reference (nats/response)", "kl_to_reference", "{:.2f}"), ("distinct-2 of responses", "distinct_2", "{:.3f}"),
-            ("response length (tokens)", "response_tokens", "{:.1f}")]
-    out = [f"{'held-out prompts (n=' + str(after['n']) + ')':34s} {'reference':>10s} {'policy':>10s}"]
-    for label, key, fmt in rows:
-        out.append(f"{label:34s} {fmt.format(before[key]):>10s} {fmt.format(after[key]):>10s}")
-    return "\n".join(out)
+def write_overopt_plot(results, path):
+    """overopt.png: gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
+    with the fitted functional forms (dotted) -> True; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for ax, kind, title in ((axes[0], "best_of_n", "best-of-n from the reference"), (axes[1], "rl", "PPO")):
+        rows = results[kind]
+        for k, name in enumerate(dict.fromkeys(r["proxy"] for r in rows)):
+            curve = [r for r in rows if r["proxy"] == name]
+            color = f"C{k}"
+            label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
+            d = np.sqrt([r["kl"] for r in curve])
+            for score, style, text in (("gold_score", "o-", f"gold, {label}"), ("proxy_score", "s--", f"proxy {name} itself")):
+                ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
+                        alpha=1.0 if score == "gold_score" else 0.6)
+            fit = results["fits"][f"{kind}/{name}/gold_score"]
+            x = np.linspace(0.0, d.max(), 101)[1:]
+            if len(x) and x[0] > 0:
+                ax.plot(x, x * (fit["alpha"] - fit["beta"] * (x if kind == "best_of_n" else np.log(x))), ":",
+                        color=color)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
+        ax.set_ylabel("mean score gain over the reference (log-odds)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True

@@ -20,6 +20,7 @@ from minigpt_np.resume import resume, save_training_checkpoint, sha256_of_array
 from ppo_np.rollout import generate_responses
 from ppo_np.trainer import PPOTrainer
 
+from .collapse import collapse_metrics
 from .run_folder import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,15 @@ def fingerprint(ppo_config, config, queries, inputs):
 
 
 def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config, checkpoint_path, log_path,
-              inputs=None, progress=True):
+              inputs=None, judge=None, progress=True, evaluate=None, evaluate_every=0):
     """Run (or resume) the PPO stage -> the list of per-step stats (also one JSON line each in log_path).
 
     checkpoint_path: the policy and everything the next step depends on, every config.checkpoint_every steps
-    and at the end; resumed if it exists. log_path: rewritten whole after every step. inputs: {name: hash} of what the run was built from (reference model,
-    reward model, tokenizer), part of the fingerprint a resumed run must match.
+    and at the end; resumed if it exists. log_path: rewritten whole after every step. inputs: {name: hash} of
+    what the run was built from (reference model, reward model, tokenizer), part of the fingerprint a resumed
+    run must match. judge: a scorer that also grades the rollouts for the log ("env/gold_*"); it never drives
+    training. evaluate(policy) -> dict: measured after step 0 and every evaluate_every steps and stored
+    in that step's stats (step 0 as its own record); it must draw from its own generator.
     """
     trainer = PPOTrainer(policy, ref_model, ppo_config, pad_token_id=tokenizer.eos_token_id)
     rngs = {"shuffle": trainer.rng, "prompts": np.random.default_rng(config.seed),
@@ -109,7 +113,7 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
     if state is not None:
         step, trainer.kl_ctl.value = state["step"], state["kl_coef"]
         prompts.order, prompts.pos = np.array(state["prompts_order"]), state["prompts_pos"]
-        history = read_jsonl(log_path, expect=step)
+        history = read_jsonl(log_path, expect=step + bool(evaluate is not None and evaluate_every))
         log.info("PPO: %s at step %d (%s)", "done already" if step >= config.steps else "resuming", step,
                  checkpoint_path)
     write_jsonl(log_path, history)             # drop lines logged after the checkpoint we resume from
@@ -121,6 +125,8 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
         save_training_checkpoint(checkpoint_path, policy, trainer.optimizer, fingerprint=fp, state=loop_state,
                                  rngs=rngs)
 
+    if evaluate is not None and evaluate_every and state is None:
+        history = [{"step": 0, **evaluate(policy)}]
     bar = _progress_bar(config.steps, step, progress)
     start = time.perf_counter()
     while step < config.steps:
@@ -128,13 +134,15 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
             log.info("PPO time budget of %.0f s reached after %d steps", config.max_seconds, step)
             break
         try:
-            stats = ppo_step(trainer, tokenizer, scorer, prompts, config, rngs["sampling"])
+            stats = ppo_step(trainer, tokenizer, scorer, prompts, config, rngs["sampling"], judge)
         except FloatingPointError as err:
             kept = (f"The last good checkpoint is {checkpoint_path} (step {saved_step})." if saved_step is not None
                     else "No PPO checkpoint was written yet.")
             raise RuntimeError(f"PPO stopped at step {step + 1}: {err} {kept}") from err
         step += 1
         stats["step"] = step
+        if evaluate is not None and evaluate_every and step % evaluate_every == 0:
+            stats.update(evaluate(policy))
         history.append(stats)
         write_jsonl(log_path, history)
         if bar is not None:
@@ -151,19 +159,29 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
     return history
 
 
-def ppo_step(trainer, tokenizer, scorer, prompts, config, rng):
-    """One turn of the loop: a batch of prompts, sampled responses, their scores and one PPO step -> stats."""
+def ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None):
+    """One turn of the loop: a batch of prompts, sampled responses, their scores and one PPO step -> stats.
+
+    The stats add what the rollouts show beside their score ("env/"): their collapse metrics and, with a judge,
+    its verdict on them.
+    """
     fbs = trainer.config.forward_batch_size
     t0 = time.perf_counter()
     queries = prompts.next_batch(trainer.config.batch_size)
     responses = generate_responses(trainer.model, queries, config.response_tokens, forward_batch_size=fbs, rng=rng,
                                    eos_token_id=tokenizer.eos_token_id, stop_at_eos=config.stop_at_eos)
     t1 = time.perf_counter()
-    scores = scorer.score(texts_of(tokenizer, queries, responses), forward_batch_size=fbs)
+    texts = texts_of(tokenizer, queries, responses)
+    scores = scorer.score(texts, forward_batch_size=fbs)
     t2 = time.perf_counter()
     stats = trainer.step(queries, responses, scores)
     stats.update({"env/reward_mean": float(np.mean(scores)), "env/reward_positive": float(np.mean(scores > 0)),
-                  "time/rollout/generate": t1 - t0, "time/rollout/score": t2 - t1,
+                  **{f"env/{k}": v for k, v in collapse_metrics(texts_of(tokenizer, [q[:0] for q in queries],
+                                                                          responses)).items()}})
+    if judge is not None:
+        gold = judge.score(texts, forward_batch_size=fbs)
+        stats.update({"env/gold_mean": float(np.mean(gold)), "env/gold_positive": float(np.mean(gold > 0))})
+    stats.update({"time/rollout/generate": t1 - t0, "time/rollout/score": t2 - t1,
                   "time/step": time.perf_counter() - t0})
     return stats
 

@@ -9,18 +9,6 @@ import os
 from minigpt_np.checkpoint import atomic_write
 from minigpt_np.resume import sha256_of_file
 
-ARTIFACTS = {  # file name -> what it holds
-    "tokenizer.json": "the byte-level BPE tokenizer",
-    "gpt_pretrained.npz": "the pretrained GPT, the reference model of PPO",
-    "reward.npz": "the reward model",
-    "gpt_ppo.npz": "the PPO policy, with its optimizer and loop state",
-    "ppo_log.jsonl": "TRL's stats, one line per PPO step",
-    "curves.png": "reward, KL and PPO diagnostics over the steps",
-    "samples.md": "the same held-out prompts before and after PPO",
-    "summary.json": "what the run measured, and the options it was built with",
-}
-
-
 def path(run_dir, name):
     return os.path.join(run_dir, name)
 
@@ -29,6 +17,11 @@ def write_json(file, obj):
     with atomic_write(file, "w") as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
+
+
+def read_json(file):
+    with open(file) as f:
+        return json.load(f)
 
 
 def write_jsonl(file, records):

@@ -15,6 +15,7 @@ from minigpt_np.metrics import unigram_entropy
 from minigpt_np.pretrain import pretrain
 from minigpt_np.resume import training_state
 from reward import load_scorer, train_scorer
+from reward.train import refit_scorer
 
 from . import corpus
 from .rlhf import make_queries, train_ppo
@@ -26,9 +27,11 @@ ARTIFACTS = {  # what each stage writes into the run folder
     "tokenizer": ["tokenizer.json"],
     "pretrain": ["gpt_pretrained.npz"],
     "reward": ["reward.npz"],
+    "gold": ["gold.npz"],
     "ppo": ["gpt_ppo.npz", "ppo_log.jsonl"],
 }
-DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "ppo": ["tokenizer", "pretrain", "reward"]}
+DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
+              "ppo": ["tokenizer", "pretrain", "reward"]}
 
 
 def load_data(config, cache_dir=None):
@@ -117,8 +120,19 @@ def reward_stage(run_dir, train, val, test):
     return scorer, metrics
 
 
-def load_reward(run_dir):
-    return load_scorer(path(run_dir, "reward.npz"))
+def gold_stage(run_dir, train, val, test, reward_model):
+    """The gold scorer: the reward model's recipe (features, l2, iterations) refitted on every labelled training
+    and validation snippet; it judges and never drives training -> (scorer, its metrics on the test split)."""
+    texts, labels = labelled(list(train) + list(val))
+    gold = refit_scorer(texts, labels, reward_model)
+    gold.save(path(run_dir, "gold.npz"))
+    metrics = gold.metrics(*labelled(test))
+    log.info("gold scorer: test accuracy %.3f", metrics["accuracy"])
+    return gold, metrics
+
+
+def load_scorer_of(run_dir, name):
+    return load_scorer(path(run_dir, f"{name}.npz"))
 
 
 def prompts(config, tokenizer, test):
@@ -132,17 +146,18 @@ def prompts(config, tokenizer, test):
     return queries[n_eval:], queries[:n_eval]
 
 
-def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, progress=True):
+def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
     """PPO from the pretrained model against the reward model -> (policy, history); resumes if killed.
 
-    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint.
+    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint. judge: a
+    scorer that also grades every rollout for the log (the gold scorer); it never drives training.
     """
     policy, ref_model = (mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz")) for _ in range(2))
     policy.add_value_head(seed=config.seed)
     log.info("PPO: %d steps of %d rollouts, %d training prompts", config.rlhf.steps, config.ppo.batch_size,
              len(queries))
     history = train_ppo(policy, ref_model, tokenizer, scorer, queries, config.ppo, config.rlhf,
-                        path(run_dir, "gpt_ppo.npz"), path(run_dir, "ppo_log.jsonl"), inputs=inputs,
+                        path(run_dir, "gpt_ppo.npz"), path(run_dir, "ppo_log.jsonl"), inputs=inputs, judge=judge,
                         progress=progress)
     return policy, history
 
