@@ -27,7 +27,7 @@ from ppo_np.batch import left_pad
 from reward.features import FEATURE_PRESETS
 
 from . import config as defaults
-from . import pipeline, stages
+from . import overopt, pipeline, stages
 from .pipeline import STAGE_ORDER, run_pipeline
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
@@ -321,3 +321,41 @@ def sample_command(argv):
 
 def sample_main(argv=None):
     run_cli("minichatgpt-sample", sample_command, argv)
+
+
+# ---------------------------------------------------------------------------------------------- over-optimisation
+
+
+def overopt_command(argv):
+    """minichatgpt-overopt: how much of the reward gain is real? Best-of-n and PPO against proxies of several
+    sizes, judged by the gold scorer, on a finished run (minichatgpt-overopt --name default)."""
+    cfg = overopt.OveroptConfig()
+    p = Parser(prog="minichatgpt-overopt", description=overopt_command.__doc__)
+    p.add_argument("--name", default="default", help="the finished run folder under --runs-dir (default: default)")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    _common(p)
+    p.add_argument("--proxy-sizes", type=int, nargs="+", default=list(cfg.proxy_sizes),
+                   help=f"labelled training snippets of each small proxy (default: {' '.join(map(str, cfg.proxy_sizes))})")
+    p.add_argument("--prompts", type=int, default=cfg.prompts, help=f"held-out prompts (default: {cfg.prompts})")
+    p.add_argument("--n-max", type=int, default=cfg.n_max, help=f"largest n of best-of-n, a power of two (default: {cfg.n_max})")
+    p.add_argument("--rl-steps", type=int, default=cfg.rl_steps, help=f"PPO steps per proxy (default: {cfg.rl_steps})")
+    p.add_argument("--rl-kl-coef", type=float, default=cfg.rl_kl_coef,
+                   help=f"fixed KL coefficient of those PPO runs (default: {cfg.rl_kl_coef})")
+    p.add_argument("--eval-every", type=int, default=cfg.eval_every,
+                   help=f"PPO steps between evaluations (default: {cfg.eval_every})")
+    args = p.parse_args(argv)
+    try:
+        run_dir = os.path.join(args.runs_dir, check_name(args.name))
+        cfg = overopt.OveroptConfig(proxy_sizes=tuple(args.proxy_sizes), prompts=args.prompts, n_max=args.n_max,
+                                    rl_steps=args.rl_steps, rl_kl_coef=args.rl_kl_coef, eval_every=args.eval_every)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
+    print(overopt.format_results(results))
+    print(f"\nwrote {run_dir}/overopt.json and overopt.png in {time.perf_counter() - t0:.0f} s")
+
+
+def overopt_main(argv=None):
+    run_cli("minichatgpt-overopt", overopt_command, argv)
