@@ -1,0 +1,198 @@
+"""DPO, direct preference optimisation (Rafailov et al. 2023), as the authors' `preference_loss` computes it, with
+the per-sequence gradient carried to every token's log-probability by hand. Read beside docs/methods.md, section 4.
+
+Shape legend: P preference pairs; per sequence (P,); per token (P,T) with a right-padded mask.
+Symbols: a response's log-probability is the sum over its tokens, logpi(y) = sum_t m_t logpi(y_t);
+pi_c = logpi(y_w), pi_r = logpi(y_l) (chosen y_w, rejected y_l), ref_c, ref_r the same under pi_ref; beta; eps
+(label_smoothing).
+
+    h    = (pi_c - ref_c) - (pi_r - ref_r)                              the implicit reward margin, over beta
+    loss = 1/P sum_p [ -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h) ]     eps = 0: DPO
+
+No reward model and no sampling during training: the pairs are fixed, the reference's log-probabilities are
+computed once, and each step only moves pi_c up and pi_r down relative to the reference. eps > 0 is the authors'
+"conservative DPO" (labels assumed flipped with probability eps), kept because it is one extra term.
+"""
+import dataclasses
+import time
+from typing import Optional
+
+import numpy as np
+
+from minigpt_np.optim import AdamW
+
+from . import checks, method_checks, update
+from .batch import layout, response_logprobs
+
+__all__ = ["dpo_loss", "DPOTerms", "dpo_loss_backward", "dpo_stats", "make_pairs", "DPOConfig", "DPOTrainer"]
+
+
+def _log_sigmoid(x):
+    """log sigmoid(x) = -log(1 + e^-x), with no overflow for large |x|."""
+    return -np.logaddexp(0.0, -x)
+
+
+def _sigmoid(x):
+    return np.exp(_log_sigmoid(x))
+
+
+@dataclasses.dataclass
+class DPOTerms:
+    """What one `dpo_loss` call computed, per pair (P,): what the backward and the stats read."""
+    policy_chosen_logps: np.ndarray     # pi_c
+    policy_rejected_logps: np.ndarray   # pi_r
+    chosen_rewards: np.ndarray          # beta (pi_c - ref_c)
+    rejected_rewards: np.ndarray        # beta (pi_r - ref_r)
+    logits: np.ndarray                  # h (the authors' name for it)
+    losses: np.ndarray                  # per-pair loss
+    beta: float
+    label_smoothing: float
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             label_smoothing=0.0):
+    """loss = mean_p [-(1 - eps) log sigmoid(beta h_p) - eps log sigmoid(-beta h_p)],
+    h = (pi_c - ref_c) - (pi_r - ref_r).   Four (P,) arrays of sequence log-probabilities -> (loss, DPOTerms).
+
+    The authors' `preference_loss` returns the per-pair losses and their trainer takes `losses.mean()`.
+    """
+    method_checks.dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                                  beta, label_smoothing)
+    pc, pr, rc, rr = (np.asarray(a, dtype=np.float64) for a in (policy_chosen_logps, policy_rejected_logps,
+                                                                ref_chosen_logps, ref_rejected_logps))
+    logits = (pc - pr) - (rc - rr)
+    losses = -(1.0 - label_smoothing) * _log_sigmoid(beta * logits) - label_smoothing * _log_sigmoid(-beta * logits)
+    terms = DPOTerms(pc, pr, beta * (pc - rc), beta * (pr - rr), logits, losses, beta, label_smoothing)
+    return float(losses.mean()), terms
+
+
+def dpo_loss_backward(terms):
+    """dL/dpi_c and dL/dpi_r per pair -> {"chosen": (P,), "rejected": (P,)}:
+
+        dL/dh  = -beta [(1 - eps) sigmoid(-beta h) - eps sigmoid(beta h)] / P,   dL/dpi_c = dL/dh,   dL/dpi_r = -dL/dh
+    (d/dx -log sigmoid(x) = -sigmoid(-x)). With eps = 0 a pair the policy already ranks far apart (beta h >> 0)
+    gets almost no gradient; a pair ranked the wrong way round gets up to beta / P.
+    To the tokens: pi_c = sum_t m_t logpi(y_t), so dL/dlogpi(y_t) = m_t dL/dpi_c (the trainer does this).
+    """
+    t = terms
+    bh = t.beta * t.logits
+    dlogits = -t.beta * ((1.0 - t.label_smoothing) * _sigmoid(-bh) - t.label_smoothing * _sigmoid(bh)) / len(bh)
+    return {"chosen": dlogits, "rejected": -dlogits}
+
+
+def dpo_stats(terms):
+    """The DPO authors' training metrics (their `get_batch_metrics`, train split), averaged over the pairs:
+    rewards are beta (logpi - logpi_ref) of each response; accuracies = mean(chosen reward > rejected reward)."""
+    t = terms
+    return {
+        "rewards_train/chosen": float(t.chosen_rewards.mean()),
+        "rewards_train/rejected": float(t.rejected_rewards.mean()),
+        "rewards_train/accuracies": float(np.mean(t.chosen_rewards > t.rejected_rewards)),
+        "rewards_train/margins": float(np.mean(t.chosen_rewards - t.rejected_rewards)),
+        "logps_train/chosen": float(t.policy_chosen_logps.mean()),
+        "logps_train/rejected": float(t.policy_rejected_logps.mean()),
+        "loss/train": float(t.losses.mean()),
+    }
+
+
+def make_pairs(scores, rng, bradley_terry=False):
+    """Which response of each pair is chosen -> chosen (P,) ints in {0, 1}; the other one is rejected.
+
+    scores (P, 2): the proxy scores s_a, s_b of two responses to each prompt (e.g. two reference samples).
+    Default: the higher score is chosen. bradley_terry=True: response a is chosen with the Bradley-Terry
+    probability sigmoid(s_a - s_b), which is how a human (or a noisy labeller) with those scores as rewards would
+    label. Ties, and always two identical responses, get a fair coin (sigmoid(0) = 1/2 in both modes), so neither
+    position is favoured. Such a pair is harmless but useless in DPO: identical responses have h = 0 whatever
+    the weights, so their loss is log 2 and their gradient exactly 0; they only dilute the batch mean. Drop them
+    before training if they are common (DPOTrainer reports their share as dpo/identical_pairs).
+    """
+    scores = method_checks.pair_scores(scores)
+    p_first = _sigmoid(scores[:, 0] - scores[:, 1]) if bradley_terry else np.where(
+        scores[:, 0] > scores[:, 1], 1.0, np.where(scores[:, 0] < scores[:, 1], 0.0, 0.5))
+    return np.where(rng.random(len(scores)) < p_first, 0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclasses.dataclass
+class DPOConfig:
+    lr: float = 1.41e-5                 # Adam learning rate (PPOConfig's, so that methods differ by their equations)
+    beta: float = 0.1                   # TRL 0.13.0's DPOConfig default (the authors: "typically 0.1 to 0.5")
+    label_smoothing: float = 0.0        # eps of conservative DPO; 0 = DPO
+    batch_size: int = 64                # preference pairs per step
+    forward_batch_size: int = 16        # pairs per no-grad reference forward pass (2 rows each): bounds memory
+    mini_batch_size: int = 16           # pairs per gradient step
+    epochs: int = 1                     # passes over the pairs per step
+    max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off
+    weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam
+    seed: int = 0                       # seeds the mini-batch shuffling
+
+    def __post_init__(self):
+        method_checks.dpo_config(self)
+
+
+class DPOTrainer:
+    """Gradient steps on a batch of fixed preference pairs. No value head, no reward model, no sampling.
+
+    The batch is laid out as 2P rows, the P chosen responses then the P rejected ones, each after its query; a
+    mini-batch of pairs takes its rows from both halves, so one forward pass gives both pi_c and pi_r.
+        1. forward pass of the reference, no graph: ref_c, ref_r (P,)
+        2. epochs passes over shuffled mini-batches of pairs: forward with graph, token logprobs summed per response,
+           dpo_loss and its per-pair gradient, spread over each response's tokens, through the GPT, AdamW
+    """
+
+    def __init__(self, model, ref_model, config=None, pad_token_id=0):
+        self.config = config = config if config is not None else DPOConfig()
+        if ref_model.cfg.vocab_size != model.cfg.vocab_size:
+            raise ValueError(f"DPOTrainer: policy vocabulary ({model.cfg.vocab_size}) and reference vocabulary "
+                             f"({ref_model.cfg.vocab_size}) differ; DPO compares their log-probabilities")
+        self.model, self.ref_model = model, ref_model
+        model.training = ref_model.training = False
+        self.pad_token_id = pad_token_id
+        self.optimizer = AdamW(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)
+
+    def step(self, queries, chosen, rejected):
+        """queries, chosen, rejected: lists of P 1-D int arrays (P = batch_size) -> stats."""
+        cfg = self.config
+        queries, chosen, rejected = method_checks.preference_batch(queries, chosen, rejected, cfg.batch_size,
+                                                                   self.model.cfg.block_size,
+                                                                   self.model.cfg.vocab_size)
+        identical = np.array([np.array_equal(c, r) for c, r in zip(chosen, rejected)])
+        with checks.trusted():
+            stats = self._step(layout(queries + queries, chosen + rejected, self.pad_token_id))
+        stats["dpo/identical_pairs"] = float(identical.mean())
+        return stats
+
+    def _step(self, batch):
+        cfg, P = self.config, self.config.batch_size
+        timing, t0 = {}, time.perf_counter()
+
+        t = time.perf_counter()
+        ref_logps = response_logprobs(self.ref_model, batch, 2 * cfg.forward_batch_size).sum(axis=1)  # 0 on padding
+        timing["time/dpo/forward_pass"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        all_stats = []
+        for pairs in update.minibatches(self.rng, P, cfg.mini_batch_size, cfg.epochs):
+            rows = np.concatenate([pairs, pairs + P])            # the chosen rows, then their rejected rows
+            all_stats.append(self.train_minibatch(batch.rows(rows), ref_logps[pairs], ref_logps[pairs + P]))
+        timing["time/dpo/optimize_step"] = time.perf_counter() - t
+        timing["time/dpo/total"] = time.perf_counter() - t0
+        return {**update.mean_stats(all_stats, "dpo"), **timing}
+
+    def train_minibatch(self, batch, ref_chosen_logps, ref_rejected_logps):
+        """One gradient update on p pairs: a Batch of 2p rows (p chosen, then their p rejected) -> its stats."""
+        cfg, p = self.config, len(ref_chosen_logps)
+        logits, response_logits, logprobs = update.policy_logprobs(self.model, batch)
+        logps = (logprobs * batch.mask).sum(axis=1)                              # logpi(y) = sum_t m_t logpi(y_t)
+        loss, terms = dpo_loss(logps[:p], logps[p:], ref_chosen_logps, ref_rejected_logps, cfg.beta,
+                               cfg.label_smoothing)
+        grads = dpo_loss_backward(terms)
+        # d logpi(y) / d logpi(y_t) = m_t: every token of a response gets its response's gradient
+        dlogprobs = np.concatenate([grads["chosen"], grads["rejected"]])[:, None] * batch.mask
+        update.apply_dlogprobs(self.model, self.optimizer, logits, batch, response_logits, dlogprobs, loss,
+                               cfg.max_grad_norm)
+        return dpo_stats(terms)

@@ -1,0 +1,78 @@
+"""The k1, k2, k3 estimators of KL(pi || pi_ref) from J. Schulman, "Approximating KL Divergence" (2020), per token,
+with their backward with respect to logpi. Read beside docs/methods.md, section 1.
+
+Shape legend: logprobs, ref_logprobs (B,T) (any shape works: the estimators are elementwise), y ~ pi.
+Symbols: logpi = logprobs, logpi_ref = ref_logprobs, and Schulman's ratio r = pi_ref(y) / pi(y), so
+log r = ref_logprobs - logprobs. (Schulman samples x ~ q and writes r = p(x)/q(x): his q is our pi, his p our pi_ref.)
+
+    k1 = log pi - log pi_ref                  = -log r           unbiased, high variance, negative on some samples
+    k2 = 1/2 (log pi - log pi_ref)^2          = 1/2 (log r)^2    biased, low variance, >= 0
+    k3 = pi_ref/pi - 1 - log(pi_ref/pi)       = (r - 1) - log r  unbiased, low variance, >= 0 (GRPO's KL term)
+
+Their expectations under y ~ pi: E[k1] = E[k3] = KL(pi || pi_ref), because E_pi[r - 1] = 0; E[k2] is another
+f-divergence that matches the KL only to second order when pi is close to pi_ref.
+
+Their gradients are a different matter. Put in a loss as the per-sample number k(logpi(y)) on samples y ~ pi, and
+differentiated through logpi only (the sampling is not differentiated: this is what a trainer does), the expected
+gradient is E_pi[k'(logpi) grad logpi]. For one distribution (one token given its prefix, or a whole sequence when
+k is applied to the sequence's summed log-ratio):
+
+    k1' = 1:                 E_pi[grad logpi] = 0. No gradient in expectation: k1 in a loss only adds noise.
+    k2' = logpi - logpi_ref: E_pi[(logpi - logpi_ref) grad logpi] = grad KL(pi || pi_ref).
+    k3' = 1 - pi_ref/pi:     E_pi[(1 - pi_ref/pi) grad logpi] = -sum_y pi_ref grad logpi = grad KL(pi_ref || pi),
+                             the REVERSE KL: k3 estimates KL(pi || pi_ref) but its gradient is not that KL's.
+
+Summed over the tokens of a response, each token's k is a function of its own conditional distribution, with the
+prefix y_<t held fixed: k2 then gives sum_t E_{y_<t ~ pi}[grad KL(pi(.|y_<t) || pi_ref(.|y_<t))] and k3 the same with
+the reverse conditional KL. Neither is the gradient of the sequence KL in either direction: they miss how an early
+token changes which later prefixes occur. tests/test_kl_estimators.py checks every one of these statements by
+exact enumeration of all sequences of a tiny GPT.
+"""
+import numpy as np
+
+from . import method_checks
+
+__all__ = ["k1", "k1_backward", "k2", "k2_backward", "k3", "k3_backward"]
+
+
+def k1(logprobs, ref_logprobs):
+    """k1 = logpi - logpi_ref.   (B,T), (B,T) -> (B,T).  The log-ratio PPO's and RLOO's KL penalty use."""
+    method_checks.kl_inputs(logprobs, ref_logprobs)
+    return np.subtract(logprobs, ref_logprobs)
+
+
+def k1_backward(logprobs, ref_logprobs, dkl):
+    """dlogprobs = dkl * dk1/dlogpi = dkl.   (B,T) each -> (B,T).  Zero gradient in expectation (module docstring)."""
+    method_checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    return np.array(dkl, dtype=np.result_type(logprobs, dkl, np.float32))
+
+
+def k2(logprobs, ref_logprobs):
+    """k2 = 1/2 (logpi - logpi_ref)^2.   (B,T), (B,T) -> (B,T).  Biased for KL(pi || pi_ref)."""
+    method_checks.kl_inputs(logprobs, ref_logprobs)
+    return 0.5 * np.subtract(logprobs, ref_logprobs) ** 2
+
+
+def k2_backward(logprobs, ref_logprobs, dkl):
+    """dlogprobs = dkl * (logpi - logpi_ref).   (B,T) each -> (B,T).  In expectation grad KL(pi || pi_ref)."""
+    method_checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    return np.multiply(dkl, np.subtract(logprobs, ref_logprobs))
+
+
+def k3(logprobs, ref_logprobs):
+    """k3 = exp(logpi_ref - logpi) - (logpi_ref - logpi) - 1 = pi_ref/pi - 1 - log(pi_ref/pi).   (B,T) -> (B,T).
+
+    Written from the log-ratio, as TRL's GRPO writes it; unbiased for KL(pi || pi_ref) and >= 0 on every sample.
+    """
+    method_checks.kl_inputs(logprobs, ref_logprobs)
+    log_r = np.subtract(ref_logprobs, logprobs)
+    return np.exp(log_r) - log_r - 1.0
+
+
+def k3_backward(logprobs, ref_logprobs, dkl):
+    """dlogprobs = dkl * (1 - pi_ref/pi) = dkl * (1 - exp(logpi_ref - logpi)).   (B,T) each -> (B,T).
+
+    In expectation grad KL(pi_ref || pi), not grad KL(pi || pi_ref) (module docstring). 0 where pi = pi_ref.
+    """
+    method_checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    return np.multiply(dkl, 1.0 - np.exp(np.subtract(ref_logprobs, logprobs)))
