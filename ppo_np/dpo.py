@@ -21,7 +21,7 @@ import numpy as np
 
 from minigpt_np.optim import AdamW
 
-from . import checks, method_checks, update
+from . import checks, update
 from .batch import layout, response_logprobs
 
 __all__ = ["dpo_loss", "DPOTerms", "dpo_loss_backward", "dpo_stats", "make_pairs", "DPOConfig", "DPOTrainer"]
@@ -56,7 +56,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
     The authors' `preference_loss` returns the per-pair losses and their trainer takes `losses.mean()`.
     """
-    method_checks.dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    checks.dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                   beta, label_smoothing)
     pc, pr, rc, rr = (np.asarray(a, dtype=np.float64) for a in (policy_chosen_logps, policy_rejected_logps,
                                                                 ref_chosen_logps, ref_rejected_logps))
@@ -106,7 +106,7 @@ def make_pairs(scores, rng, bradley_terry=False):
     the weights, so their loss is log 2 and their gradient exactly 0; they only dilute the batch mean. Drop them
     before training if they are common (DPOTrainer reports their share as dpo/identical_pairs).
     """
-    scores = method_checks.pair_scores(scores)
+    scores = checks.pair_scores(scores)
     p_first = _sigmoid(scores[:, 0] - scores[:, 1]) if bradley_terry else np.where(
         scores[:, 0] > scores[:, 1], 1.0, np.where(scores[:, 0] < scores[:, 1], 0.0, 0.5))
     return np.where(rng.random(len(scores)) < p_first, 0, 1)
@@ -130,7 +130,7 @@ class DPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        method_checks.dpo_config(self)
+        checks.dpo_config(self)
 
 
 class DPOTrainer:
@@ -157,7 +157,7 @@ class DPOTrainer:
     def step(self, queries, chosen, rejected):
         """queries, chosen, rejected: lists of P 1-D int arrays (P = batch_size) -> stats."""
         cfg = self.config
-        queries, chosen, rejected = method_checks.preference_batch(queries, chosen, rejected, cfg.batch_size,
+        queries, chosen, rejected = checks.preference_batch(queries, chosen, rejected, cfg.batch_size,
                                                                    self.model.cfg.block_size,
                                                                    self.model.cfg.vocab_size)
         identical = np.array([np.array_equal(c, r) for c, r in zip(chosen, rejected)])

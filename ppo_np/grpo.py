@@ -39,7 +39,7 @@ import numpy as np
 
 from minigpt_np.optim import AdamW
 
-from . import checks, core, kl, method_checks, update
+from . import checks, core, kl, update
 from .batch import layout, response_logprobs
 
 __all__ = ["grpo_advantages", "group_reward_std", "grpo_loss", "GRPOTerms", "grpo_loss_backward", "grpo_stats",
@@ -50,7 +50,7 @@ STD_EPS = 1e-4      # TRL's `std_grouped_rewards + 1e-4`
 
 def group_reward_std(scores, group_size):
     """std_group s: the unbiased standard deviation (torch.std) of each group's scores. (B,) -> (B / G,)."""
-    method_checks.grpo_advantages_inputs(scores, group_size)
+    checks.grpo_advantages_inputs(scores, group_size)
     return np.asarray(scores, dtype=np.float64).reshape(-1, group_size).std(axis=1, ddof=1)
 
 
@@ -63,7 +63,7 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
     ~1e-16) would turn it into a number of order 1. G = 1 is refused: the unbiased std of one number is undefined
     (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too).
     """
-    method_checks.grpo_advantages_inputs(scores, group_size)
+    checks.grpo_advantages_inputs(scores, group_size)
     s = np.asarray(scores, dtype=np.float64).reshape(-1, group_size)      # (B/G, G): one row per prompt
     advantages = s - s.mean(axis=1, keepdims=True)
     if scale_rewards:
@@ -107,7 +107,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, *, be
     max_completion_length (T_max, needed by "dr_grpo") as in the module docstring. TRL 0.19.1 writes
     `-torch.min(coef_1 * A, coef_2 * A)`, which is our max of the negated branches (core.clipped_surrogate).
     """
-    method_checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
+    checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
                                    max_completion_length)
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): replace it by 0 first, so every padded term and gradient is exactly 0
@@ -177,7 +177,7 @@ class GRPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        method_checks.grpo_config(self)
+        checks.grpo_config(self)
 
 
 class GRPOTrainer:
@@ -207,8 +207,8 @@ class GRPOTrainer:
         cfg = self.config
         queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
                                                           self.model.cfg.block_size, self.model.cfg.vocab_size)
-        method_checks.groups(queries, cfg.group_size)
-        method_checks.response_lengths(responses, cfg.max_completion_length)
+        checks.groups(queries, cfg.group_size)
+        checks.response_lengths(responses, cfg.max_completion_length)
         with checks.trusted():
             return self._step(layout(queries, responses, self.pad_token_id), scores)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from minigpt_np.optim import AdamW
 
-from . import checks, core, kl, method_checks, update
+from . import checks, core, kl, update
 from .batch import layout, response_logprobs
 
 __all__ = ["rloo_rewards", "rloo_advantages", "rloo_loss", "RLOOTerms", "rloo_loss_backward", "rloo_stats",
@@ -43,7 +43,7 @@ def rloo_rewards(scores, old_logprobs, ref_logprobs, kl_coef, mask=None):
     non_score_rewards = -beta KL(y). TRL 0.13.0: `kl = logprobs - ref_logprobs`,
     `non_score_reward = (-args.kl_coef * kl).sum(1)`, `rlhf_reward = scores + non_score_reward`.
     """
-    method_checks.rloo_rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
+    checks.rloo_rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
     m = np.ones(np.shape(old_logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): both are 0 there, so k1 is 0 there
     per_token_kl = kl.k1(np.where(m, old_logprobs, 0.0), np.where(m, ref_logprobs, 0.0))
@@ -59,7 +59,7 @@ def rloo_advantages(rewards, k):
     (up to rounding, ~1e-16 |r|): it contributes no gradient. k = 1 is refused (no other response to form a
     baseline from; TRL 0.13.0 would divide by k - 1 = 0).
     """
-    method_checks.rloo_advantages_inputs(rewards, k)
+    checks.rloo_advantages_inputs(rewards, k)
     r = np.asarray(rewards, dtype=np.float64).reshape(-1, k)               # (B/k, k): one row per prompt
     baseline = (r.sum(axis=1, keepdims=True) - r) / (k - 1)
     return (r - baseline).reshape(-1)
@@ -84,7 +84,7 @@ def rloo_loss(logprobs, old_logprobs, advantages, mask=None, cliprange=None):
     (L = -1/B sum_i A_i rho_i) -> (loss, RLOOTerms). TRL 0.13.0 sums the token logprobs first
     (`new_logprobs.sum(1)`, `mb_logprobs.sum(1)`) and clips `ratio = torch.exp(logprobs_diff)`: sequence level.
     """
-    method_checks.rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange)
+    checks.rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange)
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): it is replaced by 0 before any sum
     logratio = np.where(m, np.subtract(logprobs, old_logprobs), 0.0).sum(axis=1)
@@ -138,7 +138,7 @@ class RLOOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        method_checks.rloo_config(self)
+        checks.rloo_config(self)
 
 
 class RLOOTrainer:
@@ -167,7 +167,7 @@ class RLOOTrainer:
         cfg = self.config
         queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
                                                           self.model.cfg.block_size, self.model.cfg.vocab_size)
-        method_checks.groups(queries, cfg.rloo_k)
+        checks.groups(queries, cfg.rloo_k)
         with checks.trusted():
             return self._step(layout(queries, responses, self.pad_token_id), scores)
 
