@@ -4,6 +4,8 @@
     minichatgpt-pretrain         tokenizer and pretraining alone
     minichatgpt-reward           the reward model alone
     minichatgpt-sample           continuations from a checkpoint
+    minichatgpt-overopt          reward-model over-optimisation on a finished run
+    minichatgpt-compare          PPO, RLOO, GRPO, DPO and best-of-n with the same budget, on a finished run
 
 Every default comes from the config dataclasses (`config.OPTIONS` and the configs it points into). A refusal
 is one line on stderr: exit status 2 for a bad command line, 1 when the run cannot go on; --debug shows the
@@ -27,7 +29,7 @@ from ppo_np.batch import left_pad
 from reward.features import FEATURE_PRESETS
 
 from . import config as defaults
-from . import overopt, pipeline, stages
+from . import compare, overopt, pipeline, stages
 from .pipeline import STAGE_ORDER, run_pipeline
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
@@ -142,14 +144,27 @@ def pipeline_parser():
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--restart", choices=STAGE_ORDER, default=None,
                    help="delete this stage's artifacts and those built on it, and run them again")
+    p.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
+                   help="a named set of PPO options: " + "; ".join(f"{name}: {text}" for name, (text, _) in
+                                                                    sorted(defaults.PRESETS.items())))
     _common(p)
     _add_options(p)
     return p
 
 
+def parse_with_preset(parser, argv):
+    """Parse argv; a --preset replaces the defaults of its options, and flags given explicitly still win."""
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        flags = {o.field: o.flag[2:].replace("-", "_") for o in defaults.OPTIONS}
+        parser.set_defaults(**{flags[field]: value for field, value in defaults.PRESETS[args.preset][1].items()})
+        args = parser.parse_args(argv)
+    return args
+
+
 def run_main(argv=None):
     """minichatgpt: run the main job and print the before/after table -> the summary."""
-    args = pipeline_parser().parse_args(argv)
+    args = parse_with_preset(pipeline_parser(), argv)
     try:
         run_dir = os.path.join(args.runs_dir, check_name(args.name))
     except ValueError as e:
@@ -359,3 +374,52 @@ def overopt_command(argv):
 
 def overopt_main(argv=None):
     run_cli("minichatgpt-overopt", overopt_command, argv)
+
+
+# ---------------------------------------------------------------------------------------------- method comparison
+
+COMPARE_HELP = {
+    "budget": "generated responses per method, each scored once by the proxy",
+    "batch_size": "responses per training step of every method (DPO: half as many pairs); a multiple of the run's "
+                  "forward and mini-batch sizes",
+    "epochs": "passes over each step's batch (PPO's ppo_epochs, RLOO's, GRPO's num_iterations, DPO's)",
+    "lr": "Adam learning rate of every method",
+    "rloo_k": "RLOO: responses per prompt",
+    "rloo_kl_coef": "RLOO: beta of the sequence KL in the reward",
+    "grpo_group_size": "GRPO: responses per prompt",
+    "grpo_beta": "GRPO: weight of the k3 KL in the loss",
+    "dpo_beta": "DPO: beta",
+    "eval_prompts": "held-out prompts per evaluation; best-of-n takes n = budget / eval_prompts samples of each",
+    "eval_every": "training steps between evaluations",
+}
+
+
+def compare_command(argv):
+    """minichatgpt-compare: PPO, RLOO, GRPO, DPO and best-of-n from the same pretrained model against the same proxy,
+    with the same budget of generated responses, judged by the gold scorer, on a finished run
+    (minichatgpt-compare --name default)."""
+    p = Parser(prog="minichatgpt-compare", description=compare_command.__doc__)
+    p.add_argument("--name", default="default", help="the finished run folder under --runs-dir (default: default)")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    _common(p)
+    fields = dataclasses.fields(compare.CompareConfig)
+    for field in fields:
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                       help=f"{COMPARE_HELP[field.name]} (default: {field.default})")
+    args = p.parse_args(argv)
+    try:
+        run_dir = os.path.join(args.runs_dir, check_name(args.name))
+        cfg = compare.CompareConfig(**{field.name: getattr(args, field.name) for field in fields})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    results = compare.run_compare(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
+    print(compare.format_table(results))
+    print()
+    print(compare.format_agreement(results))
+    print(f"\nwrote {run_dir}/compare.json, compare.png and compare.md in {time.perf_counter() - t0:.0f} s")
+
+
+def compare_main(argv=None):
+    run_cli("minichatgpt-compare", compare_command, argv)

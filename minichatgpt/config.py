@@ -81,7 +81,11 @@ OPTIONS = [
     Option("--eval-prompts", "eval_prompts", "evaluate", "held-out prompts for the before/after evaluation"),
 ]
 
-STAGES = ("data", "tokenizer", "pretrain", "reward", "ppo", "evaluate")
+# Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.
+PRESETS = {
+    "exploit": ("the collapse onto the reward model's favourite word, on purpose (README, 'What RLHF gained')",
+                {"ppo.lr": 3e-4, "ppo.adap_kl_ctrl": False, "ppo.init_kl_coef": 0.05, "rlhf.steps": 60}),
+}
 
 
 def default_of(option, config=None):

@@ -22,11 +22,20 @@ def evaluate_policy(model, ref_model, tokenizer, scorers, queries, config, forwa
     (response length, stop at eos). samples = {"texts": prompt + response, "responses": token arrays,
     "scores": {name: (N,)}, "kl": (N,)}.
     """
-    eos = tokenizer.eos_token_id
     responses = generate_responses(model, queries, config.response_tokens, forward_batch_size=forward_batch_size,
-                                   rng=np.random.default_rng(seed), eos_token_id=eos, stop_at_eos=config.stop_at_eos)
+                                   rng=np.random.default_rng(seed), eos_token_id=tokenizer.eos_token_id,
+                                   stop_at_eos=config.stop_at_eos)
+    return measure_responses(model, ref_model, tokenizer, scorers, queries, responses, forward_batch_size)
+
+
+def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, forward_batch_size):
+    """Measure responses to held-out queries, however they were chosen -> (metrics, samples) as evaluate_policy.
+
+    The KL is sum_t log model(y_t) - log ref_model(y_t), an estimate of KL(model || ref_model) only when the
+    responses were sampled from `model` (best-of-n's are not: its KL has a formula instead, overopt.kl_best_of_n).
+    """
     texts = texts_of(tokenizer, queries, responses)
-    batch = layout(queries, responses, eos)
+    batch = layout(queries, responses, tokenizer.eos_token_id)
     logprobs = response_logprobs(model, batch, forward_batch_size)          # (N, R), 0 on padding
     ref_logprobs = response_logprobs(ref_model, batch, forward_batch_size)
     kl = (logprobs - ref_logprobs).sum(axis=1)

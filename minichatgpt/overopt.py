@@ -106,19 +106,28 @@ def best_of_n(proxy_scores, judge_scores, n):
 
 def sample_reference(ref_model, tokenizer, queries, n, config, seed, progress=False):
     """n responses per query from the reference -> texts (prompt + response), len(queries) * n, query-major."""
-    rng, texts = np.random.default_rng(seed), []
-    for q in _bar(queries, progress, "best-of-n samples"):
-        responses = generate_responses(ref_model, [q] * n, config.response_tokens, forward_batch_size=n, rng=rng,
-                                       eos_token_id=tokenizer.eos_token_id, stop_at_eos=config.stop_at_eos)
-        texts += texts_of(tokenizer, [q] * n, responses)
-    return texts
+    return texts_of(tokenizer, *reference_responses(ref_model, tokenizer, queries, n, config,
+                                                    np.random.default_rng(seed), n, progress))
+
+
+def reference_responses(ref_model, tokenizer, queries, n, config, rng, forward_batch_size, progress=False):
+    """n responses per query from the reference -> (each query repeated n times, the responses), query-major.
+
+    forward_batch_size rows per generate call; n keeps each call to one query's n responses."""
+    repeated = [q for q in queries for _ in range(n)]
+    responses = []
+    for i in _bar(range(0, len(repeated), forward_batch_size), progress, "reference samples"):
+        responses += generate_responses(ref_model, repeated[i:i + forward_batch_size], config.response_tokens,
+                                        forward_batch_size=forward_batch_size, rng=rng,
+                                        eos_token_id=tokenizer.eos_token_id, stop_at_eos=config.stop_at_eos)
+    return repeated, responses
 
 
 def _bar(items, enabled, desc):
     if not enabled:
         return items
     from tqdm.auto import tqdm
-    return tqdm(items, desc=desc, unit="prompt")
+    return tqdm(items, desc=desc, unit="batch")
 
 
 def best_of_n_curve(scores, proxy_names, judge_name, n_max):
@@ -179,6 +188,23 @@ def gains(rows, key):
 # ---------------------------------------------------------------------------------------------- the experiment
 
 
+def finished_run(run_dir):
+    """The manifest and RunConfig of a finished run of the main job -> (Manifest, RunConfig); Refused otherwise."""
+    run = Manifest(run_dir)
+    missing = [s for s in ("tokenizer", "pretrain", "reward", "gold") if not run.stages.get(s, {}).get("finished")]
+    if missing or not os.path.exists(path(run_dir, "summary.json")):
+        raise Refused(f"{run_dir} is not a finished run (its {', '.join(missing) or 'summary'} is missing); run "
+                      f"minichatgpt --name {os.path.basename(run_dir)} first")
+    return run, from_dict(read_json(path(run_dir, "summary.json"))["config"])
+
+
+def input_hashes(run):
+    """{"<file> sha256": digest} of what an experiment reuses from a finished run: tokenizer, models, scorers."""
+    return {f"{n} sha256": run.stages[s]["outputs"][n] for s, n in
+            (("tokenizer", "tokenizer.json"), ("pretrain", "gpt_pretrained.npz"), ("reward", "reward.npz"),
+             ("gold", "gold.npz"))}
+
+
 def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
     """The whole experiment on a finished run -> results, also written to overopt.json and overopt.png.
 
@@ -188,18 +214,10 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
     """
     folder = path(run_dir, "overopt")
     with Lock(run_dir):
-        run = Manifest(run_dir)
-        missing = [s for s in ("tokenizer", "pretrain", "reward", "gold") if not run.stages.get(s, {}).get("finished")]
-        if missing or not os.path.exists(path(run_dir, "summary.json")):
-            raise Refused(f"{run_dir} is not a finished run (its {', '.join(missing) or 'summary'} is missing); run "
-                          f"minichatgpt --name {os.path.basename(run_dir)} first")
-        config = from_dict(read_json(path(run_dir, "summary.json"))["config"])
+        run, config = finished_run(run_dir)
         train, val, test, data = stages.load_data(config, cache_dir)
         own = Manifest(folder)
-        built_from = {**{k: str(v) for k, v in dataclasses.asdict(cfg).items()},
-                      **{f"{n} sha256": run.stages[s]["outputs"][n] for s, n in
-                         (("tokenizer", "tokenizer.json"), ("pretrain", "gpt_pretrained.npz"),
-                          ("reward", "reward.npz"), ("gold", "gold.npz"))}}
+        built_from = {**{k: str(v) for k, v in dataclasses.asdict(cfg).items()}, **input_hashes(run)}
         own.check("overopt", built_from, [], f"delete {folder} to run the experiment with these settings")
         if "overopt" not in own.stages:
             own.start("overopt", built_from)

@@ -122,3 +122,39 @@ def write_overopt_plot(results, path):
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return True
+
+
+def write_compare_plot(results, path):
+    """compare.png: each method's proxy (solid) and gold (dashed) mean log-odds against the generated responses it
+    has used (left), and its gold gain over its start against sqrt(KL to the reference) (right) -> True; False when
+    matplotlib is missing. Best-of-n's points are n = 1, 2, 4, ... samples per held-out prompt, at KL_bon."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for k, method in enumerate(results["methods"].values()):
+        curve, color, label = method["curve"], f"C{k}", method["label"]
+        generated = [r["generated"] for r in curve]
+        axes[0].plot(generated, [r["reward_mean"] for r in curve], "o-", color=color, label=f"{label}, proxy")
+        axes[0].plot(generated, [r["gold_mean"] for r in curve], "s--", color=color, alpha=0.6,
+                     label=f"{label}, gold")
+        axes[1].plot(np.sqrt([r["kl"] for r in curve]), [r["gold_mean"] - curve[0]["gold_mean"] for r in curve], "o-",
+                     color=color, label=label)
+    axes[0].set_xlabel("generated responses used (best-of-n: n x held-out prompts)")
+    axes[0].set_ylabel("mean log-odds on held-out prompts")
+    axes[0].set_title("proxy reward against generated samples")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
+    axes[1].set_ylabel("gold score gain over the start (log-odds)")
+    axes[1].set_title("gold against sqrt(KL)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True

@@ -7,7 +7,8 @@
 
 The reward model and the tokenizer are duck-typed: `scorer.score(texts, forward_batch_size=...) -> (N,)` and
 `tokenizer.encode/decode/eos_token_id`. The loop checkpoints through `minigpt_np.resume`, as pretraining does,
-so a killed run started again continues bit for bit.
+so a killed run started again continues bit for bit. `train_loop` is that loop for any trainer: PPO here, RLOO,
+GRPO (`rollout_step` with k responses per prompt) and DPO (a step over fixed pairs) in `minichatgpt.compare`.
 """
 import dataclasses
 import logging
@@ -85,15 +86,16 @@ class PromptStream:
         return batch
 
 
-def fingerprint(ppo_config, config, queries, inputs):
-    """What a PPO run is built from: its settings, its prompts and the hashes of its inputs (models, scorer)."""
+def fingerprint(trainer_config, config, queries, inputs, key="ppo"):
+    """What a run of the loop is built from: its trainer's settings (under `key`), the loop's, its prompts and the
+    hashes of its inputs (models, scorer)."""
     rlhf = {k: v for k, v in dataclasses.asdict(config).items() if k not in BOOKKEEPING}
-    return {"ppo": dataclasses.asdict(ppo_config), "rlhf": rlhf,
+    return {key: dataclasses.asdict(trainer_config), "rlhf": rlhf,
             "prompts": sha256_of_array(np.concatenate(queries)), "inputs": dict(inputs)}
 
 
 def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config, checkpoint_path, log_path,
-              inputs=None, judge=None, progress=True, evaluate=None, evaluate_every=0):
+              inputs=None, judge=None, progress=True, evaluate=None, evaluate_every=0, measure=None):
     """Run (or resume) the PPO stage -> the list of per-step stats (also one JSON line each in log_path).
 
     checkpoint_path: the policy and everything the next step depends on, every config.checkpoint_every steps
@@ -101,73 +103,112 @@ def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config,
     what the run was built from (reference model, reward model, tokenizer), part of the fingerprint a resumed
     run must match. judge: a scorer that also grades the rollouts for the log ("env/gold_*"); it never drives
     training. evaluate(policy) -> dict: measured after step 0 and every evaluate_every steps and stored
-    in that step's stats (step 0 as its own record); it must draw from its own generator.
+    in that step's stats (step 0 as its own record); it must draw from its own generator. measure(step) -> step:
+    wraps each step of the loop, e.g. to trace its memory (minichatgpt.compare does).
     """
     trainer = PPOTrainer(policy, ref_model, ppo_config, pad_token_id=tokenizer.eos_token_id)
+
+    def step(prompts, rng):
+        return ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge)
+
+    def set_kl_coef(state):   # the adaptive controller's beta is loop state: a resumed run goes on from it
+        trainer.kl_ctl.value = state["kl_coef"]
+
+    return train_loop(trainer, measure(step) if measure else step, queries, config, checkpoint_path, log_path,
+                      fingerprint(ppo_config, config, queries, inputs or {}), name="PPO", progress=progress,
+                      evaluate=evaluate, evaluate_every=evaluate_every,
+                      save_state=lambda: {"kl_coef": trainer.kl_ctl.value}, load_state=set_kl_coef)
+
+
+def train_loop(trainer, step, items, config, checkpoint_path, log_path, fp, *, name, progress=True, evaluate=None,
+               evaluate_every=0, save_state=None, load_state=None):
+    """The loop every trainer shares: draw, step, log, evaluate, checkpoint, resume -> the per-step stats.
+
+    trainer: has .model (the policy), .optimizer and .rng (its mini-batch shuffles). step(stream, rng) -> stats
+    makes one update: it draws its batch from `stream`, endless shuffled passes over `items` (prompts, or fixed
+    preference pairs), and samples with `rng`. config: the RLHFConfig (steps, max_seconds, checkpoint_every,
+    seed). fp: the fingerprint a resumed checkpoint must match. save_state() -> dict / load_state(dict): the
+    trainer's own loop state beside the step and the stream's position (PPO: its adaptive kl_coef). The rest as
+    in train_ppo. A checkpoint holds the policy, the optimizer and every generator, so a killed run started again
+    continues bit for bit.
+    """
     rngs = {"shuffle": trainer.rng, "prompts": np.random.default_rng(config.seed),
             "sampling": np.random.default_rng(config.seed + 1)}
-    prompts = PromptStream(queries, rngs["prompts"])
-    fp = fingerprint(ppo_config, config, queries, inputs or {})
+    stream = PromptStream(items, rngs["prompts"])
+    policy = trainer.model
     state = resume(checkpoint_path, policy, trainer.optimizer, fingerprint=fp, rngs=rngs)
-    step, history = 0, []
+    step_n, history = 0, []
     if state is not None:
-        step, trainer.kl_ctl.value = state["step"], state["kl_coef"]
-        prompts.order, prompts.pos = np.array(state["prompts_order"]), state["prompts_pos"]
-        history = read_jsonl(log_path, expect=step + bool(evaluate is not None and evaluate_every))
-        log.info("PPO: %s at step %d (%s)", "done already" if step >= config.steps else "resuming", step,
+        step_n = state["step"]
+        if load_state is not None:
+            load_state(state)
+        stream.order, stream.pos = np.array(state["prompts_order"]), state["prompts_pos"]
+        history = read_jsonl(log_path, expect=step_n + bool(evaluate is not None and evaluate_every))
+        log.info("%s: %s at step %d (%s)", name, "done already" if step_n >= config.steps else "resuming", step_n,
                  checkpoint_path)
     write_jsonl(log_path, history)             # drop lines logged after the checkpoint we resume from
-    saved_step = step if state is not None else None
+    saved_step = step_n if state is not None else None
 
     def save():
-        loop_state = {"step": step, "finished": step >= config.steps, "kl_coef": trainer.kl_ctl.value,
-                      "prompts_order": prompts.order.tolist(), "prompts_pos": prompts.pos}
+        loop_state = {"step": step_n, "finished": step_n >= config.steps, **(save_state() if save_state else {}),
+                      "prompts_order": stream.order.tolist(), "prompts_pos": stream.pos}
         save_training_checkpoint(checkpoint_path, policy, trainer.optimizer, fingerprint=fp, state=loop_state,
                                  rngs=rngs)
 
     if evaluate is not None and evaluate_every and state is None:
         history = [{"step": 0, **evaluate(policy)}]
-    bar = _progress_bar(config.steps, step, progress)
+    bar = _progress_bar(config.steps, step_n, progress, name.lower())
     start = time.perf_counter()
-    while step < config.steps:
+    while step_n < config.steps:
         if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-            log.info("PPO time budget of %.0f s reached after %d steps", config.max_seconds, step)
+            log.info("%s time budget of %.0f s reached after %d steps", name, config.max_seconds, step_n)
             break
         try:
-            stats = ppo_step(trainer, tokenizer, scorer, prompts, config, rngs["sampling"], judge)
+            stats = step(stream, rngs["sampling"])
         except FloatingPointError as err:
             kept = (f"The last good checkpoint is {checkpoint_path} (step {saved_step})." if saved_step is not None
-                    else "No PPO checkpoint was written yet.")
-            raise RuntimeError(f"PPO stopped at step {step + 1}: {err} {kept}") from err
-        step += 1
-        stats["step"] = step
-        if evaluate is not None and evaluate_every and step % evaluate_every == 0:
+                    else f"No {name} checkpoint was written yet.")
+            raise RuntimeError(f"{name} stopped at step {step_n + 1}: {err} {kept}") from err
+        step_n += 1
+        stats["step"] = step_n
+        if evaluate is not None and evaluate_every and step_n % evaluate_every == 0:
             stats.update(evaluate(policy))
         history.append(stats)
         write_jsonl(log_path, history)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(reward=f"{stats['env/reward_mean']:.2f}", kl=f"{stats['objective/kl']:.1f}",
-                            pos=f"{stats['env/reward_positive']:.2f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
+            bar.set_postfix({label: f"{stats[key]:{fmt}}" for label, key, fmt in POSTFIX if key in stats})
+        if step_n % config.checkpoint_every == 0 or step_n == config.steps:
             save()
-            saved_step = step
+            saved_step = step_n
     if bar is not None:
         bar.close()
-    if saved_step != step:   # stopped by the time budget between checkpoints
+    if saved_step != step_n:   # stopped by the time budget between checkpoints
         save()
     return history
 
 
-def ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None):
-    """One turn of the loop: a batch of prompts, sampled responses, their scores and one PPO step -> stats.
+# what the progress bar shows of a step's stats, where the method logs it
+POSTFIX = (("reward", "env/reward_mean", ".2f"), ("kl", "objective/kl", ".1f"), ("pos", "env/reward_positive", ".2f"),
+           ("loss", "dpo/loss/train", ".3f"))
 
+
+def ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None):
+    """One turn of PPO's loop: one sampled response per prompt (rollout_step with group_size 1) -> stats."""
+    return rollout_step(trainer, tokenizer, scorer, prompts, config, rng, judge)
+
+
+def rollout_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None, group_size=1):
+    """One turn of the loop: a batch of prompts, sampled responses, their scores and one trainer step -> stats.
+
+    trainer: PPOTrainer, or any trainer whose step(queries, responses, scores) takes batch_size rows (RLOO, GRPO).
+    group_size k: batch_size / k prompts, each repeated in k consecutive rows, so each gets k responses.
     The stats add what the rollouts show beside their score ("env/"): their collapse metrics and, with a judge,
     its verdict on them.
     """
     fbs = trainer.config.forward_batch_size
     t0 = time.perf_counter()
-    queries = prompts.next_batch(trainer.config.batch_size)
+    queries = [q for q in prompts.next_batch(trainer.config.batch_size // group_size) for _ in range(group_size)]
     responses = generate_responses(trainer.model, queries, config.response_tokens, forward_batch_size=fbs, rng=rng,
                                    eos_token_id=tokenizer.eos_token_id, stop_at_eos=config.stop_at_eos)
     t1 = time.perf_counter()
@@ -186,8 +227,8 @@ def ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None):
     return stats
 
 
-def _progress_bar(total, initial, enabled):
+def _progress_bar(total, initial, enabled, desc):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc="ppo", unit="step")
+    return tqdm(total=total, initial=initial, desc=desc, unit="step")

@@ -31,13 +31,18 @@ def tiny_args(tmp_path, name, corpus, *extra):
 
 def kill_ppo_in_step(monkeypatch, n, error=KeyboardInterrupt):
     """Make the n-th PPOTrainer.step raise `error` (a kill after the checkpoint of step n - 1); -> the real step."""
-    from ppo_np import trainer as trainer_module
-    real_step, calls = trainer_module.PPOTrainer.step, {"n": 0}
+    from ppo_np.trainer import PPOTrainer
+    return kill_in_step(monkeypatch, PPOTrainer, n, error)
+
+
+def kill_in_step(monkeypatch, trainer_class, n, error=KeyboardInterrupt):
+    """Make the n-th trainer_class.step raise `error` (RLOOTrainer, GRPOTrainer, ...); -> the real step."""
+    real_step, calls = trainer_class.step, {"n": 0}
 
     def dies(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == n:
             raise error if isinstance(error, BaseException) else error("killed")
         return real_step(self, *args, **kwargs)
-    monkeypatch.setattr(trainer_module.PPOTrainer, "step", dies)
+    monkeypatch.setattr(trainer_class, "step", dies)
     return real_step

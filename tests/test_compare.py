@@ -1,0 +1,141 @@
+"""The method comparison: the same budget of generated responses for PPO, RLOO, GRPO, DPO and best-of-n, the same
+gradient updates for the trained ones, and the compare command end to end with a resume after a kill."""
+import json
+
+import numpy as np
+import pytest
+
+from minichatgpt import cli, compare
+from minichatgpt.config import PPO
+from minichatgpt.run_folder import Lock
+from ppo_np.grpo import GRPOTrainer
+from ppo_np.trainer import PPOTrainer
+
+from tiny_run import fixture_corpus, kill_in_step, tiny_args
+
+# 4 steps of 8 responses; 2 held-out prompts (the tiny run has 3), so best-of-n takes n = 16 samples of each
+TINY = ["--budget", "32", "--batch-size", "8", "--eval-prompts", "2", "--eval-every", "2", "--quiet"]
+TRAINED = ("ppo", "rloo", "grpo", "dpo")
+
+
+def test_every_trained_method_makes_the_same_gradient_updates_on_the_same_number_of_responses():
+    cfg = compare.CompareConfig()
+    configs = compare.trainer_configs(cfg, PPO)
+    updates = {  # (gradient updates per step, responses per update); a DPO pair is two responses
+        "ppo": (configs["ppo"].batch_size // configs["ppo"].mini_batch_size * configs["ppo"].ppo_epochs,
+                configs["ppo"].mini_batch_size),
+        "rloo": (configs["rloo"].batch_size // configs["rloo"].mini_batch_size * configs["rloo"].ppo_epochs,
+                 configs["rloo"].mini_batch_size),
+        "grpo": (configs["grpo"].batch_size // configs["grpo"].mini_batch_size * configs["grpo"].num_iterations,
+                 configs["grpo"].mini_batch_size),
+        "dpo": (configs["dpo"].batch_size // configs["dpo"].mini_batch_size * configs["dpo"].epochs,
+                2 * configs["dpo"].mini_batch_size),
+    }
+    assert len(set(updates.values())) == 1, updates
+    assert 2 * configs["dpo"].batch_size == cfg.batch_size == configs["ppo"].batch_size == configs["grpo"].batch_size
+    assert cfg.steps * cfg.batch_size == cfg.budget and cfg.budget % cfg.eval_prompts == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(budget=100), "budget 100 must be a multiple of batch_size 64"),
+    (dict(batch_size=62, budget=124 * 32), "batch_size 62 must be a multiple of rloo_k 4"),
+    (dict(rloo_k=1), "rloo_k and grpo_group_size must be >= 2"),
+    (dict(eval_prompts=300), "must be a multiple of eval_prompts 300"),
+    (dict(budget=256, batch_size=64, eval_prompts=256), "at least twice it"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0"),
+])
+def test_settings_that_cannot_give_every_method_the_same_budget_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        compare.CompareConfig(**change)
+
+
+def test_only_the_first_step_is_traced_and_each_records_its_responses():
+    calls = []
+
+    def step(stream, rng):
+        calls.append(len(np.ones(1000)))        # allocates 8 kB
+        return {}
+    wrapped = compare.measured(step, 8)
+    first, second = wrapped(None, None), wrapped(None, None)
+    assert 0.007 < first["memory/step_peak_mb"] < 1 and "memory/step_peak_mb" not in second
+    assert first["compare/responses"] == second["compare/responses"] == 8 and len(calls) == 2
+
+
+def logs(run_dir):
+    """Each trained method's log, without the keys that depend on the machine (time, memory)."""
+    return {m: [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "memory/"))}
+                for line in (run_dir / "compare" / f"{m}.jsonl").read_text().splitlines()] for m in TRAINED}
+
+
+def without_costs(results):
+    return {**results, "methods": {m: {k: v for k, v in r.items() if k not in ("wall_seconds", "peak_mb")}
+                                   for m, r in results["methods"].items()}}
+
+
+def test_compare_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, monkeypatch):
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    cli.run_main(tiny_args(tmp_path, "run", corpus))
+    run_dir = tmp_path / "runs" / "run"
+    where = ["--name", "run", "--runs-dir", str(tmp_path / "runs")]
+    kill_in_step(monkeypatch, GRPOTrainer, 3)     # PPO and RLOO done; GRPO killed after its step-2 checkpoint
+    with pytest.raises(SystemExit):
+        cli.compare_main(where + TINY)
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    counted = {"ppo": [], "grpo": []}
+    for name, trainer_class in (("ppo", PPOTrainer), ("grpo", GRPOTrainer)):
+        def count(self, *args, _name=name, _real=trainer_class.step, **kwargs):
+            counted[_name].append(1)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(trainer_class, "step", count)
+    cli.compare_main(where + TINY)
+    assert {k: len(v) for k, v in counted.items()} == {"ppo": 0, "grpo": 2}, "the resumed comparison redid work"
+    monkeypatch.undo()
+    out = capsys.readouterr().out
+    results = json.loads((run_dir / "compare.json").read_text())
+    assert (run_dir / "compare.png").stat().st_size > 10000
+    table = (run_dir / "compare.md").read_text()
+    for label in ("reference", "PPO", "RLOO", "GRPO", "DPO", "best-of-n"):
+        assert f" {label} |" in table and f" {label} |" in out, f"the table does not name {label}"
+    assert "Bradley-Terry" in out and set(results["methods"]) == set(compare.METHODS)
+
+    # the same budget of generated responses: from each trained method's log, DPO's pairs and best-of-n's samples
+    budget, batch = 32, 8
+    for name, records in logs(run_dir).items():
+        assert sum(r.get("compare/responses", 0) for r in records) == budget, name
+        assert [r["step"] for r in records] == [0, 1, 2, 3, 4], name
+        assert [r["step"] for r in records if "eval/gold_mean" in r] == [0, 2, 4], name
+    pairs = json.loads((run_dir / "compare" / "dpo_pairs.json").read_text())["pairs"]
+    assert sum(len(p["responses"]) for p in pairs) == budget and len(pairs) == budget // 2
+    bon = json.loads((run_dir / "compare" / "best_of_n.json").read_text())
+    assert bon["n"] * results["reference"]["n"] == bon["generated"] == budget
+    assert {m: r["generated"] for m, r in results["methods"].items()} == {m: budget for m in compare.METHODS}
+    assert all(r["steps"] == budget // batch for m, r in results["methods"].items() if m != "best_of_n")
+    assert all(r["peak_mb"] > 0 and r["wall_seconds"] > 0 for r in results["methods"].values())
+    assert [p["n"] for p in results["methods"]["best_of_n"]["curve"]] == [1, 2, 4, 8, 16]
+
+    # the resumed comparison equals one never interrupted
+    again_dir = tmp_path / "again"
+    cli.run_main(tiny_args(again_dir, "run", corpus))
+    cli.compare_main(["--name", "run", "--runs-dir", str(again_dir / "runs")] + TINY)
+    again = json.loads((again_dir / "runs" / "run" / "compare.json").read_text())
+    assert without_costs(again) == without_costs(results)
+    assert logs(again_dir / "runs" / "run") == logs(run_dir)
+
+    # other settings on the same compare/ folder are refused, and so is a second process
+    with pytest.raises(SystemExit) as e:
+        cli.compare_main(where + TINY + ["--grpo-beta", "0.1"])
+    assert e.value.code == 1 and "grpo_beta: 0.04 -> 0.1" in capsys.readouterr().err
+    with Lock(str(run_dir)), pytest.raises(SystemExit) as e:
+        cli.compare_main(where + TINY)
+    assert e.value.code == 1 and "in use by another minichatgpt process" in capsys.readouterr().err
+
+
+def test_compare_refuses_an_unfinished_run_and_bad_options(tmp_path, capsys):
+    (tmp_path / "runs" / "nothing").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        cli.compare_main(["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert e.value.code == 1 and "is not a finished run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.compare_main(["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--budget", "100"])
+    assert e.value.code == 2 and "budget 100 must be a multiple of batch_size 64" in capsys.readouterr().err
