@@ -85,7 +85,8 @@ DATA_FIELDS = ("corpus", "text_column", "label_column", "seed")
 
 def _common(parser):
     parser.add_argument("--cache-dir", default=None,
-                        help=f"where the downloaded corpus is cached (default: $MINICHATGPT_CACHE or {default_cache_dir()})")
+                        help="where the downloaded corpus is cached "
+                             f"(default: $MINICHATGPT_CACHE or {default_cache_dir()})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
@@ -350,9 +351,11 @@ def overopt_command(argv):
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     _common(p)
     p.add_argument("--proxy-sizes", type=int, nargs="+", default=list(cfg.proxy_sizes),
-                   help=f"labelled training snippets of each small proxy (default: {' '.join(map(str, cfg.proxy_sizes))})")
+                   help="labelled training snippets of each small proxy "
+                        f"(default: {' '.join(map(str, cfg.proxy_sizes))})")
     p.add_argument("--prompts", type=int, default=cfg.prompts, help=f"held-out prompts (default: {cfg.prompts})")
-    p.add_argument("--n-max", type=int, default=cfg.n_max, help=f"largest n of best-of-n, a power of two (default: {cfg.n_max})")
+    p.add_argument("--n-max", type=int, default=cfg.n_max,
+                   help=f"largest n of best-of-n, a power of two (default: {cfg.n_max})")
     p.add_argument("--rl-steps", type=int, default=cfg.rl_steps, help=f"PPO steps per proxy (default: {cfg.rl_steps})")
     p.add_argument("--rl-kl-coef", type=float, default=cfg.rl_kl_coef,
                    help=f"fixed KL coefficient of those PPO runs (default: {cfg.rl_kl_coef})")

@@ -93,7 +93,8 @@ def _run(config, run_dir, progress, cache_dir, restart):
 
     t = time.perf_counter()
     ref_model, pretrain_metrics = run_stage(
-        "pretrain", hashes(run_dir, ["tokenizer.json"]), lambda: stages.pretrain_stage(config, run_dir, tokenizer, train, val, progress),
+        "pretrain", hashes(run_dir, ["tokenizer.json"]),
+        lambda: stages.pretrain_stage(config, run_dir, tokenizer, train, val, progress),
         lambda: stages.load_pretrained(run_dir, tokenizer))
     timings["pretrain"] = time.perf_counter() - t
 

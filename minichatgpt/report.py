@@ -104,7 +104,8 @@ def write_overopt_plot(results, path):
             color = f"C{k}"
             label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
             d = np.sqrt([r["kl"] for r in curve])
-            for score, style, text in (("gold_score", "o-", f"gold, {label}"), ("proxy_score", "s--", f"proxy {name} itself")):
+            for score, style, text in (("gold_score", "o-", f"gold, {label}"),
+                                       ("proxy_score", "s--", f"proxy {name} itself")):
                 ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
                         alpha=1.0 if score == "gold_score" else 0.6)
             fit = results["fits"][f"{kind}/{name}/gold_score"]

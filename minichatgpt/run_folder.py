@@ -118,7 +118,8 @@ class Manifest:
         try:
             self.stages = json.load(open(self.file))["stages"] if os.path.exists(self.file) else {}
         except (ValueError, KeyError, TypeError):
-            raise Refused(f"{self.file} is damaged, so what this run folder holds is unknown; use a new --name") from None
+            raise Refused(f"{self.file} is damaged, so what this run folder holds is unknown; "
+                          "use a new --name") from None
 
     def save(self):
         write_json(self.file, {"stages": self.stages})
@@ -157,7 +158,8 @@ class Manifest:
 
     def finish(self, stage, outputs):
         record = self.stages[stage]
-        record.update(finished=True, outputs={name: sha256_of_file(os.path.join(self.run_dir, name)) for name in outputs})
+        record.update(finished=True,
+                      outputs={name: sha256_of_file(os.path.join(self.run_dir, name)) for name in outputs})
         self.save()
 
     def forget(self, stage, artifacts):

@@ -74,7 +74,8 @@ def write_token_view(path, policy, ref_model, tokenizer, scorer, queries, config
 
 _HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>Where the reward went</title><style>
 body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; }}
-table {{ border-collapse: collapse; width: 100%; }} td {{ border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }}
+table {{ border-collapse: collapse; width: 100%; }}
+td {{ border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }}
 td.who {{ width: 9em; }} span {{ font-family: monospace; white-space: pre; }}
 </style></head><body>
 <h1>Where the reward went, token by token</h1>

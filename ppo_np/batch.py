@@ -75,7 +75,8 @@ def forward_chunks(batch, forward_batch_size):
 
 
 def response_logprobs(model, batch, forward_batch_size):
-    """log pi(y_t) of every response token, no graph, forward_batch_size rows at a time -> (B, R) float64, 0 on padding."""
+    """log pi(y_t) of every response token, no graph, forward_batch_size rows at a time.   -> (B, R) float64,
+    0 on padding."""
     logprobs = []
     with mg.no_grad():
         for chunk in forward_chunks(batch, forward_batch_size):

@@ -205,6 +205,8 @@ def ppo_config(cfg):
         raise ValueError(f"PPOConfig.init_kl_coef must be a finite number >= 0, got {cfg.init_kl_coef!r}")
     if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
         raise ValueError(f"PPOConfig: need 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma={cfg.gamma}, lam={cfg.lam}")
+    if cfg.score_clip is not None and not (np.isfinite(cfg.score_clip) and cfg.score_clip > 0):
+        raise ValueError(f"PPOConfig.score_clip must be None or a finite number > 0, got {cfg.score_clip!r}")
     if cfg.max_grad_norm is not None and not (np.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
         raise ValueError(f"PPOConfig.max_grad_norm must be None or a finite number > 0, got {cfg.max_grad_norm!r}")
     if not (np.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):

@@ -33,7 +33,8 @@ from . import checks
 
 __all__ = [
     "logprobs_from_logits", "compute_rewards", "compute_advantages", "masked_mean", "masked_var", "whiten",
-    "clip_by_value", "clipped_surrogate", "clipped_surrogate_backward", "ppo_loss", "PPOTerms", "ppo_loss_backward", "logprobs_from_logits_backward",
+    "clip_by_value", "clipped_surrogate", "clipped_surrogate_backward", "ppo_loss", "PPOTerms", "ppo_loss_backward",
+    "logprobs_from_logits_backward",
     "AdaptiveKLController", "FixedKLController", "ppo_stats", "entropy_from_logits",
 ]
 

@@ -38,6 +38,8 @@ class PPOConfig:
     cliprange: float = 0.2              # epsilon of the clipped policy ratio
     cliprange_value: float = 0.2        # epsilon of the clipped value prediction
     vf_coef: float = 0.1                # weight of the value loss
+    score_clip: Optional[float] = None   # clip each score to [-score_clip, score_clip] before the rewards (TRL 0.7.11's
+                                         # score_clip); None = off, as in TRL 0.1
     max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off, as in TRL 0.1
     weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam, as in TRL 0.1
     seed: int = 0                       # seeds the mini-batch shuffling
@@ -88,6 +90,8 @@ class PPOTrainer:
 
         t = time.perf_counter()
         kl_coef = self.kl_ctl.value
+        if cfg.score_clip is not None:      # a bounded score stops paying for ever more of what already scores well
+            scores = np.clip(scores, -cfg.score_clip, cfg.score_clip)
         rewards, non_score_rewards = core.compute_rewards(scores, logprobs, ref_logprobs, kl_coef, mask)
         advantages, returns = core.compute_advantages(values, rewards, cfg.gamma, cfg.lam, mask)
         # Whitened once over all response tokens of the batch. TRL 0.1 whitened inside each mini-batch (of one row),

@@ -59,10 +59,11 @@ def train_scorer(train_texts: Sequence[str], train_labels: Sequence[int], val_te
 
     l2: a value, a list of values, or None for L2_GRID. features: a name in FEATURE_PRESETS ("nb" words +
     characters with naive-Bayes weights, "nb_words", "tfidf"), "auto" to try them all, or a FeatureConfig.
-    Each (features, l2) fit is early-stopped on validation log-loss (patience 20: a warm-started L-BFGS often
-    needs 10-20 iterations to get below its starting point; with 10, the default run's l2 = 3e-5 fit stopped
-    before it improved and 1e-4 won, measured); the pair with the lowest validation log-loss wins; along the l2 grid (largest first, each fit warm-started from the previous one) the search
-    stops once validation log-loss gets worse. ``seed`` is accepted for a uniform interface: the fit has nothing random (convex loss,
+    Each (features, l2) fit is early-stopped on validation log-loss, with patience 20: a warm-started L-BFGS
+    often needs 10 to 20 iterations to get below its starting point (with 10, the default run's l2 = 3e-5 fit
+    stopped before it improved and 1e-4 won, measured). The pair with the lowest validation log-loss wins; along
+    the l2 grid (largest first, each fit warm-started from the previous one) the search stops once validation
+    log-loss gets worse. ``seed`` is accepted for a uniform interface: the fit has nothing random (convex loss,
     zero start, no sampling). ``log`` receives one progress line per fit (default: the module logger).
     """
     log = log or logger.info

@@ -2,7 +2,8 @@
 
     python scripts/sweep_ppo.py --name default "lr=1e-4,steps=80" "init_kl_coef=0.5,adap_kl_ctrl=0"
 
-Each setting overrides fields of the pipeline's PPOConfig and RLHFConfig (minichatgpt/config.py) by name. PPO
+Each setting overrides fields of the pipeline's PPOConfig and RLHFConfig (minichatgpt/config.py) by name; seed
+sets both configs' seeds. PPO
 runs from the pretrained model with the run's seed and prompts, then the policy answers the run's held-out
 evaluation prompts, measured as the main job measures them. One JSON line per setting is appended to
 --out (default runs/<name>/sweep.jsonl), and a table row is printed. This is the development script behind the
@@ -40,7 +41,9 @@ def parse_setting(text):
                                                                      "cliprange_value", "vf_coef") else number
         if key == "adap_kl_ctrl":
             value = bool(value)
-        if key in ppo_fields:
+        if key == "seed":           # seeds both the trainer's shuffles and the loop's prompts and sampling
+            ppo[key] = rlhf[key] = value
+        elif key in ppo_fields:
             ppo[key] = value
         elif key in rlhf_fields:
             rlhf[key] = value

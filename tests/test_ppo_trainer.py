@@ -199,3 +199,21 @@ def test_ppo_learns_a_token_level_reward_quickly():
     print(f"reward {first:.3f} -> {last:.3f} in {elapsed:.1f} s")
     assert first < 0.2 and last > 0.6, f"reward went from {first:.3f} to {last:.3f}"
     assert elapsed < 60
+
+
+def test_score_clip_is_the_same_as_clipping_the_scores_first():
+    queries, responses, scores = make_batch()
+    scores = scores * 4.0                                           # some beyond +-2
+    assert np.abs(scores).max() > 2
+    results = []
+    for clip, given in ((2.0, scores), (None, np.clip(scores, -2.0, 2.0)), (None, scores)):
+        policy, ref = make_models()
+        trainer = PPOTrainer(policy, ref, PPOConfig(lr=1e-2, batch_size=8, forward_batch_size=8, mini_batch_size=4,
+                                                    ppo_epochs=1, score_clip=clip))
+        trainer.step(queries, responses, given)
+        results.append(policy.state_dict())
+    clipped, pre_clipped, unclipped = results
+    assert all(np.array_equal(clipped[k], pre_clipped[k]) for k in clipped)
+    assert any(not np.array_equal(clipped[k], unclipped[k]) for k in clipped), "score_clip changed nothing"
+    with pytest.raises(ValueError, match="score_clip"):
+        PPOConfig(score_clip=0.0)
