@@ -204,7 +204,7 @@ def pretrain_command(argv):
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    train, val, _, data = stages.load_data(config, args.cache_dir)
+    train, val, _, data = stages.load_data(config, args.cache_dir, labelled=False)
     print(f"corpus: {data['snippets']:,} snippets ({data['duplicates_removed']} duplicates removed); train "
           f"{len(train):,}, val {len(val):,} (split by movie)")
     tokenizer = stages.tokenizer_stage(config, args.out_dir, train)

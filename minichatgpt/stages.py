@@ -34,14 +34,17 @@ DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": 
               "ppo": ["tokenizer", "pretrain", "reward"]}
 
 
-def load_data(config, cache_dir=None):
-    """The corpus without duplicates, split by movie -> (train, val, test, info); refuses a corpus too small."""
+def load_data(config, cache_dir=None, labelled=True):
+    """The corpus without duplicates, split by movie -> (train, val, test, info). With labelled (the main job, the
+    reward model), refuses a corpus too small for the reward model, the prompts and the evaluation; pretraining
+    alone takes unlabelled text too."""
     snippets = corpus.load_corpus(config.corpus, cache_dir=cache_dir, text_column=config.text_column,
                                   label_column=config.label_column)
     info = {"corpus_sha256": corpus.sha256_of_snippets(snippets), "snippets": len(snippets)}
     snippets, info["duplicates_removed"] = corpus.deduplicate(snippets)
     train, val, test = corpus.split(snippets, seed=config.seed)
-    corpus.check_size(train, val, test)
+    if labelled:
+        corpus.check_size(train, val, test)
     log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
              info["duplicates_removed"], len(train), len(val), len(test))
     return train, val, test, info

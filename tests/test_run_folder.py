@@ -347,3 +347,12 @@ def test_ppo_step_refuses_float_ids_and_2d_queries():
         trainer.step([np.array([[1, 2]]), queries[1]], responses, [0.0, 1.0])
     with pytest.raises(ValueError, match="outside"):
         trainer.step(queries, [np.array([4, 11]), responses[1]], [0.0, 1.0])
+
+
+def test_the_pretrain_command_takes_plain_unlabelled_text(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("\n".join(f"line {i} of a plain text file about films and stories" for i in range(300)) + "\n")
+    cli.pretrain_main(["--corpus", str(text), "--out-dir", str(tmp_path / "pt"), "--vocab-size", "300",
+                       "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
+                       "--pretrain-steps", "5", "--samples", "0", "--quiet"])
+    assert (tmp_path / "pt" / "gpt_pretrained.npz").exists() and "done: 5 updates" in capsys.readouterr().out
