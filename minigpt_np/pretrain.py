@@ -44,9 +44,9 @@ class PretrainConfig:
     beta1: float = 0.9                    # AdamW first-moment decay
     beta2: float = 0.95                   # AdamW second-moment decay (0.95 as GPT-3 / nanoGPT: steadier at high lr)
     grad_clip: float = 1.0                # rescale gradients so their global L2 norm is at most this
-    eval_interval: int = 100              # validation loss every this many updates, and after the last one
+    eval_interval: int = 250              # validation loss every this many updates, and after the last one
     eval_windows: Optional[int] = 512     # validation windows per evaluation, spread over the stream (None: all)
-    checkpoint_interval: int = 100        # write the checkpoint every this many updates, and after the last one
+    checkpoint_interval: int = 250        # write the checkpoint every this many updates, and after the last one
     seed: int = 0                         # seeds the batch sampler: same seed, data and config -> same weights
 
     def __post_init__(self):
