@@ -80,8 +80,8 @@ def train_proxies(train, val, sizes, seed):
 
 
 def kl_best_of_n(n):
-    """KL(best-of-n || reference) = log n - (n - 1) / n nats (Stiennon et al. 2020; exact when no two samples
-    score alike, an upper bound otherwise)."""
+    """KL(best-of-n || reference) = log n - (n - 1) / n nats (the formula Stiennon et al. 2020 and Gao et al. 2022
+    use; exact for a continuous distribution of scores, an upper bound otherwise, Beirami et al. 2024)."""
     return math.log(n) - (n - 1) / n
 
 

@@ -45,14 +45,28 @@ def format_table(before, after):
     return "\n".join(out)
 
 
-def write_curves(history, path):
-    """Eight panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
+def _pyplot(path):
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a warning naming path) if it is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
+        return None
+    return plt
+
+
+def _save(fig, path):
+    """Write the figure as a PNG through atomic_write."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def write_curves(history, path):
+    """Eight panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
+    plt = _pyplot(path)
+    if plt is None:
         return False
     steps = [s["step"] for s in history]
     fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
@@ -64,8 +78,7 @@ def write_curves(history, path):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -89,12 +102,8 @@ def write_samples(path, prompts, before, after, n=12):
 def write_overopt_plot(results, path):
     """overopt.png: gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
     with the fitted functional forms (dotted) -> True; False when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
+    plt = _pyplot(path)
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     for ax, kind, title in ((axes[0], "best_of_n", "best-of-n from the reference"), (axes[1], "rl", "PPO")):
@@ -119,8 +128,7 @@ def write_overopt_plot(results, path):
         ax.set_ylabel("mean score gain over the reference (log-odds)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -129,12 +137,8 @@ def write_compare_plot(results, path):
     """compare.png: each method's proxy (solid) and gold (dashed) mean log-odds against the generated responses it
     has used (left), and its gold gain over its start against sqrt(KL to the reference) (right) -> True; False when
     matplotlib is missing. Best-of-n's points are n = 1, 2, 4, ... samples per held-out prompt, at KL_bon."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
+    plt = _pyplot(path)
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     for k, method in enumerate(results["methods"].values()):
@@ -155,7 +159,6 @@ def write_compare_plot(results, path):
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return True
