@@ -253,11 +253,12 @@ def check_options_table(readme, run_config=None):
 def test_docs_quote_the_code_defaults():
     problems = (check_quotes(ROOT / "docs" / "ppo.md", ppo_doc_quotes())
                 + check_quotes(ROOT / "docs" / "gpt.md", gpt_doc_quotes()))
-    # docs/ppo.md: "The pipeline ... changes three of them": lr, batch 64, mini-batch 16
+    # docs/ppo.md: "The pipeline ... changes four of them": lr, batch 64, mini-batch 16, a fixed KL coefficient
     changed = {f.name for f in dataclasses.fields(PPOConfig) if f.name != "seed"
                and getattr(config.PPO, f.name) != getattr(PPOConfig(), f.name)}
-    if changed != {"lr", "batch_size", "mini_batch_size"}:
-        problems.append(f"docs/ppo.md says the pipeline changes lr, batch and mini-batch of PPOConfig's defaults; "
+    if changed != {"lr", "batch_size", "mini_batch_size", "adap_kl_ctrl"}:
+        problems.append(f"docs/ppo.md says the pipeline changes lr, batch, mini-batch and the KL controller of "
+                        "PPOConfig's defaults; "
                         f"config.PPO changes {sorted(changed)}")
     assert not problems, f"{len(problems)} quoted number(s) differ from the code:\n" + "\n".join(problems)
 
