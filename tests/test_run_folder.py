@@ -133,7 +133,7 @@ def test_a_killed_ppo_run_refuses_to_resume_with_other_options(tmp_path, capsys,
     monkeypatch.setattr(trainer_module.PPOTrainer, "step", real_step)
     for change, named in ((["--batch-size", "4"], "--batch-size: 8 -> 4"), (["--lr", "0.001"], "--lr"),
                           (["--init-kl-coef", "0.5"], "--init-kl-coef: 0.2 -> 0.5"),
-                          (["--no-adaptive-kl"], "--adaptive-kl: True -> False")):
+                          (["--adaptive-kl"], "--adaptive-kl: False -> True")):
         status, err = run_cli(capsys, tiny_args(tmp_path, "killed", corpus, *change))
         assert_one_line_refusal(status, err, 1, named, "--restart ppo")
     status, err = run_cli(capsys, tiny_args(tmp_path, "killed", corpus))
