@@ -171,7 +171,7 @@ def run_main(argv=None):
     except ValueError as e:
         raise UsageError(str(e)) from None
     config = checked_config(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     summary = run_pipeline(config, run_dir, progress=not args.quiet, cache_dir=args.cache_dir, restart=args.restart)
     print()
     print(format_table(summary["reference"], summary["policy"]))
@@ -202,7 +202,7 @@ def pretrain_command(argv):
     config = checked_config(args)
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
 
     train, val, _, data = stages.load_data(config, args.cache_dir, labelled=False)
     print(f"corpus: {data['snippets']:,} snippets ({data['duplicates_removed']} duplicates removed); train "
@@ -260,7 +260,7 @@ def reward_command(argv):
     config = checked_config(args)
     if args.l2 is not None and not all(math.isfinite(v) and v >= 0 for v in args.l2):
         raise UsageError(f"--l2 values must be finite numbers >= 0, got {args.l2}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     train, val, test, _ = stages.load_data(config, args.cache_dir)
     scorer, metrics = stages.train_reward_model(train, val, test, features=args.features, l2=args.l2)
@@ -368,7 +368,7 @@ def overopt_command(argv):
                                     rl_steps=args.rl_steps, rl_kl_coef=args.rl_kl_coef, eval_every=args.eval_every)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
     results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
     print(overopt.format_results(results))
@@ -415,7 +415,7 @@ def compare_command(argv):
         cfg = compare.CompareConfig(**{field.name: getattr(args, field.name) for field in fields})
     except ValueError as e:
         raise UsageError(str(e)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
     results = compare.run_compare(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
     print(compare.format_table(results))

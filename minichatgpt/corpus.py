@@ -91,12 +91,6 @@ def split(snippets: Sequence[Snippet], seed: int = 0, fractions: Sequence[float]
     return parts
 
 
-def label_counts(snippets: Sequence[Snippet]) -> dict:
-    """{"positive": n, "negative": n, "unlabelled": n}."""
-    c = Counter(s.label for s in snippets)
-    return {"positive": c.get(1, 0), "negative": c.get(0, 0), "unlabelled": c.get(None, 0)}
-
-
 def normalised(text):
     """The form in which two texts count as the same: lower case, runs of whitespace as one space."""
     return " ".join(text.lower().split())
