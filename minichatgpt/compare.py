@@ -387,6 +387,7 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
     another process works in the run folder. Resumes from the files under compare/ after a kill.
     """
     folder = path(run_dir, "compare")
+    finished_run(run_dir)                   # refuse before the lock, which would create the folder
     with Lock(run_dir):
         run, config = finished_run(run_dir)
         configs = trainer_configs(cfg, config.ppo)

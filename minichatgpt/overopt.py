@@ -193,8 +193,9 @@ def finished_run(run_dir):
     run = Manifest(run_dir)
     missing = [s for s in ("tokenizer", "pretrain", "reward", "gold") if not run.stages.get(s, {}).get("finished")]
     if missing or not os.path.exists(path(run_dir, "summary.json")):
-        raise Refused(f"{run_dir} is not a finished run (its {', '.join(missing) or 'summary'} is missing); run "
-                      f"minichatgpt --name {os.path.basename(run_dir)} first")
+        what = f"its {', '.join(missing)} stages are not finished" if missing else "it has no summary.json"
+        raise Refused(f"{run_dir} is not a finished run ({what}); run minichatgpt --name "
+                      f"{os.path.basename(run_dir)} first")
     return run, from_dict(read_json(path(run_dir, "summary.json"))["config"])
 
 
@@ -213,6 +214,7 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
     after a kill. Refuses when the run is not finished, or when overopt/ holds results of other settings.
     """
     folder = path(run_dir, "overopt")
+    finished_run(run_dir)                   # refuse before the lock, which would create the folder
     with Lock(run_dir):
         run, config = finished_run(run_dir)
         train, val, test, data = stages.load_data(config, cache_dir)

@@ -356,3 +356,17 @@ def test_the_pretrain_command_takes_plain_unlabelled_text(tmp_path, capsys):
                        "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
                        "--pretrain-steps", "5", "--samples", "0", "--quiet"])
     assert (tmp_path / "pt" / "gpt_pretrained.npz").exists() and "done: 5 updates" in capsys.readouterr().out
+
+
+def test_a_missing_corpus_or_checkpoint_is_a_usage_error_and_creates_nothing(tmp_path, capsys):
+    status, err = run_cli(capsys, tiny_args(tmp_path, "nx", tmp_path / "absent.csv"))
+    assert_one_line_refusal(status, err, 2, "--corpus", "no such file or folder")
+    status, err = run_cli(capsys, [str(tmp_path / "absent.npz")], main=cli.sample_main)
+    assert_one_line_refusal(status, err, 2, "absent.npz: no such file or folder")
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    status, err = run_cli(capsys, [str(tmp_path / "log.jsonl")], main=cli.sample_main)
+    assert_one_line_refusal(status, err, 2, "is not a model checkpoint")
+    status, err = run_cli(capsys, ["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--quiet"],
+                          main=cli.overopt_main)
+    assert_one_line_refusal(status, err, 1, "is not a finished run")
+    assert not (tmp_path / "runs").exists(), "a refusal created a run folder"
