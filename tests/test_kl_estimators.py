@@ -219,3 +219,72 @@ def test_summed_per_token_k2_and_k3_give_each_tokens_conditional_kl_gradient_not
                  for target_name, target in (("KL(pi||ref)", sequence_forward), ("KL(ref||pi)", sequence_reverse))}
     print({k: round(v, 3) for k, v in distances.items()})
     assert min(distances.values()) > 0.1, distances
+
+
+def test_the_sequence_kls_differ_from_the_summed_estimators_by_prefix_weights_and_the_prefix_term(world):
+    """Why summed k2 and k3 miss the sequence KLs' gradients, term by term (the module docstring's two reasons):
+    grad KL(ref || pi) = sum_t E_{y<t ~ ref}[grad KL_t(ref || pi)], the conditional gradients that summed k3 gives but
+    with prefixes weighted by pi_ref instead of pi; grad KL(pi || ref) = the conditional gradients that summed k2
+    gives, plus the prefix term sum_t E_{y<t ~ pi}[KL_t(pi || ref) grad log pi(y<t)]."""
+    w = world
+    cols = w["batch"].response_columns
+    with mg.no_grad():
+        log_pi = core._log_softmax(w["policy"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+        log_ref = core._log_softmax(w["ref"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+    pi, pi_ref = np.exp(log_pi), np.exp(log_ref)                                 # (V^L, L, V)
+    kl_t = (pi * (log_pi - log_ref)).sum(axis=-1)                                # KL_t(pi || ref) at row y's prefix
+    ones = np.ones_like(w["logprobs"])
+    log_ratio = (w["logprobs"] - w["ref_logprobs"]).sum(axis=1, keepdims=True)
+    sequence_forward = parameter_gradient(w, w["p"][:, None] * log_ratio * ones)
+    sequence_reverse = parameter_gradient(w, -w["p_ref"][:, None] * ones)
+    k2_grad = parameter_gradient(w, w["p"][:, None] * kl.k2_backward(w["logprobs"], w["ref_logprobs"], ones))
+    k3_grad = parameter_gradient(w, w["p"][:, None] * kl.k3_backward(w["logprobs"], w["ref_logprobs"], ones))
+
+    # reverse: the conditional gradients pi_t - ref_t, each prefix weighted by pi_ref(y<t) (rows summed over their
+    # continuations) instead of pi(y<t)
+    reverse_by_ref_prefixes = parameter_gradient(w, dlogits=w["p_ref"][:, None, None] * (pi - pi_ref))
+    # forward: the token at position s changes which prefixes occur at every later t > s, weighted by KL_t there
+    later_kl = np.cumsum(kl_t[:, ::-1], axis=1)[:, ::-1] - kl_t                  # sum_{t > s} KL_t, (V^L, L)
+    prefix_term = parameter_gradient(w, w["p"][:, None] * later_kl)
+
+    scale = np.abs(sequence_forward).max() + np.abs(sequence_reverse).max()
+    errors = {"KL(ref||pi) vs its conditional gradients on ref's prefixes":
+              np.abs(sequence_reverse - reverse_by_ref_prefixes).max() / scale,
+              "KL(pi||ref) vs summed k2 + the prefix term":
+              np.abs(sequence_forward - (k2_grad + prefix_term)).max() / scale}
+    print({k: f"{v:.1e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-12, errors
+    # each missing piece is not small: without it the gradient is off by a good share of its norm
+    assert np.linalg.norm(k3_grad - sequence_reverse) > 0.1 * np.linalg.norm(sequence_reverse)
+    assert np.linalg.norm(prefix_term) > 0.1 * np.linalg.norm(sequence_forward)
+
+
+def test_schulman_caveats_k3_can_vary_far_more_than_k1_and_the_mean_of_k2_is_no_f_divergence():
+    """The module docstring's caveats, by exact enumeration of small discrete distributions."""
+    def moments(k, p, p_ref):
+        values = k(np.log(p), np.log(p_ref))
+        mean = p @ values
+        return mean, p @ (values - mean) ** 2
+
+    # pi puts little mass where pi_ref puts half: E_pi[r^2] = 1 + chi^2(ref || pi) is large, and so is Var k3
+    p, p_ref = np.array([0.999, 0.001]), np.array([0.5, 0.5])
+    (kl1, var1), (_, var2), (kl3, var3) = (moments(k, p, p_ref) for k in (kl.k1, kl.k2, kl.k3))
+    assert abs(kl1 - kl3) < 1e-15 and abs(kl1 - p @ np.log(p / p_ref)) < 1e-15     # both unbiased
+    assert abs(p @ (p_ref / p) ** 2 - (1 + np.sum((p_ref - p) ** 2 / p))) < 1e-9
+    print(f"far apart: Var k1 {var1:.4f}, Var k2 {var2:.4f}, Var k3 {var3:.1f}")
+    assert var3 > 4000 * var1 and var2 > 7 * var1
+    # close together, the low variance Schulman reports: k3 varies far less than k1
+    p = np.array([0.55, 0.45])
+    assert moments(kl.k3, p, p_ref)[1] < 1e-3 * moments(kl.k1, p, p_ref)[1]
+
+    # E_pi[k2] = sum pi f(ref / pi), f(u) = 1/2 log(u)^2, rises when outcomes 0 and 1 are merged; the KL (an
+    # f-divergence) falls, as the data-processing inequality requires
+    def merged(q):
+        return np.array([q[0] + q[1], q[2]])
+    p, p_ref = np.array([0.09, 0.01, 0.9]), np.array([0.09, 0.81, 0.1])
+    k2_mean = lambda q, q_ref: moments(kl.k2, q, q_ref)[0]                     # noqa: E731
+    kl_true = lambda q, q_ref: q @ np.log(q / q_ref)                           # noqa: E731
+    print(f"E[k2] {k2_mean(p, p_ref):.4f} -> {k2_mean(merged(p), merged(p_ref)):.4f} merged; "
+          f"KL {kl_true(p, p_ref):.4f} -> {kl_true(merged(p), merged(p_ref)):.4f}")
+    assert k2_mean(merged(p), merged(p_ref)) > k2_mean(p, p_ref) + 0.1
+    assert kl_true(merged(p), merged(p_ref)) < kl_true(p, p_ref)
