@@ -14,13 +14,15 @@ converts nothing:
 `export_gpt` writes a policy or reference model (GPT2LMHeadModel), `export_reward_gpt` a GPT reward model
 (GPT2ForSequenceClassification); both take a state dict in Hugging Face names.
 
-Checked against the source of transformers==5.24.0 (the release `pip install transformers` resolves to with
-this project's pins; the `test` extra pins it). file:line below are in that wheel:
+Checked against the source of transformers==5.24.0, which the `test` extra pins (what `pip install transformers`
+installed when this was written: 5.25.0 needs kernels>=0.19.1, which the index did not offer); file:line below
+are in that wheel. transformers' own save_pretrained, run on the loaded model, writes the same arrays and the
+same config.json apart from transformers_version and GPT2DoubleHeadsModel's summary_* fields (tested):
 - Conv1D stores its weight (in, out) and computes x W + b (pytorch_utils.py:110, 119), as our c_attn, c_proj
   and c_fc do: those arrays go in untransposed.
-- lm_head.weight is tied to transformer.wte.weight (modeling_gpt2.py:637) when tie_word_embeddings is true;
-  from_pretrained then fills a missing lm_head.weight from wte (modeling_utils.py:2588), so the file holds
-  wte once, as save_pretrained writes it.
+- lm_head.weight is tied to transformer.wte.weight (modeling_gpt2.py:637) when tie_word_embeddings is true:
+  from_pretrained sets lm_head.weight to the wte parameter itself (modeling_utils.py:2539, 2615-2624), so the
+  file holds wte once, as save_pretrained writes it (modeling_utils.py:436, 3533-3534).
 - There are no attn.bias / attn.masked_bias buffers to write: 5.x builds the causal mask on each call
   (modeling_gpt2.py:583) and ignores those keys in older checkpoints (modeling_gpt2.py:430).
 - "gelu_new" is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (activations.py:66, 328), our ops.gelu_forward;
@@ -33,6 +35,7 @@ this project's pins; the `test` extra pins it). file:line below are in that whee
   (modeling_utils.py:829-832): we write the arrays' dtype there. ("torch_dtype" is the 4.x spelling,
   still accepted: configuration_utils.py:440.)
 """
+import functools
 import json
 import os
 import shutil
@@ -110,8 +113,13 @@ def export_reward_gpt(state_dict, cfg, tokenizer_file, out_dir, *, card=None):
 
 def generation_defaults(cfg, eos_token_id):
     """generation_config.json: sample at temperature 1 from the whole distribution, as the policy was trained.
-    transformers' own defaults are greedy with top_k 50 when sampling and max_length 20
-    (generation/configuration_utils.py:611, 618); top_k 0 turns the top-k cut off (generation/utils.py:1622)."""
+
+    transformers' own defaults are greedy, max_length 20 and, once sampling, top_k 50
+    (generation/configuration_utils.py:611-618); top_k 0 turns the top-k cut off (generation/utils.py:1622).
+    max_length = block_size keeps pipeline("text-generation") inside the position table: its own defaults
+    (max_new_tokens 256, temperature 0.7: pipelines/text_generation.py:93-97) apply only where the model's
+    generation config is silent (pipelines/base.py:1071-1075).
+    """
     return {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": eos_token_id,
             "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_length": cfg.block_size}
 
@@ -121,6 +129,7 @@ def _write_folder(state_dict, cfg, tokenizer_file, out_dir, architecture, card, 
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ValueError(f"{out_dir} exists and is not an empty folder; export into a new folder, or delete it first")
+    save_file = _safetensors_writer()
     tokenizer = load_tokenizer(tokenizer_file)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}; "
@@ -133,7 +142,8 @@ def _write_folder(state_dict, cfg, tokenizer_file, out_dir, architecture, card, 
         "tokenizer_config.json": {
             # loads tokenizer.json whole; a model's own class (GPT2Tokenizer) rebuilds the tokenizer from the
             # vocabulary and merges around its own pipeline (tokenization_utils_tokenizers.py:114-124,
-            # models/gpt2/tokenization_gpt2.py:109-120)
+            # models/gpt2/tokenization_gpt2.py:109-120). 5.x's name for it is TokenizersBackend (:1588); the
+            # old name also loads in 4.x
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
             "padding_side": "left",                         # prompts are left-padded, as generate expects
@@ -149,9 +159,9 @@ def _write_folder(state_dict, cfg, tokenizer_file, out_dir, architecture, card, 
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        _save_safetensors(weights, os.path.join(tmp, "model.safetensors"))
+        save_file(weights, os.path.join(tmp, "model.safetensors"))
         if value_head:
-            _save_safetensors(value_head, os.path.join(tmp, "value_head.safetensors"))
+            save_file(value_head, os.path.join(tmp, "value_head.safetensors"))
         shutil.copyfile(_tokenizer_path(tokenizer_file), os.path.join(tmp, "tokenizer.json"))
         for name, content in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
@@ -180,10 +190,16 @@ def _checked_weights(state_dict, cfg, architecture):
     return {k: np.ascontiguousarray(given[k]) for k in expected}
 
 
-def _save_safetensors(arrays, path):
-    from safetensors.numpy import save_file     # the `export` extra; imported here: the rest needs only NumPy
-    # "format": "pt" is what save_pretrained writes (modeling_utils.py:3434); 4.x releases refuse files without it
-    save_file(arrays, path, metadata={"format": "pt"})
+def _safetensors_writer():
+    """safetensors.numpy.save_file(arrays, path) with the metadata transformers expects; imported here because
+    the rest of minigpt_np needs only NumPy."""
+    try:
+        from safetensors.numpy import save_file
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError('exporting needs the safetensors package: pip install -e ".[export]"') from e
+    # "format": "pt" is what save_pretrained writes (modeling_utils.py:3434), and transformers 4.x refuses a
+    # file whose metadata has no such entry (4.57.6: modeling_utils.py:487)
+    return functools.partial(save_file, metadata={"format": "pt"})
 
 
 def _tokenizer_path(path):

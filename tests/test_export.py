@@ -6,6 +6,7 @@ No network: transformers reads only the exported folder (HF_HUB_OFFLINE is set b
 """
 import json
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -69,7 +70,7 @@ def exported(trained, tmp_path_factory):
     return export_gpt(model, tokenizer_file, tmp_path_factory.mktemp("export") / "policy")
 
 
-def test_the_folder_is_a_gpt2_that_loads_without_missing_or_unexpected_keys(trained, exported):
+def test_the_folder_is_a_gpt2_that_loads_without_missing_or_unexpected_keys(trained, exported, tmp_path):
     model, tokenizer, _ = trained
     assert sorted(os.listdir(exported)) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                                             "tokenizer.json", "tokenizer_config.json", "value_head.safetensors"]
@@ -84,6 +85,15 @@ def test_the_folder_is_a_gpt2_that_loads_without_missing_or_unexpected_keys(trai
     assert hf.lm_head.weight is hf.transformer.wte.weight, "lm_head is not tied to wte"
     assert hf.dtype == torch.float32
     assert isinstance(AutoModelForCausalLM.from_pretrained(exported), GPT2LMHeadModel)
+    # transformers' own save_pretrained writes the same arrays and, but for its version and the summary_* fields
+    # of GPT2DoubleHeadsModel, the same config: nothing it would write is missing from ours
+    hf.save_pretrained(tmp_path)
+    ours, theirs = load_file(os.path.join(exported, "model.safetensors")), load_file(tmp_path / "model.safetensors")
+    assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    ours, theirs = (json.loads((Path(folder) / "config.json").read_text()) for folder in (exported, tmp_path))
+    differ = {k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)}
+    assert differ == {"transformers_version", "summary_type", "summary_use_proj", "summary_proj_to_labels",
+                      "summary_first_dropout"}, f"config.json differs from save_pretrained's in {sorted(differ)}"
     print(f"transformers {transformers.__version__}, attention implementation {hf.config._attn_implementation}")
 
 
@@ -100,6 +110,16 @@ def test_transformers_logits_equal_ours_on_a_left_padded_batch(trained, exported
     worst = float(np.abs(ours - theirs)[real].max())
     print(f"max |logits ours - transformers| over {real.sum()} tokens: {worst:.2e} (scale {np.abs(ours).max():.1f})")
     assert worst < LOGITS_ATOL, f"logits differ by {worst:.2e}"
+    # padding positions attend to nothing; there transformers' default attention (sdpa) differs from ours, and its
+    # eager attention, which adds the dtype's minimum to masked scores (5.24.0 masking_utils.py:615-617) where we
+    # set them to it, agrees
+    eager = GPT2LMHeadModel.from_pretrained(exported, attn_implementation="eager").eval()
+    with torch.no_grad():
+        everywhere = eager(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask),
+                           position_ids=torch.from_numpy(positions(mask))).logits.numpy()
+    worst_eager = float(np.abs(ours - everywhere).max())
+    print(f"eager attention, every position including padding: {worst_eager:.2e}")
+    assert worst_eager < LOGITS_ATOL
     # without position_ids a forward call numbers positions 0..T-1 through the padding: a left-padded row changes
     shifted = float(np.abs(ours - unpositioned)[real].max())
     assert shifted > 100 * LOGITS_ATOL, f"transformers' forward now derives positions from the mask ({shifted:.2e})"
