@@ -24,7 +24,7 @@ from minigpt_np.export import export_gpt, export_reward_gpt
 from minigpt_np.pretrain import PretrainConfig, pretrain
 from tiny_run import BAD, GOOD
 
-LOGITS_ATOL = 1e-4    # float32 on both sides; the measured difference is printed (about 1e-6)
+LOGITS_ATOL = 1e-4    # float32 on both sides; the measured difference is printed (5e-6 at logits of 14)
 TEXTS = [f"{title} is {review} ." for title in ("the heist", "summer rain", "iron coast", "night train")
          for review in GOOD + BAD]
 SENTENCES = ["the heist is a warm , funny and moving film .", "Summer rain is ... a MESS!",
@@ -71,11 +71,12 @@ def exported(trained, tmp_path_factory):
 
 
 def test_the_folder_is_a_gpt2_that_loads_without_missing_or_unexpected_keys(trained, exported, tmp_path):
-    model, tokenizer, _ = trained
+    model, tokenizer, tokenizer_file = trained
     assert sorted(os.listdir(exported)) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                                             "tokenizer.json", "tokenizer_config.json", "value_head.safetensors"]
     assert sorted(load_file(os.path.join(exported, "model.safetensors"))) == sorted(
         k for k in model.state_dict() if not k.startswith("v_head."))
+    assert (Path(exported) / "tokenizer.json").read_bytes() == tokenizer_file.read_bytes()
     hf, info = GPT2LMHeadModel.from_pretrained(exported, output_loading_info=True)
     assert all(not keys for keys in info.values()), f"loading reported {info}"
     config = AutoConfig.from_pretrained(exported)
@@ -142,10 +143,21 @@ def test_greedy_generation_gives_the_same_tokens(trained, exported):
     np.testing.assert_array_equal(theirs, ours)
     new = ours[:, idx.shape[1]:]
     assert (new != eos).sum(axis=1).min() >= 3, "too few tokens generated for the comparison to mean much"
-    # the pipeline a learner tries first: generation_config.json's max_length keeps it within the positions
+    # the pipeline a learner tries first
     texts = [out[0]["generated_text"] for out in
              transformers.pipeline("text-generation", model=exported)(PROMPTS, do_sample=False, batch_size=4)]
     assert texts == [p + tokenizer.decode(row.tolist()).split(mg.EOS)[0] for p, row in zip(PROMPTS, new)]
+
+
+def test_the_pipeline_stops_at_the_last_position_the_model_has(trained, tmp_path):
+    """An untrained GPT rarely says eos; without generation_config.json's max_length the pipeline's own default
+    (256 new tokens) would run past the position table."""
+    _, tokenizer, tokenizer_file = trained
+    model = mg.GPT(mg.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=24, n_layer=1, n_head=2, n_embd=16))
+    out = export_gpt(model, tokenizer_file, tmp_path / "untrained")
+    generator = transformers.pipeline("text-generation", model=out)
+    ids = generator(PROMPTS[0], do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    assert len(ids) == 24 and tokenizer.eos_token_id not in ids
 
 
 def test_tokenizer_encodes_and_decodes_as_ours(trained, exported):
