@@ -72,7 +72,7 @@ def trainer_configs(cfg, ppo):
     clip range and seed, and the method's own coefficients -> {method: config}. ppo: the run's PPOConfig."""
     sizes = {"--batch-size": cfg.batch_size, "the run's forward_batch_size": ppo.forward_batch_size,
              "the run's mini_batch_size": ppo.mini_batch_size}
-    for of in ("the run's forward_batch_size", "the run's mini_batch_size"):
+    for of in ("the run's forward_batch_size", "the run's mini_batch_size"):   # the main job's rule, on the run's
         multiple_of(sizes.get, str, "--batch-size", of)
     shared = dict(lr=cfg.lr, batch_size=cfg.batch_size, forward_batch_size=ppo.forward_batch_size,
                   mini_batch_size=ppo.mini_batch_size, seed=ppo.seed)

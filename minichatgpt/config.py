@@ -260,13 +260,13 @@ SAMPLE_OPTIONS = [
     Option("--n", "n", "samples per prompt"),
     Option("--max-new-tokens", "max_new_tokens", "new tokens per sample, at most"),
     Option("--temperature", "temperature", "0 = greedy", at_least=0),
-    Option("--top-k", "top_k", "keep the k most likely tokens (none: all)", at_least=0, kind=int),
-    Option("--top-p", "top_p", "keep the smallest set of tokens with this much probability (none: all)", above=0,
-           at_most=1, kind=float),
+    Option("--top-k", "top_k", "keep the k most likely tokens; none keeps all", at_least=0, kind=int),
+    Option("--top-p", "top_p", "keep the smallest set of tokens with this much probability, in (0, 1]; none keeps "
+           "all", above=0, at_most=1, kind=float),
     Option("--seed", "seed", "seeds the sampling", at_least=0),
 ]
 PRETRAIN_SAMPLES = SampleConfig(n=5, temperature=0.8, top_k=50)
-PRETRAIN_SAMPLE_OPTIONS = [Option("--samples", "n", "samples to print at the end (temperature 0.8, top-k 50)",
+PRETRAIN_SAMPLE_OPTIONS = [Option("--samples", "n", "samples of the pretrained model to print at the end",
                                   at_least=0)]
 
 
@@ -281,6 +281,6 @@ REWARD_FIT = RewardFitConfig()
 REWARD_FIT_OPTIONS = [
     Option("--features", "features", "feature variant (nb: word 1-2-grams + char 3-5-grams, naive-Bayes weighted); "
            "auto compares them all on validation", choices=(*FEATURE_PRESETS, "auto")),
-    Option("--l2", "l2", "L2 strength(s) to try (none: a grid, chosen on validation log-loss)", at_least=0, kind=float,
-           many=True),
+    Option("--l2", "l2", "L2 strength(s) to try, the one with the lowest validation log-loss kept; none tries a grid",
+           at_least=0, kind=float, many=True),
 ]

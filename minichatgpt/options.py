@@ -122,7 +122,7 @@ def add_arguments(parser, options, config):
             parser.add_argument(o.flag, type=o.kind, nargs="+", default=default, help=f"{o.help} (default: {shown})")
         else:
             parser.add_argument(o.flag, type=o.kind or type(default), default=default, choices=o.choices,
-                                help=f"{o.help} (default: {default})")
+                                help=f"{o.help} (default: {'none' if default is None else default})")
 
 
 def dest(option):
