@@ -52,7 +52,8 @@ def main():
     try:
         settings = [(text, setting_of(text, run.config)) for text in args.settings]   # every one checked first
     except UsageError as e:
-        sys.exit(f"sweep_ppo.py: error: {e}")
+        print(f"sweep_ppo.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = args.out or path(run.run_dir, "sweep.jsonl")
     print(f"{'setting':48s} " + " ".join(f"{label:>6s}" for _, label, _ in COLUMNS) + "   time")
     for text, config in settings:
