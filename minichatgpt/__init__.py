@@ -3,9 +3,12 @@
     from minichatgpt import RunConfig, run_pipeline
     summary = run_pipeline(RunConfig(), "runs/default")      # what the `minichatgpt` command does
 
-Modules: `config` (every option and its default), `cli` (the entry points), `corpus`, `text_files` and
-`rotten_tomatoes` (the data), `stages` and `pipeline` (the main job), `rlhf` (the PPO loop), `evaluate`,
-`report` and `run_folder`.
+Modules, from the bottom up: `text_files`, `rotten_tomatoes` and `corpus` (the data); `run_folder` (files,
+manifest, lock); `options` (the option mechanism) and `config` (every option and its default); `sampling`,
+`collapse`, `evaluate` and `best_of_n` (sampling and measuring answers); `rlhf` (the loop every trainer shares);
+`stages` (the main job's stages); `finished_run` (a finished run, as everything built on it opens it); `report`
+and `token_view` (what a reader sees); the drivers `pipeline`, `compare` and `overopt`, which never import each
+other; and `cli` (the entry points).
 """
 from .config import RunConfig
 from .pipeline import run_pipeline

@@ -20,7 +20,8 @@ each step's batch_size responses, in mini-batches of the run's mini_batch_size r
 pairs, two responses each).
 
 Every eval_every steps the policy answers P held-out prompts, one sample each from its own generator, measured
-by `evaluate_policy` (proxy "reward" and "gold" scores, KL, collapse, length, reference NLL). Best-of-n is
+as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward" and "gold" scores, KL, collapse, length,
+reference NLL). Best-of-n is
 measured on its picks; its KL is the formula log n - (n - 1)/n (an upper bound). Wall time is the logged time
 of the training steps and of the up-front sampling and scoring (evaluations excluded); memory is one step's
 working memory (`measured`). A Bradley-Terry reward model is fitted on DPO's pairs and its agreement with the
@@ -31,29 +32,30 @@ best-of-n samples' results), so a killed comparison started again resumes; compa
 compare.md go into the run folder.
 """
 import dataclasses
+import functools
 import logging
-import math
 import os
 import time
 import tracemalloc
 
 import numpy as np
 
-import minigpt_np as mg
 from minigpt_np.checkpoint import atomic_write
 from ppo_np.dpo import DPOConfig, DPOTrainer, make_pairs
 from ppo_np.grpo import GRPOConfig, GRPOTrainer
 from ppo_np.rloo import RLOOConfig, RLOOTrainer
-from reward import load_scorer
 from reward.bradley_terry import agreement, fit_bradley_terry
 
-from . import stages
-from .evaluate import measure_responses
-from .overopt import best_of_n, evaluator, finished_run, input_hashes, kl_best_of_n, reference_responses
-from .pipeline import EVAL_SEED_OFFSET
-from .report import TABLE, write_compare_plot
-from .rlhf import PromptStream, fingerprint, rollout_step, texts_of, train_loop, train_ppo
-from .run_folder import Lock, Manifest, path, read_json, write_json
+from .best_of_n import curve as best_of_n_curve
+from .best_of_n import kl_best_of_n
+from .evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
+from .finished_run import experiment
+from .options import multiple_of
+from .report import format_table as format_metrics
+from .report import write_compare_plot
+from .rlhf import PromptStream, fingerprint, rollout_step, train_loop, train_ppo
+from .run_folder import path, read_json, write_json
+from .sampling import sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
 
@@ -62,63 +64,16 @@ LABELS = {"reference": "reference", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"
           "best_of_n": "best-of-n"}
 PAIRS_SEED_OFFSET = 2          # DPO's reference samples: rlhf.seed + 2 (the loop draws from seed and seed + 1)
 BEST_OF_N_SEED_OFFSET = EVAL_SEED_OFFSET + 1   # best-of-n's samples differ from the evaluation's one per prompt
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """What the comparison is built from: the main run's PPO settings for every method, and each method's own
-    coefficient. Those were measured on the default run (README, "Beyond PPO"): RLOO's beta is PPO's, so both
-    optimise one objective; GRPO's and DPO's replace TRL's defaults, which ran far from the reference here."""
-    budget: int = 3584            # generated responses per method, each scored once by the proxy: 56 x 64, the main
-                                  # run's 55 steps rounded up to a multiple of eval_prompts (best-of-n's n = 14)
-    batch_size: int = 64          # responses per training step, every method (DPO: batch_size / 2 pairs)
-    epochs: int = 4               # passes over each step's batch (PPO ppo_epochs, GRPO num_iterations, RLOO, DPO)
-    lr: float = 2e-4              # Adam learning rate of every method (the run's PPO lr)
-    rloo_k: int = 4               # RLOO: responses per prompt
-    rloo_kl_coef: float = 0.2     # RLOO: beta of the sequence KL in the reward; PPO's init_kl_coef: PPO's objective
-    grpo_group_size: int = 4      # GRPO: responses per prompt, G
-    grpo_beta: float = 0.2        # GRPO: weight of the k3 KL in the loss. TRL 0.14.0's 0.04 let the run reach 35.6
-                                  # nats with "smart" in 76% of the answers (measured); 0.2 keeps it near 8
-    dpo_beta: float = 0.5         # DPO: beta of the implicit reward. TRL's 0.1 drifted to 23.8 nats and raised the
-                                  # reference's NLL of the answers from 5.15 to 6.61 (measured); 0.5: 8.2 and 5.63
-    eval_prompts: int = 256       # held-out prompts per evaluation (the run's); best-of-n's n = budget / eval_prompts
-    eval_every: int = 5           # training steps between evaluations
-
-    def __post_init__(self):
-        for name in ("budget", "batch_size", "epochs", "rloo_k", "grpo_group_size", "eval_prompts", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, positive in (("lr", True), ("rloo_kl_coef", False), ("grpo_beta", False), ("dpo_beta", True)):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
-        if self.rloo_k < 2 or self.grpo_group_size < 2:
-            raise ValueError("rloo_k and grpo_group_size must be >= 2: the baseline is the other responses to a prompt")
-        for name in ("rloo_k", "grpo_group_size"):
-            if self.batch_size % getattr(self, name):
-                raise ValueError(f"batch_size {self.batch_size} must be a multiple of {name} {getattr(self, name)}")
-        if self.batch_size % 2:
-            raise ValueError(f"batch_size must be even: DPO takes batch_size / 2 pairs per step, got {self.batch_size}")
-        if self.budget % self.batch_size:
-            raise ValueError(f"budget {self.budget} must be a multiple of batch_size {self.batch_size}")
-        if self.budget % self.eval_prompts or self.budget < 2 * self.eval_prompts:
-            raise ValueError(f"budget {self.budget} must be a multiple of eval_prompts {self.eval_prompts}, at least "
-                             "twice it: best-of-n spends it as n = budget / eval_prompts >= 2 samples per prompt")
-
-    @property
-    def steps(self):
-        """Training steps of every method: budget / batch_size."""
-        return self.budget // self.batch_size
+CURVE_KEYS = ("reward_mean", "gold_mean", "reward_positive", "gold_positive")   # what a method's curve plots
 
 
 def trainer_configs(cfg, ppo):
     """Each training method's config: the comparison's lr, batch and epochs, the run's forward and mini-batch sizes,
     clip range and seed, and the method's own coefficients -> {method: config}. ppo: the run's PPOConfig."""
-    for name in ("forward_batch_size", "mini_batch_size"):
-        if cfg.batch_size % getattr(ppo, name):
-            raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the run's {name} "
-                             f"{getattr(ppo, name)}")
+    sizes = {"--batch-size": cfg.batch_size, "the run's forward_batch_size": ppo.forward_batch_size,
+             "the run's mini_batch_size": ppo.mini_batch_size}
+    for of in ("the run's forward_batch_size", "the run's mini_batch_size"):   # the main job's rule, on the run's
+        multiple_of(sizes.get, str, "--batch-size", of)
     shared = dict(lr=cfg.lr, batch_size=cfg.batch_size, forward_batch_size=ppo.forward_batch_size,
                   mini_batch_size=ppo.mini_batch_size, seed=ppo.seed)
     return {
@@ -183,50 +138,36 @@ def measured(step, responses_per_step):
 
 @dataclasses.dataclass
 class Setup:
-    """What every method starts from and is measured with: the run's files, settings, models, scorers, prompts."""
-    run_dir: str
-    folder: str                   # run_dir/compare
-    config: object                # the run's RunConfig
-    tokenizer: object
-    ref_model: object
-    proxy: object                 # the run's reward model, what every method optimises
-    gold: object                  # the gold scorer, which only judges
-    train_queries: list
+    """One comparison: the finished run every method starts from, the folder its files go to (run_dir/compare),
+    the held-out prompts every method answers, and their evaluation."""
+    run: object                   # a FinishedRun
+    folder: str
     eval_queries: list
-    inputs: dict                  # sha256 of the run's files, part of every checkpoint's fingerprint
     evaluate: object              # evaluate(policy) -> {"eval/<metric>": value} on eval_queries
 
-    @property
-    def fbs(self):
-        return self.config.ppo.forward_batch_size
-
     def loop_config(self, cfg):
-        """The run's RLHFConfig (prompt and response lengths, eos, seed, checkpoint period) for cfg.steps steps."""
-        return dataclasses.replace(self.config.rlhf, steps=cfg.steps, max_seconds=None)
-
-    def pretrained(self):
-        return mg.load_checkpoint(path(self.run_dir, "gpt_pretrained.npz"))
+        """The run's RLHFConfig (prompt lengths, seed, checkpoint period) for cfg.steps steps."""
+        return dataclasses.replace(self.run.config.rlhf, steps=cfg.steps, max_seconds=None)
 
 
 def train_rl(name, setup, trainer_config, cfg, progress):
     """PPO (through train_ppo), RLOO or GRPO from the pretrained model against the proxy -> (policy, history)."""
-    s, rlhf = setup, setup.loop_config(cfg)
+    s, run, rlhf, task = setup, setup.run, setup.loop_config(cfg), setup.run.task()
     files = path(s.folder, f"{name}.npz"), path(s.folder, f"{name}.jsonl")
-    policy = s.pretrained()
     if name == "ppo":
-        policy.add_value_head(seed=s.config.seed)
-        history = train_ppo(policy, s.ref_model, s.tokenizer, s.proxy, s.train_queries, trainer_config, rlhf, *files,
-                            inputs=s.inputs, progress=progress, evaluate=s.evaluate, evaluate_every=cfg.eval_every,
-                            measure=lambda step: measured(step, cfg.batch_size))
+        policy = run.policy_start()
+        history = train_ppo(policy, task, trainer_config, rlhf, *files, progress=progress, evaluate=s.evaluate,
+                            evaluate_every=cfg.eval_every, measure=lambda step: measured(step, cfg.batch_size))
         return policy, history
     trainer_class, group_size = {"rloo": (RLOOTrainer, cfg.rloo_k), "grpo": (GRPOTrainer, cfg.grpo_group_size)}[name]
-    trainer = trainer_class(policy, s.ref_model, trainer_config, pad_token_id=s.tokenizer.eos_token_id)
+    policy = run.pretrained()
+    trainer = trainer_class(policy, run.ref_model, trainer_config, pad_token_id=run.tokenizer.eos_token_id)
 
     def step(prompts, rng):
-        return rollout_step(trainer, s.tokenizer, s.proxy, prompts, rlhf, rng, group_size=group_size)
+        return rollout_step(trainer, task, prompts, rng, group_size=group_size)
 
-    fp = fingerprint(trainer_config, rlhf, s.train_queries, s.inputs, key=name)
-    return policy, train_loop(trainer, measured(step, cfg.batch_size), s.train_queries, rlhf, *files, fp,
+    fp = fingerprint(trainer_config, rlhf, task, key=name)
+    return policy, train_loop(trainer, measured(step, cfg.batch_size), task.queries, rlhf, *files, fp,
                               name=LABELS[name], progress=progress, evaluate=s.evaluate, evaluate_every=cfg.eval_every)
 
 
@@ -239,16 +180,16 @@ def dpo_pairs(setup, cfg, progress):
         return read_json(file)
     except FileNotFoundError:
         pass
-    s, rlhf = setup, setup.config.rlhf
+    run, rlhf, sampling = setup.run, setup.run.config.rlhf, setup.run.config.sampling
     t0 = time.perf_counter()
-    prompts = PromptStream(s.train_queries, np.random.default_rng(rlhf.seed)).next_batch(cfg.budget // 2)
+    prompts = PromptStream(run.prompts[0], np.random.default_rng(rlhf.seed)).next_batch(cfg.budget // 2)
     rng = np.random.default_rng(rlhf.seed + PAIRS_SEED_OFFSET)
-    queries, responses = reference_responses(s.ref_model, s.tokenizer, prompts, 2, rlhf, rng, s.fbs, progress)
-    texts = texts_of(s.tokenizer, queries, responses)
-    proxy = s.proxy.score(texts, forward_batch_size=s.fbs).reshape(-1, 2)
+    queries, responses = sample_n(run.ref_model, run.tokenizer, prompts, 2, sampling, rng, progress)
+    texts = texts_of(run.tokenizer, queries, responses)
+    proxy = score(run.proxy, texts, sampling).reshape(-1, 2)
     chosen = make_pairs(proxy, rng)
     seconds = time.perf_counter() - t0
-    gold = s.gold.score(texts, forward_batch_size=s.fbs).reshape(-1, 2)
+    gold = score(run.gold, texts, sampling).reshape(-1, 2)
     pairs = {"generated": len(responses), "seconds": seconds,
              "pairs": [{"query": prompts[p].tolist(), "responses": [responses[2 * p].tolist(),
                                                                       responses[2 * p + 1].tolist()],
@@ -269,67 +210,55 @@ def dpo_step(trainer, pairs):
 
 def train_dpo(setup, trainer_config, cfg, pairs, progress):
     """DPO from the pretrained model on the fixed pairs, one pass in budget / batch_size steps -> (policy, history)."""
-    s, rlhf = setup, setup.loop_config(cfg)
+    run, rlhf = setup.run, setup.loop_config(cfg)
     items = [tuple(np.asarray(a, dtype=np.int64) for a in (p["query"], p["responses"][p["chosen"]],
                                                            p["responses"][1 - p["chosen"]])) for p in pairs["pairs"]]
-    policy = s.pretrained()
-    trainer = DPOTrainer(policy, s.ref_model, trainer_config, pad_token_id=s.tokenizer.eos_token_id)
-    fp = fingerprint(trainer_config, rlhf, [np.concatenate(item) for item in items], s.inputs, key="dpo")
+    policy = run.pretrained()
+    trainer = DPOTrainer(policy, run.ref_model, trainer_config, pad_token_id=run.tokenizer.eos_token_id)
+    fp = fingerprint(trainer_config, rlhf, run.task(), key="dpo", items=[np.concatenate(item) for item in items])
     history = train_loop(trainer, measured(lambda stream, rng: dpo_step(trainer, stream), cfg.batch_size), items, rlhf,
-                         path(s.folder, "dpo.npz"), path(s.folder, "dpo.jsonl"), fp, name="DPO", progress=progress,
-                         evaluate=s.evaluate, evaluate_every=cfg.eval_every)
+                         path(setup.folder, "dpo.npz"), path(setup.folder, "dpo.jsonl"), fp, name="DPO",
+                         progress=progress, evaluate=setup.evaluate, evaluate_every=cfg.eval_every)
     return policy, history
 
 
 def run_best_of_n(setup, cfg, progress):
     """Best-of-n on the held-out prompts, n = budget / P, made once and kept in compare/best_of_n.json -> its record:
-    the picks' metrics, the curve over n = 1, 2, 4, ..., n, its cost, and each prompt's first two samples with their
-    gold scores (the held-out pairs on which the reward models' agreement is measured)."""
+    the picks' metrics, the curve over n = 1, 2, 4, ..., n (best_of_n.curve), its cost, and each prompt's first two
+    samples with their gold scores (the held-out pairs on which the reward models' agreement is measured)."""
     file = path(setup.folder, "best_of_n.json")
     try:
         return read_json(file)
     except FileNotFoundError:
         pass
-    s, P = setup, len(setup.eval_queries)
-    n = cfg.budget // P
+    run, queries, sampling = setup.run, setup.eval_queries, setup.run.config.sampling
+    P, n = len(queries), cfg.budget // len(queries)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(s.config.seed + BEST_OF_N_SEED_OFFSET)
-    queries, responses = reference_responses(s.ref_model, s.tokenizer, s.eval_queries, n, s.config.rlhf, rng, s.fbs,
-                                             progress)
-    texts = texts_of(s.tokenizer, queries, responses)
-    proxy = s.proxy.score(texts, forward_batch_size=s.fbs).reshape(P, n)
+    rng = np.random.default_rng(run.config.seed + BEST_OF_N_SEED_OFFSET)
+    repeated, responses = sample_n(run.ref_model, run.tokenizer, queries, n, sampling, rng, progress)
+    texts = texts_of(run.tokenizer, repeated, responses)
+    proxy = score(run.proxy, texts, sampling).reshape(P, n)
     seconds = time.perf_counter() - t0
-    gold = s.gold.score(texts, forward_batch_size=s.fbs).reshape(P, n)
+    gold = score(run.gold, texts, sampling).reshape(P, n)
     picks = np.argmax(proxy, axis=1) + n * np.arange(P)       # the first of equal maxima, as best_of_n breaks ties
-    metrics, _ = measure_responses(s.ref_model, s.ref_model, s.tokenizer, {"reward": s.proxy, "gold": s.gold},
-                                   s.eval_queries, [responses[i] for i in picks], s.fbs)
+    metrics, _ = measure_responses(run.ref_model, run.ref_model, run.tokenizer, run.scorers, queries,
+                                   [responses[i] for i in picks], sampling)
     metrics["kl_to_reference"] = kl_best_of_n(n)
-    _, peak = traced_peak_mb(lambda: sample_and_score(s, s.eval_queries[:1], n))
+    _, peak = traced_peak_mb(lambda: sample_and_score(run, queries[:1], n))
     record = {"n": n, "generated": len(responses), "seconds": seconds, "peak_mb": peak, "metrics": metrics,
-              "curve": best_of_n_points(proxy, gold, n),
+              "curve": [{"n": r["n"], "generated": r["n"] * P, **{k: v for k, v in r.items() if k != "n"}}
+                        for r in best_of_n_curve(proxy, {"reward": proxy, "gold": gold}, n)],
               "held_out_pairs": [{"texts": texts[i * n:i * n + 2], "gold": gold[i, :2].tolist()} for i in range(P)]}
     write_json(file, record)
     return record
 
 
-def sample_and_score(setup, queries, n):
+def sample_and_score(run, queries, n):
     """n reference samples per query, scored by the proxy, from a throwaway generator: best-of-n's work, for
     measuring its memory apart from the timed run."""
-    s = setup
-    repeated, responses = reference_responses(s.ref_model, s.tokenizer, queries, n, s.config.rlhf,
-                                              np.random.default_rng(0), s.fbs)
-    return s.proxy.score(texts_of(s.tokenizer, repeated, responses), forward_batch_size=s.fbs)
-
-
-def best_of_n_points(proxy, gold, n_max):
-    """The curve of best-of-n for n = 1, 2, 4, ... and n_max: expected proxy and gold scores and positive shares of
-    the proxy's pick (overopt.best_of_n, over every n-subset), KL_bon and the samples it took. (P, n_max) each."""
-    P = len(proxy)
-    ns = sorted({2 ** k for k in range(int(math.log2(n_max)) + 1)} | {n_max})
-    return [{"n": n, "generated": n * P, "kl": kl_best_of_n(n),
-             "reward_mean": best_of_n(proxy, proxy, n), "gold_mean": best_of_n(proxy, gold, n),
-             "reward_positive": best_of_n(proxy, (proxy > 0).astype(float), n),
-             "gold_positive": best_of_n(proxy, (gold > 0).astype(float), n)} for n in ns]
+    sampling = run.config.sampling
+    repeated, responses = sample_n(run.ref_model, run.tokenizer, queries, n, sampling, np.random.default_rng(0))
+    return score(run.proxy, texts_of(run.tokenizer, repeated, responses), sampling)
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -338,13 +267,13 @@ def best_of_n_points(proxy, gold, n_max):
 def rl_summary(history, final, batch_size, extra_seconds=0.0):
     """One trained method's record: final metrics, its curve (evaluated steps), generated responses, wall time and
     memory. final: the metrics of the final policy. extra_seconds: up-front work (DPO's sampling and scoring)."""
-    curve = [{"step": h["step"], "generated": h["step"] * batch_size, "kl": max(h["eval/kl_to_reference"], 0.0),
-              **{k: h[f"eval/{k}"] for k in ("reward_mean", "gold_mean", "reward_positive", "gold_positive")}}
-             for h in history if "eval/reward_mean" in h]
+    def point(step, metrics):
+        return {"step": step, "generated": step * batch_size, "kl": max(metrics["kl_to_reference"], 0.0),
+                **{k: metrics[k] for k in CURVE_KEYS}}
+
+    curve = [point(h["step"], measured_in(h)) for h in history if measured_in(h)]
     if curve[-1]["step"] != history[-1]["step"]:
-        step = history[-1]["step"]
-        curve.append({"step": step, "generated": step * batch_size, "kl": max(final["kl_to_reference"], 0.0),
-                      **{k: final[k] for k in ("reward_mean", "gold_mean", "reward_positive", "gold_positive")}})
+        curve.append(point(history[-1]["step"], final))
     peaks = [h["memory/step_peak_mb"] for h in history if "memory/step_peak_mb" in h]
     return {"steps": history[-1]["step"], "generated": int(sum(h.get("compare/responses", 0) for h in history)),
             "wall_seconds": float(sum(h.get("time/step", 0.0) for h in history) + extra_seconds),
@@ -353,8 +282,7 @@ def rl_summary(history, final, batch_size, extra_seconds=0.0):
 
 def final_metrics(history, policy, evaluate):
     """The last step's evaluation, or the final policy evaluated now if the last step was not an evaluated one."""
-    last = history[-1] if "eval/reward_mean" in history[-1] else {"step": history[-1]["step"], **evaluate(policy)}
-    return {k[len("eval/"):]: v for k, v in last.items() if k.startswith("eval/")}
+    return measured_in(history[-1]) or measured_in(evaluate(policy))
 
 
 def reward_model_agreement(setup, pairs, bon):
@@ -363,17 +291,18 @@ def reward_model_agreement(setup, pairs, bon):
 
     Pairs whose two texts the gold scorer scores alike are left out. On DPO's own pairs the proxy's agreement is the
     share of DPO's labels that the gold scorer confirms."""
+    run = setup.run
     train = [(p["texts"][p["chosen"]], p["texts"][1 - p["chosen"]]) for p in pairs["pairs"]]
-    bradley_terry = fit_bradley_terry(train, setup.proxy.featurizer)
+    bradley_terry = fit_bradley_terry(train, run.proxy.featurizer)
     bradley_terry.save(path(setup.folder, "bradley_terry.npz"))
     out = {"fitted_on_pairs": len(train),
            "bradley_terry_fit": {k: bradley_terry.info[k] for k in ("n_iter", "train_loss")}}
     for split, rows in (("dpo_pairs", pairs["pairs"]), ("held_out_pairs", bon["held_out_pairs"])):
         ordered = [tuple(r["texts"]) if r["gold"][0] > r["gold"][1] else tuple(r["texts"][::-1])
                    for r in rows if r["gold"][0] != r["gold"][1]]
-        out[split] = {"pairs": len(ordered), **{name: agreement(scorer, ordered, setup.fbs) if ordered else None
-                                                for name, scorer in (("proxy", setup.proxy),
-                                                                     ("bradley_terry", bradley_terry))}}
+        out[split] = {"pairs": len(ordered), **{
+            name: agreement(scorer, ordered, run.config.sampling.forward_batch_size) if ordered else None
+            for name, scorer in (("proxy", run.proxy), ("bradley_terry", bradley_terry))}}
     return out
 
 
@@ -386,43 +315,26 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
     Refuses when the run is not finished, when compare/ holds results of other settings (its manifest), or while
     another process works in the run folder. Resumes from the files under compare/ after a kill.
     """
-    folder = path(run_dir, "compare")
-    finished_run(run_dir)                   # refuse before the lock, which would create the folder
-    with Lock(run_dir):
-        run, config = finished_run(run_dir)
-        configs = trainer_configs(cfg, config.ppo)
-        own = Manifest(folder)
-        built_from = {**{k: str(v) for k, v in dataclasses.asdict(cfg).items()}, **input_hashes(run),
-                      "run ppo": str(dataclasses.asdict(config.ppo)), "run rlhf": str(dataclasses.asdict(config.rlhf)),
-                      "run seed": str(config.seed)}
-        own.check("compare", built_from, [], f"delete {folder} to compare with these settings")
-        if "compare" not in own.stages:
-            own.start("compare", built_from)
-        setup = load_setup(run_dir, folder, config, cfg, run, cache_dir)
-        results = compare_methods(setup, cfg, configs, progress)
+    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir) as (run, folder):
+        eval_queries = run.held_out(cfg.eval_prompts)
+        setup = Setup(run, folder, eval_queries, run.evaluator(run.scorers, eval_queries))
+        results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo), progress)
         write_json(path(run_dir, "compare.json"), results)
         write_compare_plot(results, path(run_dir, "compare.png"))
         with atomic_write(path(run_dir, "compare.md"), "w") as f:
             f.write(format_report(results))
-        own.finish("compare", [])
         return results
 
 
-def load_setup(run_dir, folder, config, cfg, run, cache_dir):
-    """The run's tokenizer, reference, proxy and gold scorer, training prompts and cfg.eval_prompts held-out ones."""
-    _, _, test, _ = stages.load_data(config, cache_dir)
-    tokenizer = mg.load_tokenizer(path(run_dir, "tokenizer.json"))
-    ref_model = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
-    proxy, gold = load_scorer(path(run_dir, "reward.npz")), load_scorer(path(run_dir, "gold.npz"))
-    train_queries, eval_queries = stages.prompts(config, tokenizer, test)
-    if cfg.eval_prompts > len(eval_queries):
-        raise ValueError(f"the run has {len(eval_queries)} held-out prompts, fewer than --eval-prompts "
-                         f"{cfg.eval_prompts}; use --eval-prompts {len(eval_queries)} or fewer")
-    eval_queries = eval_queries[:cfg.eval_prompts]
-    evaluate = evaluator(ref_model, tokenizer, {"reward": proxy, "gold": gold}, eval_queries, config.rlhf,
-                         config.ppo.forward_batch_size, config.seed + EVAL_SEED_OFFSET)
-    return Setup(run_dir, folder, config, tokenizer, ref_model, proxy, gold, train_queries, eval_queries,
-                 input_hashes(run), evaluate)
+def built_from(cfg, run):
+    """What the comparison is built from besides the run's files: its settings and the run's own settings of PPO,
+    the loop and sampling. Refuses settings that do not fit the run (a batch its chunks do not divide, more held-out
+    prompts than it has) before anything is written."""
+    trainer_configs(cfg, run.config.ppo)
+    run.held_out(cfg.eval_prompts, "--eval-prompts")
+    return {**dataclasses.asdict(cfg), "run ppo": dataclasses.asdict(run.config.ppo),
+            "run rlhf": dataclasses.asdict(run.config.rlhf), "run sampling": dataclasses.asdict(run.config.sampling),
+            "run seed": run.config.seed}
 
 
 def compare_methods(setup, cfg, configs, progress):
@@ -432,7 +344,7 @@ def compare_methods(setup, cfg, configs, progress):
     for name in ("ppo", "rloo", "grpo"):
         log.info("compare: %s", LABELS[name])
         policy, history = train_rl(name, setup, configs[name], cfg, progress)
-        reference = reference or {k[len("eval/"):]: v for k, v in history[0].items() if k.startswith("eval/")}
+        reference = reference or measured_in(history[0])
         methods[name] = rl_summary(history, final_metrics(history, policy, setup.evaluate), cfg.batch_size)
     log.info("compare: DPO")
     pairs = dpo_pairs(setup, cfg, progress)
@@ -454,30 +366,18 @@ def compare_methods(setup, cfg, configs, progress):
 
 # ---------------------------------------------------------------------------------------------- the table
 
+COSTS = (("generated responses", "generated", "{:,d}"), ("training steps", "steps", "{:d}"),
+         ("wall time (s)", "wall_seconds", "{:.1f}"), ("step memory (MB)", "peak_mb", "{:.1f}"))
+
 
 def format_table(results):
-    """The comparison as a Markdown table, aligned so that it also reads as plain text: one column per method
-    (the reference first), one row per measure of report.TABLE, then the cost of each method."""
-    columns = ["reference", *results["methods"]]
-    rows = [[f"held-out prompts (n={results['reference']['n']})", *(LABELS[c] for c in columns)]]
-    metrics = {"reference": results["reference"], **{m: r["metrics"] for m, r in results["methods"].items()}}
-
-    def cell(m, key, fmt):
-        keys = key if isinstance(key, tuple) else (key,)
-        return " / ".join(fmt.format(m[k]) for k in keys if k in m) or "-"
-
-    for label, key, fmt in TABLE:
-        rows.append([label, *(cell(metrics[c], key, fmt) for c in columns)])
-    rows.append(["the top word", *(metrics[c].get("top_word") or "-" for c in columns)])
+    """The comparison as report.format_table makes it: one column per method (the reference first), one row per
+    measure, then the cost of each method."""
     cost = {"reference": {}, **results["methods"]}
-    for label, key, fmt in (("generated responses", "generated", "{:,d}"), ("training steps", "steps", "{:d}"),
-                            ("wall time (s)", "wall_seconds", "{:.1f}"), ("step memory (MB)", "peak_mb", "{:.1f}")):
-        rows.append([label, *(fmt.format(cost[c][key]) if cost[c].get(key) is not None else "-" for c in columns)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
-    lines = ["| " + " | ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(r, widths)))
-             + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
-    return "\n".join(lines)
+    columns = {LABELS[c]: results["reference"] if c == "reference" else results["methods"][c]["metrics"]
+               for c in cost}
+    return format_metrics(columns, [(label, [fmt.format(cost[c][key]) if cost[c].get(key) is not None else "-"
+                                             for c in cost]) for label, key, fmt in COSTS])
 
 
 def format_agreement(results):

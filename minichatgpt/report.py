@@ -32,17 +32,24 @@ CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the prox
 ]
 
 
-def format_table(before, after):
-    """Before/after table of the evaluation metrics as aligned text."""
+def format_table(columns, extra_rows=()):
+    """The evaluation as a Markdown table, aligned so that it also reads as plain text: one column per model
+    (columns: {label: metrics}, the reference first), one row per measure of TABLE and the top word, then
+    extra_rows [(label, [one cell per column])]."""
     def cell(metrics, key, fmt):
         keys = key if isinstance(key, tuple) else (key,)
         return " / ".join(fmt.format(metrics[k]) for k in keys if k in metrics) or "-"
 
-    out = [f"{'held-out prompts (n=' + str(after['n']) + ')':34s} {'reference':>13s} {'policy':>13s}"]
-    for label, key, fmt in TABLE:
-        out.append(f"{label:34s} {cell(before, key, fmt):>13s} {cell(after, key, fmt):>13s}")
-    out.append(f"{'the top word':34s} {before.get('top_word', '-'):>13s} {after.get('top_word', '-'):>13s}")
-    return "\n".join(out)
+    first = next(iter(columns.values()))
+    rows = [[f"held-out prompts (n={first['n']})", *columns]]
+    rows += [[label, *(cell(m, key, fmt) for m in columns.values())] for label, key, fmt in TABLE]
+    rows.append(["the top word", *(m.get("top_word") or "-" for m in columns.values())])
+    rows += [[label, *cells] for label, cells in extra_rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
+    lines = ["| " + " | ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(r, widths)))
+             + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
 
 
 def _pyplot(path):
@@ -88,7 +95,8 @@ def write_samples(path, prompts, before, after, n=12):
     each answer with the reward model's and the gold scorer's log-odds. before/after = (metrics, samples)."""
     lines = ["# Samples: the same held-out prompts, before (reference) and after PPO (policy)", "",
              "Scores: r = the reward model's log-odds that the snippet is positive (what PPO optimised), "
-             "g = the gold scorer's (it only judges).", "", "```", format_table(before[0], after[0]), "```", ""]
+             "g = the gold scorer's (it only judges).", "",
+             format_table({"reference": before[0], "policy": after[0]}), ""]
     for i in range(min(n, len(prompts))):
         lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", ""]
         for name, (_, samples) in (("before", before), ("after", after)):

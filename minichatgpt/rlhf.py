@@ -5,10 +5,12 @@
                     scores    = reward model(query text + response text)    (log-odds of "positive")
                     stats     = trainer.step(queries, responses, scores)
 
-The reward model and the tokenizer are duck-typed: `scorer.score(texts, forward_batch_size=...) -> (N,)` and
-`tokenizer.encode/decode/eos_token_id`. The loop checkpoints through `minigpt_np.resume`, as pretraining does,
-so a killed run started again continues bit for bit. `train_loop` is that loop for any trainer: PPO here, RLOO,
-GRPO (`rollout_step` with k responses per prompt) and DPO (a step over fixed pairs) in `minichatgpt.compare`.
+What the loop trains against travels as one `Task`: the prompts, the scorer, the frozen reference, the tokenizer,
+the sampling settings and the hashes of the files they came from. The scorer and the tokenizer are duck-typed:
+`scorer.score(texts, forward_batch_size=...) -> (N,)` and `tokenizer.encode/decode/eos_token_id`. The loop
+checkpoints through `minigpt_np.resume`, as pretraining does, so a killed run started again continues bit for
+bit. `train_loop` is that loop for any trainer: PPO here, RLOO, GRPO (`rollout_step` with k responses per prompt)
+and DPO (a step over fixed pairs) in `minichatgpt.compare`.
 """
 import dataclasses
 import logging
@@ -18,11 +20,11 @@ from typing import Optional
 import numpy as np
 
 from minigpt_np.resume import resume, save_training_checkpoint, sha256_of_array
-from ppo_np.rollout import generate_responses
 from ppo_np.trainer import PPOTrainer
 
 from .collapse import collapse_metrics
 from .run_folder import read_jsonl, write_jsonl
+from .sampling import sample, score, texts_of
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,11 @@ class RLHFConfig:
     max_seconds: Optional[float] = None      # stop earlier once this much PPO time has passed (then resumable)
     query_min_tokens: int = 2                # prompts are the first k tokens of a review, k ~ U{min, ..., max}
     query_max_tokens: int = 8
-    response_tokens: int = 16                # new tokens per response, at most
-    stop_at_eos: bool = True                 # end a response at <|endoftext|> (see docs/ppo.md, "the reward hack")
     checkpoint_every: int = 10               # steps between checkpoints of policy + trainer state
     seed: int = 0                            # prompts and sampling
 
     def __post_init__(self):
-        for name in ("steps", "query_min_tokens", "response_tokens", "checkpoint_every"):
+        for name in ("steps", "query_min_tokens", "checkpoint_every"):
             if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
                 raise ValueError(f"RLHFConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.query_max_tokens < self.query_min_tokens:
@@ -64,12 +64,6 @@ def make_queries(tokenizer, texts, min_tokens, max_tokens, rng):
     return queries
 
 
-def texts_of(tokenizer, queries, responses):
-    """Decode query + response, without the eos token: what the reward model reads, and what a reader sees."""
-    eos = tokenizer.eos_token_id
-    return [tokenizer.decode([int(t) for t in np.concatenate([q, r]) if t != eos]) for q, r in zip(queries, responses)]
-
-
 class PromptStream:
     """Endless shuffled passes over the training prompts."""
 
@@ -87,38 +81,111 @@ class PromptStream:
         return batch
 
 
-def fingerprint(trainer_config, config, queries, inputs, key="ppo"):
-    """What a run of the loop is built from: its trainer's settings (under `key`), the loop's, its prompts and the
-    hashes of its inputs (models, scorer)."""
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a policy is trained against, taken from one run: the prompts it answers, the scorer whose score is its
+    reward, the frozen reference, the tokenizer and the sampling settings. inputs: {name: sha256} of the files these
+    came from, part of every checkpoint's fingerprint. judge: a scorer that also grades every rollout for the log
+    ("env/gold_*", the gold scorer); it never drives training."""
+    tokenizer: object
+    ref_model: object
+    scorer: object
+    queries: list
+    sampling: object                 # a SamplingConfig
+    inputs: dict = dataclasses.field(default_factory=dict)
+    judge: object = None
+
+
+def fingerprint(trainer_config, config, task, key="ppo", items=None):
+    """What a run of the loop is built from: its trainer's settings (under `key`), the loop's and the rollouts'
+    (under "rlhf"), its prompts (or the fixed items it steps over) and the hashes of its inputs.
+
+    The sampling chunk is the trainer config's forward_batch_size. The rollouts' length and eos stay under "rlhf",
+    where they were before sampling had a config of its own, so checkpoints written then still resume."""
     rlhf = {k: v for k, v in dataclasses.asdict(config).items() if k not in BOOKKEEPING}
+    rlhf.update(response_tokens=task.sampling.response_tokens, stop_at_eos=task.sampling.stop_at_eos)
     return {key: dataclasses.asdict(trainer_config), "rlhf": rlhf,
-            "prompts": sha256_of_array(np.concatenate(queries)), "inputs": dict(inputs)}
+            "prompts": sha256_of_array(np.concatenate(task.queries if items is None else items)),
+            "inputs": dict(task.inputs)}
 
 
-def train_ppo(policy, ref_model, tokenizer, scorer, queries, ppo_config, config, checkpoint_path, log_path,
-              inputs=None, judge=None, progress=True, evaluate=None, evaluate_every=0, measure=None):
-    """Run (or resume) the PPO stage -> the list of per-step stats (also one JSON line each in log_path).
+def train_ppo(policy, task, ppo_config, config, checkpoint_path, log_path, *, progress=True, evaluate=None,
+              evaluate_every=0, measure=None):
+    """Run (or resume) PPO from `policy` (with a value head) on `task` -> the list of per-step stats (also one JSON
+    line each in log_path).
 
     checkpoint_path: the policy and everything the next step depends on, every config.checkpoint_every steps
-    and at the end; resumed if it exists. log_path: rewritten whole after every step. inputs: {name: hash} of
-    what the run was built from (reference model, reward model, tokenizer), part of the fingerprint a resumed
-    run must match. judge: a scorer that also grades the rollouts for the log ("env/gold_*"); it never drives
-    training. evaluate(policy) -> dict: measured after step 0 and every evaluate_every steps and stored
-    in that step's stats (step 0 as its own record); it must draw from its own generator. measure(step) -> step:
-    wraps each step of the loop, e.g. to trace its memory (minichatgpt.compare does).
+    and at the end; resumed if it exists, when its fingerprint (settings, prompts, task.inputs) matches. log_path:
+    rewritten whole after every step. evaluate(policy) -> dict: measured after step 0 and every evaluate_every
+    steps and stored in that step's stats (step 0 as its own record); it must draw from its own generator.
+    measure(step) -> step: wraps each step of the loop, e.g. to trace its memory (minichatgpt.compare does).
     """
-    trainer = PPOTrainer(policy, ref_model, ppo_config, pad_token_id=tokenizer.eos_token_id)
+    trainer = PPOTrainer(policy, task.ref_model, ppo_config, pad_token_id=task.tokenizer.eos_token_id)
 
     def step(prompts, rng):
-        return ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge)
+        return ppo_step(trainer, task, prompts, rng)
 
     def set_kl_coef(state):   # the adaptive controller's beta is loop state: a resumed run goes on from it
         trainer.kl_ctl.value = state["kl_coef"]
 
-    return train_loop(trainer, measure(step) if measure else step, queries, config, checkpoint_path, log_path,
-                      fingerprint(ppo_config, config, queries, inputs or {}), name="PPO", progress=progress,
-                      evaluate=evaluate, evaluate_every=evaluate_every,
-                      save_state=lambda: {"kl_coef": trainer.kl_ctl.value}, load_state=set_kl_coef)
+    return train_loop(trainer, measure(step) if measure else step, task.queries, config, checkpoint_path, log_path,
+                      fingerprint(ppo_config, config, task), name="PPO", progress=progress, evaluate=evaluate,
+                      evaluate_every=evaluate_every, save_state=lambda: {"kl_coef": trainer.kl_ctl.value},
+                      load_state=set_kl_coef)
+
+
+class LoopState:
+    """What the loop carries from step to step and keeps in its checkpoint beside the policy and the optimizer: the
+    step, the prompt stream's position, every generator ("shuffle" the trainer's mini-batches, "prompts" the
+    stream's, "sampling" the rollouts') and the trainer's own state (save_state() -> dict / load_state(dict))."""
+
+    def __init__(self, trainer, items, config, checkpoint_path, fp, save_state=None, load_state=None):
+        self.trainer, self.config, self.checkpoint_path, self.fp = trainer, config, checkpoint_path, fp
+        self.save_state, self.load_state = save_state, load_state
+        self.rngs = {"shuffle": trainer.rng, "prompts": np.random.default_rng(config.seed),
+                     "sampling": np.random.default_rng(config.seed + 1)}
+        self.stream = PromptStream(items, self.rngs["prompts"])
+        self.step, self.saved_step = 0, None     # saved_step: the step of the last checkpoint written or resumed
+
+    def resume(self):
+        """Load the checkpoint if there is one (it must match the fingerprint) -> True if the loop resumed."""
+        state = resume(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, fingerprint=self.fp,
+                       rngs=self.rngs)
+        if state is None:
+            return False
+        self.step = self.saved_step = state["step"]
+        if self.load_state is not None:
+            self.load_state(state)
+        self.stream.order, self.stream.pos = np.array(state["prompts_order"]), state["prompts_pos"]
+        return True
+
+    def start(self, log_path, name, evaluate=None):
+        """Resume from the checkpoint, or start afresh with the step-0 evaluation -> the stats logged so far.
+
+        The log is cut back to the checkpoint's step (lines logged after it are redone); it must hold every step up
+        to there, and the step-0 record when the loop evaluates."""
+        if self.resume():
+            history = read_jsonl(log_path, expect=self.step + (evaluate is not None))
+            log.info("%s: %s at step %d (%s)", name, "done already" if self.step >= self.config.steps else "resuming",
+                     self.step, self.checkpoint_path)
+            write_jsonl(log_path, history)
+            return history
+        write_jsonl(log_path, [])
+        return [{"step": 0, **evaluate(self.trainer.model)}] if evaluate is not None else []
+
+    def save(self):
+        loop_state = {"step": self.step, "finished": self.step >= self.config.steps,
+                      **(self.save_state() if self.save_state else {}),
+                      "prompts_order": self.stream.order.tolist(), "prompts_pos": self.stream.pos}
+        save_training_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, fingerprint=self.fp,
+                                 state=loop_state, rngs=self.rngs)
+        self.saved_step = self.step
+
+    def failed(self, name, err):
+        """A step's FloatingPointError as the RuntimeError that says where the last good checkpoint is."""
+        kept = (f"The last good checkpoint is {self.checkpoint_path} (step {self.saved_step})."
+                if self.saved_step is not None else f"No {name} checkpoint was written yet.")
+        return RuntimeError(f"{name} stopped at step {self.step + 1}: {err} {kept}")
 
 
 def train_loop(trainer, step, items, config, checkpoint_path, log_path, fp, *, name, progress=True, evaluate=None,
@@ -128,64 +195,36 @@ def train_loop(trainer, step, items, config, checkpoint_path, log_path, fp, *, n
     trainer: has .model (the policy), .optimizer and .rng (its mini-batch shuffles). step(stream, rng) -> stats
     makes one update: it draws its batch from `stream`, endless shuffled passes over `items` (prompts, or fixed
     preference pairs), and samples with `rng`. config: the RLHFConfig (steps, max_seconds, checkpoint_every,
-    seed). fp: the fingerprint a resumed checkpoint must match. save_state() -> dict / load_state(dict): the
-    trainer's own loop state beside the step and the stream's position (PPO: its adaptive kl_coef). The rest as
+    seed). fp: the fingerprint a resumed checkpoint must match. save_state / load_state: see LoopState. The rest as
     in train_ppo. A checkpoint holds the policy, the optimizer and every generator, so a killed run started again
     continues bit for bit.
     """
-    rngs = {"shuffle": trainer.rng, "prompts": np.random.default_rng(config.seed),
-            "sampling": np.random.default_rng(config.seed + 1)}
-    stream = PromptStream(items, rngs["prompts"])
-    policy = trainer.model
-    state = resume(checkpoint_path, policy, trainer.optimizer, fingerprint=fp, rngs=rngs)
-    step_n, history = 0, []
-    if state is not None:
-        step_n = state["step"]
-        if load_state is not None:
-            load_state(state)
-        stream.order, stream.pos = np.array(state["prompts_order"]), state["prompts_pos"]
-        history = read_jsonl(log_path, expect=step_n + bool(evaluate is not None and evaluate_every))
-        log.info("%s: %s at step %d (%s)", name, "done already" if step_n >= config.steps else "resuming", step_n,
-                 checkpoint_path)
-    write_jsonl(log_path, history)             # drop lines logged after the checkpoint we resume from
-    saved_step = step_n if state is not None else None
-
-    def save():
-        loop_state = {"step": step_n, "finished": step_n >= config.steps, **(save_state() if save_state else {}),
-                      "prompts_order": stream.order.tolist(), "prompts_pos": stream.pos}
-        save_training_checkpoint(checkpoint_path, policy, trainer.optimizer, fingerprint=fp, state=loop_state,
-                                 rngs=rngs)
-
-    if evaluate is not None and evaluate_every and state is None:
-        history = [{"step": 0, **evaluate(policy)}]
-    bar = _progress_bar(config.steps, step_n, progress, name.lower())
+    loop = LoopState(trainer, items, config, checkpoint_path, fp, save_state, load_state)
+    evaluated = evaluate is not None and bool(evaluate_every)
+    history = loop.start(log_path, name, evaluate if evaluated else None)
+    bar = _progress_bar(config.steps, loop.step, progress, name.lower())
     start = time.perf_counter()
-    while step_n < config.steps:
+    while loop.step < config.steps:
         if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-            log.info("%s time budget of %.0f s reached after %d steps", name, config.max_seconds, step_n)
+            log.info("%s time budget of %.0f s reached after %d steps", name, config.max_seconds, loop.step)
             break
         try:
-            stats = step(stream, rngs["sampling"])
+            stats = step(loop.stream, loop.rngs["sampling"])
         except FloatingPointError as err:
-            kept = (f"The last good checkpoint is {checkpoint_path} (step {saved_step})." if saved_step is not None
-                    else f"No {name} checkpoint was written yet.")
-            raise RuntimeError(f"{name} stopped at step {step_n + 1}: {err} {kept}") from err
-        step_n += 1
-        stats["step"] = step_n
-        if evaluate is not None and evaluate_every and step_n % evaluate_every == 0:
-            stats.update(evaluate(policy))
+            raise loop.failed(name, err) from err
+        loop.step += 1
+        stats["step"] = loop.step
+        if evaluated and loop.step % evaluate_every == 0:
+            stats.update(evaluate(trainer.model))
         history.append(stats)
         write_jsonl(log_path, history)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({label: f"{stats[key]:{fmt}}" for label, key, fmt in POSTFIX if key in stats})
-        if step_n % config.checkpoint_every == 0 or step_n == config.steps:
-            save()
-            saved_step = step_n
+        _show(bar, stats)
+        if loop.step % config.checkpoint_every == 0 or loop.step == config.steps:
+            loop.save()
     if bar is not None:
         bar.close()
-    if saved_step != step_n:   # stopped by the time budget between checkpoints
-        save()
+    if loop.saved_step != loop.step:   # stopped by the time budget between checkpoints
+        loop.save()
     return history
 
 
@@ -194,12 +233,12 @@ POSTFIX = (("reward", "env/reward_mean", ".2f"), ("kl", "objective/kl", ".1f"), 
            ("loss", "dpo/loss/train", ".3f"))
 
 
-def ppo_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None):
+def ppo_step(trainer, task, prompts, rng):
     """One turn of PPO's loop: one sampled response per prompt (rollout_step with group_size 1) -> stats."""
-    return rollout_step(trainer, tokenizer, scorer, prompts, config, rng, judge)
+    return rollout_step(trainer, task, prompts, rng)
 
 
-def rollout_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None, group_size=1):
+def rollout_step(trainer, task, prompts, rng, group_size=1):
     """One turn of the loop: a batch of prompts, sampled responses, their scores and one trainer step -> stats.
 
     trainer: PPOTrainer, or any trainer whose step(queries, responses, scores) takes batch_size rows (RLOO, GRPO).
@@ -207,21 +246,19 @@ def rollout_step(trainer, tokenizer, scorer, prompts, config, rng, judge=None, g
     The stats add what the rollouts show beside their score ("env/"): their collapse metrics and, with a judge,
     its verdict on them.
     """
-    fbs = trainer.config.forward_batch_size
     t0 = time.perf_counter()
     queries = [q for q in prompts.next_batch(trainer.config.batch_size // group_size) for _ in range(group_size)]
-    responses = generate_responses(trainer.model, queries, config.response_tokens, forward_batch_size=fbs, rng=rng,
-                                   eos_token_id=tokenizer.eos_token_id, stop_at_eos=config.stop_at_eos)
+    responses = sample(trainer.model, task.tokenizer, queries, task.sampling, rng)
     t1 = time.perf_counter()
-    texts = texts_of(tokenizer, queries, responses)
-    scores = scorer.score(texts, forward_batch_size=fbs)
+    texts = texts_of(task.tokenizer, queries, responses)
+    scores = score(task.scorer, texts, task.sampling)
     t2 = time.perf_counter()
     stats = trainer.step(queries, responses, scores)
     stats.update({"env/reward_mean": float(np.mean(scores)), "env/reward_positive": float(np.mean(scores > 0)),
-                  **{f"env/{k}": v for k, v in collapse_metrics(texts_of(tokenizer, [q[:0] for q in queries],
+                  **{f"env/{k}": v for k, v in collapse_metrics(texts_of(task.tokenizer, [q[:0] for q in queries],
                                                                           responses)).items()}})
-    if judge is not None:
-        gold = judge.score(texts, forward_batch_size=fbs)
+    if task.judge is not None:
+        gold = score(task.judge, texts, task.sampling)
         stats.update({"env/gold_mean": float(np.mean(gold)), "env/gold_positive": float(np.mean(gold > 0))})
     stats.update({"time/rollout/generate": t1 - t0, "time/rollout/score": t2 - t1,
                   "time/step": time.perf_counter() - t0})
@@ -233,3 +270,9 @@ def _progress_bar(total, initial, enabled, desc):
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit="step")
+
+
+def _show(bar, stats):
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({label: f"{stats[key]:{fmt}}" for label, key, fmt in POSTFIX if key in stats})

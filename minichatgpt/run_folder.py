@@ -145,12 +145,16 @@ class Manifest:
                           f"{'; '.join(changes)}. Use a new --name, or {restart_hint}")
         if partial or not record.get("finished"):
             return False
-        for name, digest in record["outputs"].items():
+        self.verify(stage, restart_hint)
+        return True
+
+    def verify(self, stage, hint):
+        """Refuse if a file the finished stage wrote is missing or no longer has the sha256 recorded for it."""
+        for name, digest in self.stages[stage]["outputs"].items():
             file = os.path.join(self.run_dir, name)
             if not os.path.exists(file) or sha256_of_file(file) != digest:
                 state = "is missing" if not os.path.exists(file) else "changed since this run wrote it"
-                raise Refused(f"{file} {state}; {restart_hint}")
-        return True
+                raise Refused(f"{file} {state}; {hint}")
 
     def start(self, stage, built_from):
         self.stages[stage] = {"built_from": built_from, "finished": False}

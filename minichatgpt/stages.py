@@ -1,7 +1,8 @@
-"""The stages of the main job, one function each: data, tokenizer, pretraining, reward model, prompts, PPO.
+"""The stages of the main job, one function each: tokenizer, pretraining, reward model, gold scorer, prompts, PPO;
+and the loaders of what they wrote.
 
 Each stage reads what the earlier ones made and writes its artifacts into the run folder. `pipeline` decides,
-with the run folder's manifest, which stages to run, skip or refuse.
+with the run folder's manifest, which stages to run, skip or refuse; `finished_run` opens what they left.
 """
 import dataclasses
 import logging
@@ -17,12 +18,12 @@ from minigpt_np.resume import training_state
 from reward import load_scorer, train_scorer
 from reward.train import refit_scorer
 
-from . import corpus
-from .rlhf import make_queries, train_ppo
+from .rlhf import Task, make_queries, train_ppo
 from .run_folder import Refused, path, read_jsonl
 
 log = logging.getLogger(__name__)
 
+STAGE_ORDER = ("tokenizer", "pretrain", "reward", "gold", "ppo")   # each after the stages it is built on
 ARTIFACTS = {  # what each stage writes into the run folder
     "tokenizer": ["tokenizer.json"],
     "pretrain": ["gpt_pretrained.npz"],
@@ -32,22 +33,6 @@ ARTIFACTS = {  # what each stage writes into the run folder
 }
 DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
               "ppo": ["tokenizer", "pretrain", "reward"]}
-
-
-def load_data(config, cache_dir=None, labelled=True):
-    """The corpus without duplicates, split by movie -> (train, val, test, info). With labelled (the main job, the
-    reward model), refuses a corpus too small for the reward model, the prompts and the evaluation; pretraining
-    alone takes unlabelled text too."""
-    snippets = corpus.load_corpus(config.corpus, cache_dir=cache_dir, text_column=config.text_column,
-                                  label_column=config.label_column)
-    info = {"corpus_sha256": corpus.sha256_of_snippets(snippets), "snippets": len(snippets)}
-    snippets, info["duplicates_removed"] = corpus.deduplicate(snippets)
-    train, val, test = corpus.split(snippets, seed=config.seed)
-    if labelled:
-        corpus.check_size(train, val, test)
-    log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
-             info["duplicates_removed"], len(train), len(val), len(test))
-    return train, val, test, info
 
 
 def tokenizer_stage(config, run_dir, train):
@@ -149,19 +134,25 @@ def prompts(config, tokenizer, test):
     return queries[n_eval:], queries[:n_eval]
 
 
+def policy_start(run_dir, seed):
+    """Where every policy starts: the pretrained GPT with a value head (initialised from seed) for PPO."""
+    policy = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
+    policy.add_value_head(seed=seed)
+    return policy
+
+
 def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
     """PPO from the pretrained model against the reward model -> (policy, history); resumes if killed.
 
     inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint. judge: a
     scorer that also grades every rollout for the log (the gold scorer); it never drives training.
     """
-    policy, ref_model = (mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz")) for _ in range(2))
-    policy.add_value_head(seed=config.seed)
+    policy, ref_model = policy_start(run_dir, config.seed), mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
     log.info("PPO: %d steps of %d rollouts, %d training prompts", config.rlhf.steps, config.ppo.batch_size,
              len(queries))
-    history = train_ppo(policy, ref_model, tokenizer, scorer, queries, config.ppo, config.rlhf,
-                        path(run_dir, "gpt_ppo.npz"), path(run_dir, "ppo_log.jsonl"), inputs=inputs, judge=judge,
-                        progress=progress)
+    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judge)
+    history = train_ppo(policy, task, config.ppo, config.rlhf, path(run_dir, "gpt_ppo.npz"),
+                        path(run_dir, "ppo_log.jsonl"), progress=progress)
     return policy, history
 
 

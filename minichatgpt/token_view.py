@@ -9,6 +9,7 @@ PPO's last step would compute for it under the final policy:
 
 A collapsed policy shows its exploited word in deep red, and the reference's sentences in blue.
 """
+import dataclasses
 import html
 
 import numpy as np
@@ -16,9 +17,9 @@ import numpy as np
 from minigpt_np.checkpoint import atomic_write
 from ppo_np import core
 from ppo_np.batch import layout, response_logprobs, response_logprobs_and_values
-from ppo_np.rollout import generate_responses
 
-from .rlhf import texts_of
+from .evaluate import EVAL_SEED_OFFSET
+from .sampling import sample, texts_of
 
 
 def token_numbers(policy, ref_model, tokenizer, scorer, queries, responses, kl_coef, gamma, lam):
@@ -44,20 +45,22 @@ def _spans(tokenizer, response, values, scale, positive, negative):
     return "".join(out)
 
 
-def write_token_view(path, policy, ref_model, tokenizer, scorer, queries, config, kl_coef, seed, n=6):
-    """Write tokens.html for the first n queries: reference and policy samples, in the KL and advantage views."""
-    queries = queries[:n]
+def write_token_view(path, run, policy, kl_coef, n=6):
+    """Write tokens.html for the first n held-out prompts of a finished run: reference and policy samples, in the KL
+    and advantage views, sampled as the evaluation samples them."""
+    queries = run.held_out(n)
+    sampling = dataclasses.replace(run.config.sampling, forward_batch_size=len(queries))
     rows = []
-    for who, model in (("reference", ref_model), ("policy", policy)):
-        responses = generate_responses(model, queries, config.rlhf.response_tokens, forward_batch_size=len(queries),
-                                       rng=np.random.default_rng(seed), eos_token_id=tokenizer.eos_token_id,
-                                       stop_at_eos=config.rlhf.stop_at_eos)
-        numbers = token_numbers(policy, ref_model, tokenizer, scorer, queries, responses, kl_coef,
-                                config.ppo.gamma, config.ppo.lam)
+    for who, model in (("reference", run.ref_model), ("policy", policy)):
+        responses = sample(model, run.tokenizer, queries, sampling,
+                           np.random.default_rng(run.config.seed + EVAL_SEED_OFFSET))
+        numbers = token_numbers(policy, run.ref_model, run.tokenizer, run.proxy, queries, responses, kl_coef,
+                                run.config.ppo.gamma, run.config.ppo.lam)
         rows.append((who, responses, numbers))
     kl_scale = max(float(np.abs(r[2][1]).max()) for r in rows)
     adv_scale = max(float(np.abs(r[2][2]).max()) for r in rows)
     parts = [_HEAD.format(kl_coef=kl_coef, kl_scale=kl_scale, adv_scale=adv_scale)]
+    tokenizer = run.tokenizer
     for i, q in enumerate(queries):
         parts.append(f"<h3>{html.escape(tokenizer.decode([int(t) for t in q]))}</h3><table>")
         for who, responses, (scores, logratio, advantages, mask) in rows:

@@ -86,41 +86,17 @@ def lbfgs(fun: Callable, x0: np.ndarray, *, max_iter: int = 500, history: int = 
     for k in range(1, max_iter + 1):
         if np.max(np.abs(g)) < gtol:
             return LbfgsResult(x, f, k - 1, True, "gradient below gtol")
-        # Two-loop recursion: q <- g, peel off the newest pairs, scale, then add them back oldest first.
-        q = g.copy()
-        alphas = []
-        for s, yv, rho in reversed(pairs):
-            a = rho * _dot(s, q)
-            q -= a * yv
-            alphas.append(a)
-        if pairs:
-            s, yv, _ = pairs[-1]
-            q *= _dot(s, yv) / _dot(yv, yv)
-        else:
-            q /= max(np.sqrt(_dot(g, g)), 1.0)  # first step: at most unit length along -g
-        for (s, yv, rho), a in zip(pairs, reversed(alphas)):
-            q += s * (a - rho * _dot(yv, q))
-        d = -q
+        d = _direction(g, pairs)
         slope = _dot(g, d)
         if slope >= 0:  # not a descent direction (stale curvature): restart from steepest descent
             pairs.clear()
             d = -g / max(np.sqrt(_dot(g, g)), 1.0)
             slope = _dot(g, d)
-        t = 1.0
-        for _ in range(50):
-            x_new = x + t * d
-            f_new, g_new = fun(x_new)
-            if f_new <= f + 1e-4 * t * slope:
-                break
-            t *= 0.5
-        else:
+        step = _armijo_step(fun, x, f, d, slope)
+        if step is None:
             return LbfgsResult(x, f, k, False, "line search failed")
-        s, yv = x_new - x, g_new - g
-        sy = _dot(s, yv)
-        if sy > 1e-12 * _dot(yv, yv):
-            pairs.append((s, yv, 1.0 / sy))
-            if len(pairs) > history:
-                pairs.pop(0)
+        x_new, f_new, g_new = step
+        _remember(pairs, x_new - x, g_new - g, history)
         f_old = f
         x, f, g = x_new, f_new, g_new
         if callback is not None and callback(k, x, f):
@@ -128,6 +104,47 @@ def lbfgs(fun: Callable, x0: np.ndarray, *, max_iter: int = 500, history: int = 
         if f_old - f <= ftol * max(1.0, abs(f)):
             return LbfgsResult(x, f, k, True, "loss change below ftol")
     return LbfgsResult(x, f, max_iter, False, "max_iter reached")
+
+
+def _direction(g, pairs):
+    """d = -H g by the two-loop recursion: q <- g, peel off the newest pairs, scale by H_0 = (s.y / y.y) I of the
+    newest pair, then add them back oldest first. Without pairs, a step of at most unit length along -g."""
+    q = g.copy()
+    alphas = []
+    for s, yv, rho in reversed(pairs):
+        a = rho * _dot(s, q)
+        q -= a * yv
+        alphas.append(a)
+    if pairs:
+        s, yv, _ = pairs[-1]
+        q *= _dot(s, yv) / _dot(yv, yv)
+    else:
+        q /= max(np.sqrt(_dot(g, g)), 1.0)
+    for (s, yv, rho), a in zip(pairs, reversed(alphas)):
+        q += s * (a - rho * _dot(yv, q))
+    return -q
+
+
+def _armijo_step(fun, x, f, d, slope, halvings=50):
+    """x + t d for the first t = 1, 1/2, 1/4, ... with f(x + t d) <= f(x) + 1e-4 t g.d -> (x_new, f_new, g_new),
+    or None when none of `halvings` steps is accepted."""
+    t = 1.0
+    for _ in range(halvings):
+        x_new = x + t * d
+        f_new, g_new = fun(x_new)
+        if f_new <= f + 1e-4 * t * slope:
+            return x_new, f_new, g_new
+        t *= 0.5
+    return None
+
+
+def _remember(pairs, s, yv, history):
+    """Keep the pair (s, y) if its curvature s.y > 0 (up to rounding), and at most the newest `history` pairs."""
+    sy = _dot(s, yv)
+    if sy > 1e-12 * _dot(yv, yv):
+        pairs.append((s, yv, 1.0 / sy))
+        if len(pairs) > history:
+            pairs.pop(0)
 
 
 @dataclass
@@ -165,25 +182,34 @@ def fit_logistic_regression(X: CSR, y: np.ndarray, l2: float, *, X_val: Optional
     if w0 is not None:
         theta0[:d] = w0
         theta0[d] = b0
-    best = {"theta": theta0, "val": np.inf, "iter": 0}
-    history = []
-    validate = X_val is not None and y_val is not None
-    if validate:
-        y_val = np.asarray(y_val, dtype=np.float64)
-        best["val"] = log_loss(X_val.matvec(best["theta"][:d]) + best["theta"][d], y_val)
-
-    def callback(k, theta, f):
-        if not validate:
-            history.append((k, f, None))
-            return False
-        val = log_loss(X_val.matvec(theta[:d]) + theta[d], y_val)
-        history.append((k, f, val))
-        if val < best["val"]:
-            best.update(theta=theta.copy(), val=val, iter=k)
-        return k - best["iter"] >= patience
-
-    result = lbfgs(fun, theta0, max_iter=max_iter, gtol=gtol, callback=callback)
+    if X_val is None or y_val is None:
+        history = []
+        result = lbfgs(fun, theta0, max_iter=max_iter, gtol=gtol,
+                       callback=lambda k, theta, f: history.append((k, f, None)))
+        logger.debug("l2=%g: %s after %d iterations", l2, result.message, result.n_iter)
+        return FitResult(w=result.x[:d].copy(), b=float(result.x[d]), best_iter=result.n_iter, n_iter=result.n_iter,
+                         history=history)
+    best = _BestOnValidation(theta0, X_val, np.asarray(y_val, dtype=np.float64), patience)
+    result = lbfgs(fun, theta0, max_iter=max_iter, gtol=gtol, callback=best)
     logger.debug("l2=%g: %s after %d iterations", l2, result.message, result.n_iter)
-    theta = best["theta"] if validate else result.x
-    return FitResult(w=theta[:d].copy(), b=float(theta[d]), best_iter=best["iter"] if validate else result.n_iter,
-                     n_iter=result.n_iter, val_log_loss=best["val"] if validate else None, history=history)
+    return FitResult(w=best.theta[:d].copy(), b=float(best.theta[d]), best_iter=best.iter, n_iter=result.n_iter,
+                     val_log_loss=best.val, history=best.history)
+
+
+class _BestOnValidation:
+    """Early stopping, as lbfgs's callback: keeps the weights with the lowest validation log-loss seen so far (from
+    the start on), and stops once it has not improved for `patience` iterations."""
+
+    def __init__(self, theta0, X_val, y_val, patience):
+        self.X_val, self.y_val, self.patience, self.history = X_val, y_val, patience, []
+        self.theta, self.iter, self.val = theta0, 0, self.log_loss(theta0)
+
+    def log_loss(self, theta):
+        return log_loss(self.X_val.matvec(theta[:-1]) + theta[-1], self.y_val)
+
+    def __call__(self, k, theta, f):
+        val = self.log_loss(theta)
+        self.history.append((k, f, val))
+        if val < self.val:
+            self.theta, self.val, self.iter = theta.copy(), val, k
+        return k - self.iter >= self.patience

@@ -77,32 +77,40 @@ def train_scorer(train_texts: Sequence[str], train_labels: Sequence[int], val_te
         raise ValueError(f"l2 must be non-negative, got {l2}")
     best = None
     for name, config in _resolve_features(features).items():
-        t0 = time.perf_counter()
-        featurizer, X_train = Featurizer.fit_transform(train_texts, y_train, config)
-        X_val = featurizer.transform(val_texts)
-        t_features = time.perf_counter() - t0
-        w0, b0, previous = None, 0.0, np.inf
-        for value in l2_grid:
-            t1 = time.perf_counter()
-            fit = fit_logistic_regression(X_train, y_train, value, X_val=X_val, y_val=y_val, max_iter=max_iter,
-                                          patience=patience, w0=w0, b0=b0)
-            w0, b0 = fit.w, fit.b
-            val_logits = X_val.matvec(fit.w) + fit.b
-            val = {"accuracy": float(np.mean((val_logits > 0) == (y_val == 1))),
-                   "log_loss": log_loss(val_logits, y_val)}
-            log(f"features={name} (D={len(featurizer)}, {t_features:.1f}s) l2={value:g}: val accuracy "
-                f"{val['accuracy']:.4f} log-loss {val['log_loss']:.4f} (best iteration {fit.best_iter} of "
-                f"{fit.n_iter}, {time.perf_counter() - t1:.1f}s)")
-            if best is None or val["log_loss"] < best["val"]["log_loss"]:
-                best = {"name": name, "featurizer": featurizer, "fit": fit, "l2": value, "val": val}
-            if val["log_loss"] >= previous:  # past the bottom of the (unimodal) validation curve
-                break
-            previous = val["log_loss"]
+        fit = _l2_path(name, config, train_texts, y_train, val_texts, y_val, l2_grid, max_iter, patience, log)
+        if best is None or fit["val"]["log_loss"] < best["val"]["log_loss"]:
+            best = fit
     info = {"features": best["name"], "l2": best["l2"], "best_iter": best["fit"].best_iter,
             "val_accuracy": best["val"]["accuracy"], "val_log_loss": best["val"]["log_loss"],
             "n_train": len(train_texts), "n_val": len(val_texts)}
     log(f"chose features={best['name']} l2={best['l2']:g}")
     return Scorer(best["featurizer"], best["fit"].w, best["fit"].b, info)
+
+
+def _l2_path(name, config, train_texts, y_train, val_texts, y_val, l2_grid, max_iter, patience, log) -> dict:
+    """One feature variant along the l2 grid (largest first), each fit warm-started from the one before, until the
+    validation log-loss stops falling -> the fit with the lowest: {"name", "featurizer", "fit", "l2", "val"}."""
+    t0 = time.perf_counter()
+    featurizer, X_train = Featurizer.fit_transform(train_texts, y_train, config)
+    X_val = featurizer.transform(val_texts)
+    t_features = time.perf_counter() - t0
+    best, w0, b0, previous = None, None, 0.0, np.inf
+    for value in l2_grid:
+        t1 = time.perf_counter()
+        fit = fit_logistic_regression(X_train, y_train, value, X_val=X_val, y_val=y_val, max_iter=max_iter,
+                                      patience=patience, w0=w0, b0=b0)
+        w0, b0 = fit.w, fit.b
+        val_logits = X_val.matvec(fit.w) + fit.b
+        val = {"accuracy": float(np.mean((val_logits > 0) == (y_val == 1))), "log_loss": log_loss(val_logits, y_val)}
+        log(f"features={name} (D={len(featurizer)}, {t_features:.1f}s) l2={value:g}: val accuracy "
+            f"{val['accuracy']:.4f} log-loss {val['log_loss']:.4f} (best iteration {fit.best_iter} of "
+            f"{fit.n_iter}, {time.perf_counter() - t1:.1f}s)")
+        if best is None or val["log_loss"] < best["val"]["log_loss"]:
+            best = {"name": name, "featurizer": featurizer, "fit": fit, "l2": value, "val": val}
+        if val["log_loss"] >= previous:  # past the bottom of the (unimodal) validation curve
+            break
+        previous = val["log_loss"]
+    return best
 
 
 def refit_scorer(texts: Sequence[str], labels: Sequence[int], chosen: Scorer) -> Scorer:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minichatgpt import cli, compare
-from minichatgpt.config import PPO
+from minichatgpt.config import PPO, CompareConfig
 from minichatgpt.run_folder import Lock
 from ppo_np.grpo import GRPOTrainer
 from ppo_np.trainer import PPOTrainer
@@ -19,7 +19,7 @@ TRAINED = ("ppo", "rloo", "grpo", "dpo")
 
 
 def test_every_trained_method_makes_the_same_gradient_updates_on_the_same_number_of_responses():
-    cfg = compare.CompareConfig()
+    cfg = CompareConfig()
     configs = compare.trainer_configs(cfg, PPO)
     updates = {  # (gradient updates per step, responses per update); a DPO pair is two responses
         "ppo": (configs["ppo"].batch_size // configs["ppo"].mini_batch_size * configs["ppo"].ppo_epochs,
@@ -39,14 +39,14 @@ def test_every_trained_method_makes_the_same_gradient_updates_on_the_same_number
 @pytest.mark.parametrize("change, message", [
     (dict(budget=100), "budget 100 must be a multiple of batch_size 64"),
     (dict(batch_size=62, budget=124 * 32), "batch_size 62 must be a multiple of rloo_k 4"),
-    (dict(rloo_k=1), "rloo_k and grpo_group_size must be >= 2"),
+    (dict(rloo_k=1), "rloo_k 1 is out of range: rloo_k must be >= 2"),
     (dict(eval_prompts=300), "must be a multiple of eval_prompts 300"),
     (dict(budget=256, batch_size=64, eval_prompts=256), "at least twice it"),
     (dict(lr=float("nan")), "lr must be a finite number > 0"),
 ])
 def test_settings_that_cannot_give_every_method_the_same_budget_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
-        compare.CompareConfig(**change)
+        CompareConfig(**change)
 
 
 def test_only_the_first_step_is_traced_and_each_records_its_responses():
@@ -138,4 +138,4 @@ def test_compare_refuses_an_unfinished_run_and_bad_options(tmp_path, capsys):
     assert e.value.code == 1 and "is not a finished run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.compare_main(["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--budget", "100"])
-    assert e.value.code == 2 and "budget 100 must be a multiple of batch_size 64" in capsys.readouterr().err
+    assert e.value.code == 2 and "--budget 100 must be a multiple of --batch-size 64" in capsys.readouterr().err

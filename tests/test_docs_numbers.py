@@ -104,10 +104,10 @@ def check_quotes(doc, quotes, root=ROOT):
 # ------------------------------------------------------------------------------------------------ what is quoted
 def ppo_doc_quotes():
     """docs/ppo.md. Read at test time, so that a patched config is seen (the negative control)."""
-    TRL, PPO, RLHF, MODEL = PPOConfig(), config.PPO, config.RLHF, config.MODEL
+    TRL, PPO, RLHF, MODEL, SAMPLING = PPOConfig(), config.PPO, config.RLHF, config.MODEL, config.SAMPLING
     step = 0.2 * PPO.batch_size / PPO.horizon           # the largest move of beta per step, |e| n / H
     beta0, steps = PPO.init_kl_coef, RLHF.steps
-    columns = RLHF.query_max_tokens + RLHF.response_tokens
+    columns = RLHF.query_max_tokens + SAMPLING.response_tokens
     return [
         Quote("defaults to TRL 0.1's `default_params`: lr $@$, batch @, forward batch @, @ PPO epochs, initial KL "
               "coefficient @, target KL @, horizon @, $\\gamma$ @, $\\lambda$ @, cliprange @, cliprange_value @, "
@@ -144,13 +144,13 @@ def ppo_doc_quotes():
         Quote("against a target of @", code("config.PPO", PPO, "target")),
         Quote("(@ rows, @ columns and $V = @$ in float32: @ MB each)",
               [("config.PPO.forward_batch_size", PPO.forward_batch_size),
-               ("config.RLHF.query_max_tokens + response_tokens", columns),
+               ("config.RLHF.query_max_tokens + config.SAMPLING.response_tokens", columns),
                ("config.MODEL.vocab_size", MODEL.vocab_size),
                ("rows x columns x V x 4 bytes / 1e6", PPO.forward_batch_size * columns * MODEL.vocab_size * 4 / 1e6)],
               approx=True),
         Quote("with our prompts of @ to @ tokens", code("config.RLHF", RLHF, "query_min_tokens", "query_max_tokens")),
         Quote("the first @ to @ tokens of reviews", code("config.RLHF", RLHF, "query_min_tokens", "query_max_tokens")),
-        Quote("each response has at most @ new tokens", code("config.RLHF", RLHF, "response_tokens")),
+        Quote("each response has at most @ new tokens", code("config.SAMPLING", SAMPLING, "response_tokens")),
         Quote("policy on @ held-out prompts", code("config.RunConfig()", config.RunConfig(), "eval_prompts")),
     ]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import cli, overopt
+from minichatgpt import best_of_n, cli, overopt
 from minichatgpt.collapse import collapse_metrics, distinct_n, top_content_word, unique_share, words
 from ppo_np import batch as batch_module
 from tiny_run import fixture_corpus, kill_ppo_in_step, tiny_args
@@ -49,7 +49,7 @@ def test_a_collapsed_set_scores_worse_than_a_varied_one():
 
 def test_pick_probabilities_sum_to_one_and_match_counting():
     for N, n in ((5, 1), (5, 2), (6, 3), (8, 8)):
-        p = overopt.pick_probabilities(N, n)
+        p = best_of_n.pick_probabilities(N, n)
         assert abs(p.sum() - 1) < 1e-12
         counts = np.zeros(N)
         for subset in itertools.combinations(range(N), n):
@@ -63,12 +63,12 @@ def test_best_of_n_is_the_judge_score_of_the_proxy_argmax_averaged_over_every_su
     for n in (1, 2, 3, 6):
         brute = np.mean([np.mean([judge[p, max(s, key=lambda i: proxy[p, i])]
                                   for s in itertools.combinations(range(6), n)]) for p in range(3)])
-        assert abs(overopt.best_of_n(proxy, judge, n) - brute) < 1e-12, n
+        assert abs(best_of_n.best_of_n(proxy, judge, n) - brute) < 1e-12, n
     # n = 1 is the plain mean; n = N is the judge score of each prompt's proxy argmax
-    assert abs(overopt.best_of_n(proxy, judge, 1) - judge.mean()) < 1e-12
-    assert abs(overopt.best_of_n(proxy, judge, 6) - judge[np.arange(3), proxy.argmax(1)].mean()) < 1e-12
+    assert abs(best_of_n.best_of_n(proxy, judge, 1) - judge.mean()) < 1e-12
+    assert abs(best_of_n.best_of_n(proxy, judge, 6) - judge[np.arange(3), proxy.argmax(1)].mean()) < 1e-12
     # and the proxy's own best-of-n score only rises with n
-    own = [overopt.best_of_n(proxy, proxy, n) for n in (1, 2, 4)]
+    own = [best_of_n.best_of_n(proxy, proxy, n) for n in (1, 2, 4)]
     assert own[0] < own[1] < own[2]
 
 
@@ -96,7 +96,7 @@ def test_best_of_n_kl_formula_matches_a_monte_carlo_estimate_on_a_tiny_model():
         draws = rng.choice(len(seqs), size=(20000, n), p=p)
         picks = draws[np.arange(len(draws)), np.argmax(reward[draws], axis=1)]
         monte_carlo = float(np.mean(np.log(p_bon[picks]) - logp[picks]))
-        formula = overopt.kl_best_of_n(n)
+        formula = best_of_n.kl_best_of_n(n)
         print(f"n={n}: formula {formula:.4f}, exact {exact:.4f}, Monte Carlo {monte_carlo:.4f}")
         assert abs(monte_carlo - exact) < 0.03
         assert exact <= formula + 1e-9 and formula - exact < 0.02 * formula + 0.01
@@ -117,8 +117,8 @@ def test_the_fits_recover_alpha_and_beta_from_synthetic_points():
 
 
 def test_kl_best_of_n_values():
-    assert overopt.kl_best_of_n(1) == 0.0
-    assert abs(overopt.kl_best_of_n(64) - (math.log(64) - 63 / 64)) < 1e-15
+    assert best_of_n.kl_best_of_n(1) == 0.0
+    assert abs(best_of_n.kl_best_of_n(64) - (math.log(64) - 63 / 64)) < 1e-15
 
 
 # ---------------------------------------------------------------------------------------------- the command

@@ -158,6 +158,18 @@ def test_foreign_artifacts_are_refused(finished_run, tmp_path, capsys):
     assert_one_line_refusal(status, err, 1, "reward.npz changed since this run wrote it", "--restart reward")
 
 
+@pytest.mark.parametrize("main, replaced, by", [(cli.overopt_main, "reward.npz", "gold.npz"),
+                                                (cli.compare_main, "gpt_pretrained.npz", "gpt_ppo.npz")])
+def test_an_experiment_refuses_a_run_file_replaced_since_its_stage_wrote_it(finished_run, tmp_path, capsys, main,
+                                                                           replaced, by):
+    run_dir, _ = copy_run(finished_run, tmp_path)
+    shutil.copy(run_dir / by, run_dir / replaced)
+    before = snapshot(run_dir)
+    status, err = run_cli(capsys, ["--name", "copy", "--runs-dir", str(tmp_path / "runs"), "--quiet"], main=main)
+    assert_one_line_refusal(status, err, 1, f"{replaced} changed since this run wrote it", "--restart")
+    assert snapshot(run_dir) == before, "a refused experiment wrote files"
+
+
 def test_a_tokenizer_of_another_vocabulary_is_refused_beside_the_model(finished_run, tmp_path):
     from minichatgpt import stages
     from minigpt_np.data import build_tokenizer
