@@ -47,7 +47,7 @@ STD_EPS = 1e-4      # TRL's `std_grouped_rewards + 1e-4`
 
 def group_reward_std(scores, group_size):
     """std_group s: the unbiased standard deviation (torch.std) of each group's scores. (B,) -> (B / G,)."""
-    checks.grpo_advantages_inputs(scores, group_size)
+    checks.group_scores(scores, group_size)
     return np.asarray(scores, dtype=np.float64).reshape(-1, group_size).std(axis=1, ddof=1)
 
 
@@ -60,7 +60,7 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
     ~1e-16) would turn it into a number of order 1. G = 1 is refused: the unbiased std of one number is undefined
     (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too).
     """
-    checks.grpo_advantages_inputs(scores, group_size)
+    checks.group_scores(scores, group_size)
     s = np.asarray(scores, dtype=np.float64).reshape(-1, group_size)      # (B/G, G): one row per prompt
     advantages = s - s.mean(axis=1, keepdims=True)
     if scale_rewards:

@@ -40,7 +40,7 @@ def rloo_rewards(scores, old_logprobs, ref_logprobs, kl_coef, mask=None):
     non_score_rewards = -beta KL(y). TRL 0.13.0: `kl = logprobs - ref_logprobs`,
     `non_score_reward = (-args.kl_coef * kl).sum(1)`, `rlhf_reward = scores + non_score_reward`.
     """
-    checks.rloo_rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
+    checks.rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
     m = np.ones(np.shape(old_logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): both are 0 there, so k1 is 0 there
     per_token_kl = kl.k1(np.where(m, old_logprobs, 0.0), np.where(m, ref_logprobs, 0.0))
@@ -56,7 +56,7 @@ def rloo_advantages(rewards, k):
     (up to rounding, ~1e-16 |r|): it contributes no gradient. k = 1 is refused (no other response to form a
     baseline from; TRL 0.13.0 would divide by k - 1 = 0).
     """
-    checks.rloo_advantages_inputs(rewards, k)
+    checks.groups_of("rewards", rewards, "k", k)
     r = np.asarray(rewards, dtype=np.float64).reshape(-1, k)               # (B/k, k): one row per prompt
     baseline = (r.sum(axis=1, keepdims=True) - r) / (k - 1)
     return (r - baseline).reshape(-1)
