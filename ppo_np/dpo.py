@@ -164,6 +164,7 @@ def dpo_token_loss_backward(terms):
 
 
 def dpo_token_stats(terms):
+    """dpo_stats of the mini-batch's pairs."""
     return dpo_stats(terms.pairs)
 
 
