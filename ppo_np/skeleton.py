@@ -7,7 +7,7 @@ every method (docs/methods.md, section 6):
     construction  the policy, the frozen reference, AdamW, the generator that shuffles; the two vocabularies must
                   match, a method with values needs the policy's value head; no dropout anywhere
     step          1. check the batch once (ppo_np.checks) and lay it out (ppo_np.batch)
-                  2. no-graph forward passes, forward_batch_size rows at a time, of what the method asks for:
+                  2. no-graph forward passes, forward_batch_size units at a time, of what the method asks for:
                      logprobs (log pi_old), ref_logprobs, values (V_old), (B, R) each             -> Rollout
                   3. the method's prepare: one entry per unit for the mini-batches (advantages, returns, DPO's
                      reference sums, ...), and the step's stats about the rollout
@@ -153,16 +153,16 @@ class Trainer:
     def train_epochs(self, batch, arrays):
         """epochs passes over the units, shuffled afresh for each, in mini-batches -> every mini-batch's stats.
 
-        A mini-batch of units u takes rows u (and u + B for DPO's rejected halves: rows_per_unit) of the layout,
+        A mini-batch of units u takes rows u of the layout (and rows u + P, DPO's rejected responses: rows_per_unit),
         and entry u of every array prepare gave."""
         cfg, method = self.config, self.method
         units, epochs = cfg.batch_size, getattr(cfg, method.epochs)
         per_update = method.minibatches_per_update(cfg) if method.minibatches_per_update else 1
         count = epochs * (units // cfg.mini_batch_size)
         all_stats = []
-        for i, chosen in enumerate(minibatches(self.rng, units, cfg.mini_batch_size, epochs)):
-            rows = np.concatenate([chosen + j * units for j in range(method.rows_per_unit)])
-            all_stats.append(self.train_minibatch(batch.rows(rows), *(a[chosen] for a in arrays),
+        for i, drawn in enumerate(minibatches(self.rng, units, cfg.mini_batch_size, epochs)):
+            rows = np.concatenate([drawn + j * units for j in range(method.rows_per_unit)])
+            all_stats.append(self.train_minibatch(batch.rows(rows), *(a[drawn] for a in arrays),
                                                   zero_grad=i % per_update == 0,
                                                   step=(i + 1) % per_update == 0 or i + 1 == count))
         return all_stats
