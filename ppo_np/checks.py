@@ -1,31 +1,45 @@
-"""Input checks for ppo_np: every public function of `core`, of the methods beside PPO (kl, rloo, grpo, dpo) and
-each trainer's `step` makes one call here.
+"""Input checks for ppo_np: every public function of `core`, `kl`, the methods (rloo, grpo, dpo), every config and
+every trainer's `step` makes one call here, so the equations start on their first line.
 
-The equations in `core` then start on their first line. A check raises ValueError with a message that names
-the argument and says what it must be. `PPOTrainer.step` checks its batch once and runs its mini-batch loop
-inside `trusted()`, so nothing is validated again for every mini-batch (as torch.distributions skips its
-argument checks with validate_args=False).
+A check raises ValueError with a message that names the argument and says what it must be. The checks are built
+from the helpers of the first two sections, so each condition is written once: a number's bounds, an integer's, a
+mask, whole groups, a batch of token ids. They always run, in every mini-batch too: at the pipeline's default size
+they take about 0.1% of a PPO step (scripts/bench_checks.py; docs/ppo.md, section 17).
 """
-import contextlib
-
 import numpy as np
 
-_enabled = True
+# ----------------------------------------------------------------------------------------------------------
+# building blocks: numbers
 
 
-@contextlib.contextmanager
-def trusted():
-    """Inside this block the checks below return at once: for callers that validated their arrays already."""
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
+def _integer(name, value, minimum=1, why=""):
+    """An int (not a bool) >= minimum; minimum 1 reads "a positive integer"."""
+    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) and value >= minimum):
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}{why}")
+
+
+def _number(name, value, low=0.0, *, strict=True, finite=True, none_means=None, why=""):
+    """value > low (or >= low unless strict), and finite unless finite=False; nan always fails. With none_means,
+    None is allowed too, and means that."""
+    if none_means is not None:
+        if value is None:
+            return
+        why = f" (or None: {none_means}){why}"
+    above = value > low if strict else value >= low
+    if not (above and (np.isfinite(value) or not finite)):
+        bound = f"{'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name} must be {'a finite number ' if finite else ''}{bound}, got {value!r}{why}")
+
+
+def _interval(name, value, high, *, high_open=False, why=""):
+    """0 <= value <= high, or < high if high_open."""
+    if not (0 <= value and (value < high if high_open else value <= high)):
+        raise ValueError(f"{name} must lie in [0, {high:g}{')' if high_open else ']'}, got {value!r}{why}")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# building blocks
+# building blocks: arrays
 
 
 def _numeric(name, x):
@@ -41,14 +55,23 @@ def _same_shape(**arrays):
         raise ValueError(f"shape mismatch: {listed}; these arrays must have the same shape")
 
 
-def _per_token(**arrays):
-    """(B, T) numeric arrays of one shape."""
+def _numeric_same_shape(**arrays):
     for name, x in arrays.items():
         _numeric(name, x)
+    _same_shape(**arrays)
+
+
+def _per_token(**arrays):
+    """(B, T) numeric arrays of one shape."""
     first, x = next(iter(arrays.items()))
     if np.ndim(x) != 2:
         raise ValueError(f"{first} must be (B, T) per-token values, got shape {np.shape(x)}")
-    _same_shape(**arrays)
+    _numeric_same_shape(**arrays)
+
+
+def _per_response(name, x, B, method):
+    if np.shape(x) != (B,):
+        raise ValueError(f"{name} has shape {np.shape(x)}; {method} needs one {name[:-1]} per response: ({B},)")
 
 
 def _mask(mask, shape, min_valid=1):
@@ -82,24 +105,39 @@ def _response_mask(mask, shape):
                          "1 on its response tokens, then 0 on the padding after them")
 
 
-def _finite_scores(scores, B):
+def _finite(name, x, unit, hint=""):
+    """Every entry finite; names the first bad rows (units: "rows", "pairs")."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
+        raise ValueError(f"{name} at {unit} {bad[:10].tolist()} are nan or inf{hint}")
+
+
+def _scores(scores, B):
+    """(B,) finite scores."""
     if np.shape(scores) != (B,):
         raise ValueError(f"scores has shape {np.shape(scores)}; need one score per response: ({B},)")
-    scores = np.asarray(scores, dtype=np.float64)
-    if not np.all(np.isfinite(scores)):
-        bad = np.flatnonzero(~np.isfinite(scores))
-        raise ValueError(f"scores at rows {bad[:10].tolist()} are nan or inf; the reward model must give "
-                         "finite scores (check it on those texts)")
+    _finite("scores", scores, "rows", "; the reward model must give finite scores (check it on those texts)")
+
+
+def _group_size(name, k):
+    """k >= 2 responses per prompt: a baseline from the other responses of a group needs at least one other."""
+    _integer(name, k, 2, ": a group-relative advantage compares each response with the other responses to the same "
+                         "prompt, and one response has none")
+
+
+def _longest_response(T, max_completion_length):
+    if max_completion_length is not None and T > max_completion_length:
+        raise ValueError(f"responses have up to {T} tokens but max_completion_length = {max_completion_length}; it "
+                         "must be the longest response the rollout can produce")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# one check per public function of ppo_np.core
+# ppo_np.core
 
 
 def logits_and_labels(logits, labels, dlogprobs=None):
     """logits (..., V) float, labels (...) ints in [0, V), dlogprobs (...) if given."""
-    if not _enabled:
-        return
     _numeric("logits", logits)
     labels = np.asarray(labels)
     if np.ndim(logits) < 2:
@@ -117,8 +155,6 @@ def logits_and_labels(logits, labels, dlogprobs=None):
 
 
 def logits(logits):
-    if not _enabled:
-        return
     _numeric("logits", logits)
     if np.ndim(logits) < 1:
         raise ValueError(f"logits must have a vocabulary axis, got shape {np.shape(logits)}")
@@ -126,91 +162,209 @@ def logits(logits):
 
 def masked_values(x, mask, min_valid=1):
     """x any shape, mask the same shape or None, at least `min_valid` valid entries."""
-    if not _enabled:
-        return
     _numeric("x", x)
     _mask(mask, np.shape(x), min_valid)
 
 
 def rewards_inputs(scores, logprobs, ref_logprobs, mask):
-    if not _enabled:
-        return
+    """PPO's per-token and RLOO's per-response rewards: logprobs, ref_logprobs (B, T), (B,) finite scores."""
     _per_token(logprobs=logprobs, ref_logprobs=ref_logprobs)
-    _finite_scores(scores, np.shape(logprobs)[0])
+    _scores(scores, np.shape(logprobs)[0])
     _response_mask(mask, np.shape(logprobs))
 
 
 def advantages_inputs(values, rewards, gamma, lam, mask):
-    if not _enabled:
-        return
     _per_token(values=values, rewards=rewards)
-    if not (0 <= gamma <= 1 and 0 <= lam <= 1):
-        raise ValueError(f"gamma ({gamma}) and lam ({lam}) must lie in [0, 1]")
+    _interval("gamma", gamma, 1.0)
+    _interval("lam", lam, 1.0)
     _response_mask(mask, np.shape(values))
 
 
 def ppo_loss_inputs(logprobs, old_logprobs, values, old_values, advantages, returns, mask, cliprange,
                     cliprange_value):
-    if not _enabled:
-        return
     _per_token(logprobs=logprobs, old_logprobs=old_logprobs, values=values, old_values=old_values,
                advantages=advantages, returns=returns)
-    if not cliprange >= 0:
-        raise ValueError(f"cliprange must be >= 0, got {cliprange}")
-    if not cliprange_value > 0:
-        raise ValueError(f"cliprange_value must be > 0, got {cliprange_value} (at 0 every value sits on both "
-                         "bounds of its clip at once)")
+    _number("cliprange", cliprange, strict=False, finite=False)
+    _number("cliprange_value", cliprange_value, finite=False,
+            why=" (at 0 every value sits on both bounds of its clip at once)")
     _response_mask(mask, np.shape(logprobs))
 
 
 def kl_controller(init_kl_coef, target=1.0, horizon=1.0):
-    if not (np.isfinite(init_kl_coef) and init_kl_coef >= 0):
-        raise ValueError(f"the initial KL coefficient must be a finite number >= 0, got {init_kl_coef}")
-    if not (np.isfinite(target) and target > 0):
-        raise ValueError(f"target KL must be a finite number > 0, got {target}")
-    if not (np.isfinite(horizon) and horizon > 0):
-        raise ValueError(f"horizon must be a finite number > 0, got {horizon}")
+    _number("init_kl_coef", init_kl_coef, strict=False)
+    _number("target", target)
+    _number("horizon", horizon)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PPOConfig and PPOTrainer.step
+# ppo_np.kl, rloo, grpo, dpo
+
+
+def kl_inputs(logprobs, ref_logprobs, dkl=None):
+    arrays = {"logprobs": logprobs, "ref_logprobs": ref_logprobs}
+    if dkl is not None:
+        arrays["dkl"] = dkl
+    _numeric_same_shape(**arrays)
+
+
+def groups_of(what, x, name, k):
+    """x (B,), B a multiple of the group size k >= 2: k consecutive responses per prompt."""
+    _group_size(name, k)
+    if np.ndim(x) != 1 or len(x) % k:
+        raise ValueError(f"{what} has shape {np.shape(x)}; need a 1-D array whose length is a multiple of {name} = "
+                         f"{k} ({k} consecutive responses per prompt)")
+
+
+def group_scores(scores, group_size):
+    groups_of("scores", scores, "group_size", group_size)
+    _scores(scores, len(scores))
+
+
+def rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange):
+    _per_token(logprobs=logprobs, old_logprobs=old_logprobs)
+    _per_response("advantages", advantages, np.shape(logprobs)[0], "RLOO")
+    _number("cliprange", cliprange, strict=False, finite=False, none_means="no clipping")
+    _response_mask(mask, np.shape(logprobs))
+
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+
+def _loss_type(loss_type, max_completion_length, owner=""):
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"{owner}loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type == "dr_grpo":
+        _integer(f"{owner}max_completion_length", max_completion_length,
+                 why=": loss_type 'dr_grpo' divides by B * max_completion_length, a constant")
+
+
+def grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
+                     max_completion_length):
+    _per_token(logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
+    _per_response("advantages", advantages, np.shape(logprobs)[0], "GRPO")
+    _number("beta", beta, strict=False)
+    _number("epsilon", epsilon, strict=False, finite=False)
+    _loss_type(loss_type, max_completion_length)
+    if loss_type == "dr_grpo":
+        _longest_response(np.shape(logprobs)[1], max_completion_length)
+    _response_mask(mask, np.shape(logprobs))
+
+
+def _label_smoothing(name, value):
+    _interval(name, value, 0.5, high_open=True,
+              why=" (it is the probability that a label is flipped; at 0.5 the labels carry no information)")
+
+
+def dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+                    label_smoothing):
+    if np.ndim(policy_chosen_logps) != 1 or len(policy_chosen_logps) == 0:
+        raise ValueError(f"policy_chosen_logps must be (P,) sequence log-probabilities, one per pair, got shape "
+                         f"{np.shape(policy_chosen_logps)}")
+    _numeric_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    _number("beta", beta)
+    _label_smoothing("label_smoothing", label_smoothing)
+
+
+def pair_scores(scores):
+    """(P, 2) finite scores of the two responses to each prompt -> as float64."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != 2 or len(scores) == 0:
+        raise ValueError(f"scores must be (P, 2): the proxy scores of the two responses to each prompt, got shape "
+                         f"{scores.shape}")
+    _finite("scores", scores, "pairs")
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trainers' configs
 
 
 def _largest_divisor_at_most(n, k):
     return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
+def _sizes(owner, cfg, epochs):
+    """What every trainer's config has: positive integer sizes that divide the batch (no row is ever dropped),
+    a finite lr > 0, an optional max_grad_norm > 0, a weight_decay >= 0."""
+    for name in ("batch_size", "forward_batch_size", "mini_batch_size", epochs):
+        _integer(f"{owner}.{name}", getattr(cfg, name))
+    for name in ("forward_batch_size", "mini_batch_size"):
+        size = getattr(cfg, name)
+        if cfg.batch_size % size:
+            raise ValueError(f"{owner}.batch_size ({cfg.batch_size}) must be a multiple of {name} ({size}) so that "
+                             f"no row is dropped; use e.g. {name}={_largest_divisor_at_most(cfg.batch_size, size)} or "
+                             f"batch_size={cfg.batch_size + size - cfg.batch_size % size}.")
+    _number(f"{owner}.lr", cfg.lr)
+    _number(f"{owner}.max_grad_norm", cfg.max_grad_norm, none_means="no clipping")
+    _number(f"{owner}.weight_decay", cfg.weight_decay, strict=False)
+
+
+def _whole_groups(owner, cfg, name):
+    k = getattr(cfg, name)
+    _group_size(f"{owner}.{name}", k)
+    if cfg.batch_size % k:
+        raise ValueError(f"{owner}.batch_size ({cfg.batch_size}) must be a multiple of {name} ({k}): the batch is "
+                         f"made of whole groups of {name} responses per prompt")
+
+
 def ppo_config(cfg):
-    """Positive integer sizes that divide the batch (no tail is ever dropped), finite positive rates."""
-    for name in ("batch_size", "forward_batch_size", "mini_batch_size", "ppo_epochs"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"PPOConfig.{name} must be a positive integer, got {value!r}")
-    if cfg.batch_size % cfg.forward_batch_size:
-        raise ValueError(
-            f"PPOConfig.batch_size ({cfg.batch_size}) must be a multiple of forward_batch_size "
-            f"({cfg.forward_batch_size}): forward passes run in chunks of forward_batch_size. Use e.g. "
-            f"forward_batch_size={_largest_divisor_at_most(cfg.batch_size, cfg.forward_batch_size)} or "
-            f"batch_size={cfg.batch_size + cfg.forward_batch_size - cfg.batch_size % cfg.forward_batch_size}.")
-    if cfg.batch_size % cfg.mini_batch_size:
-        raise ValueError(
-            f"PPOConfig.batch_size ({cfg.batch_size}) must be a multiple of mini_batch_size "
-            f"({cfg.mini_batch_size}) so that no tail batch is dropped; use e.g. mini_batch_size="
-            f"{_largest_divisor_at_most(cfg.batch_size, cfg.mini_batch_size)}.")
-    for name in ("lr", "cliprange", "cliprange_value", "vf_coef", "horizon", "target"):
-        value = getattr(cfg, name)
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"PPOConfig.{name} must be a finite number > 0, got {value!r}")
-    if not (np.isfinite(cfg.init_kl_coef) and cfg.init_kl_coef >= 0):
-        raise ValueError(f"PPOConfig.init_kl_coef must be a finite number >= 0, got {cfg.init_kl_coef!r}")
-    if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
-        raise ValueError(f"PPOConfig: need 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma={cfg.gamma}, lam={cfg.lam}")
-    if cfg.score_clip is not None and not (np.isfinite(cfg.score_clip) and cfg.score_clip > 0):
-        raise ValueError(f"PPOConfig.score_clip must be None or a finite number > 0, got {cfg.score_clip!r}")
-    if cfg.max_grad_norm is not None and not (np.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
-        raise ValueError(f"PPOConfig.max_grad_norm must be None or a finite number > 0, got {cfg.max_grad_norm!r}")
-    if not (np.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise ValueError(f"PPOConfig.weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
+    _sizes("PPOConfig", cfg, "ppo_epochs")
+    for name in ("cliprange", "cliprange_value", "vf_coef", "horizon", "target"):
+        _number(f"PPOConfig.{name}", getattr(cfg, name))
+    _number("PPOConfig.init_kl_coef", cfg.init_kl_coef, strict=False)
+    _interval("PPOConfig.gamma", cfg.gamma, 1.0)
+    _interval("PPOConfig.lam", cfg.lam, 1.0)
+    _number("PPOConfig.score_clip", cfg.score_clip, none_means="scores unclipped")
+
+
+def rloo_config(cfg):
+    _sizes("RLOOConfig", cfg, "ppo_epochs")
+    _whole_groups("RLOOConfig", cfg, "rloo_k")
+    _number("RLOOConfig.kl_coef", cfg.kl_coef, strict=False)
+    _number("RLOOConfig.cliprange", cfg.cliprange, none_means="no clipping")
+
+
+def grpo_config(cfg):
+    _sizes("GRPOConfig", cfg, "num_iterations")
+    _whole_groups("GRPOConfig", cfg, "group_size")
+    _number("GRPOConfig.beta", cfg.beta, strict=False)
+    _number("GRPOConfig.epsilon", cfg.epsilon)
+    _loss_type(cfg.loss_type, cfg.max_completion_length, "GRPOConfig.")
+
+
+def dpo_config(cfg):
+    _sizes("DPOConfig", cfg, "epochs")
+    _number("DPOConfig.beta", cfg.beta)
+    _label_smoothing("DPOConfig.label_smoothing", cfg.label_smoothing)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trainers' batches
+
+
+def _token_ids(kind, seqs, vocab_size):
+    """Each a non-empty 1-D array of integer token ids in [0, V) -> as int64 arrays."""
+    out = []
+    for i, ids in enumerate(seqs):
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"{kind} {i} has shape {ids.shape}; each {kind} must be a 1-D array of token ids")
+        if ids.size == 0:
+            raise ValueError(f"row {i} has an empty {kind}; every query and response needs at least one token")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{kind} {i} has dtype {ids.dtype}; token ids must be integers")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(f"{kind} {i} has token ids outside [0, {vocab_size}) (min {ids.min()}, max {ids.max()})")
+        out.append(ids.astype(np.int64))
+    return out
+
+
+def _fits(queries, responses, block_size):
+    longest = max(len(q) for q in queries) + max(len(r) for r in responses)
+    if longest > block_size:
+        raise ValueError(f"longest query + longest response = {longest} tokens exceeds block_size "
+                         f"{block_size}; use shorter prompts or responses")
 
 
 def rollout_batch(queries, responses, scores, batch_size, block_size, vocab_size):
@@ -222,230 +376,27 @@ def rollout_batch(queries, responses, scores, batch_size, block_size, vocab_size
     if not len(queries) == len(responses) == len(scores) == batch_size:
         raise ValueError(f"got {len(queries)} queries, {len(responses)} responses and {len(scores)} scores; "
                          f"each must equal batch_size = {batch_size}")
-    _finite_scores(scores, batch_size)
-    checked = []
-    for kind, seqs in (("query", queries), ("response", responses)):
-        out = []
-        for i, ids in enumerate(seqs):
-            ids = np.asarray(ids)
-            if ids.ndim != 1:
-                raise ValueError(f"{kind} {i} has shape {ids.shape}; each {kind} must be a 1-D array of token ids")
-            if ids.size == 0:
-                raise ValueError(f"row {i} has an empty {kind}; every query and response needs at least one token")
-            if not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"{kind} {i} has dtype {ids.dtype}; token ids must be integers")
-            if ids.min() < 0 or ids.max() >= vocab_size:
-                raise ValueError(f"{kind} {i} has token ids outside [0, {vocab_size}) "
-                                 f"(min {ids.min()}, max {ids.max()})")
-            out.append(ids.astype(np.int64))
-        checked.append(out)
-    queries, responses = checked
-    longest = max(len(q) for q in queries) + max(len(r) for r in responses)
-    if longest > block_size:
-        raise ValueError(f"longest query + longest response = {longest} tokens exceeds block_size "
-                         f"{block_size}; use shorter prompts or responses")
+    _scores(scores, batch_size)
+    queries, responses = _token_ids("query", queries, vocab_size), _token_ids("response", responses, vocab_size)
+    _fits(queries, responses, block_size)
     return queries, responses, scores.astype(np.float64)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the methods beside PPO: ppo_np.kl, rloo, grpo, dpo
-
-
-def _positive_int(owner, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
-
-
-def _positive_finite(owner, name, value):
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{owner}.{name} must be a finite number > 0, got {value!r}")
-
-
-def _group_size(name, k):
-    """k >= 2 responses per prompt: a baseline from the other responses of a group needs at least one other."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {k!r}: a group-relative advantage compares each "
-                         "response with the other responses to the same prompt, and one response has none")
-
-
-def _groups_of(what, x, name, k):
-    _group_size(name, k)
-    if np.ndim(x) != 1 or len(x) % k:
-        raise ValueError(f"{what} has shape {np.shape(x)}; need a 1-D array whose length is a multiple of {name} = "
-                         f"{k} ({k} consecutive responses per prompt)")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ppo_np.kl
-
-
-def kl_inputs(logprobs, ref_logprobs, dkl=None):
-    if not _enabled:
-        return
-    arrays = {"logprobs": logprobs, "ref_logprobs": ref_logprobs}
-    if dkl is not None:
-        arrays["dkl"] = dkl
-    for name, x in arrays.items():
-        _numeric(name, x)
-    _same_shape(**arrays)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ppo_np.rloo
-
-
-def rloo_rewards_inputs(scores, old_logprobs, ref_logprobs, mask):
-    if not _enabled:
-        return
-    _per_token(old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
-    _finite_scores(scores, np.shape(old_logprobs)[0])
-    _response_mask(mask, np.shape(old_logprobs))
-
-
-def rloo_advantages_inputs(rewards, k):
-    if not _enabled:
-        return
-    _groups_of("rewards", rewards, "k", k)
-
-
-def rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange):
-    if not _enabled:
-        return
-    _per_token(logprobs=logprobs, old_logprobs=old_logprobs)
-    if np.shape(advantages) != (np.shape(logprobs)[0],):
-        raise ValueError(f"advantages has shape {np.shape(advantages)}; RLOO needs one advantage per response: "
-                         f"({np.shape(logprobs)[0]},)")
-    if cliprange is not None and not cliprange >= 0:
-        raise ValueError(f"cliprange must be None (no clipping) or >= 0, got {cliprange}")
-    _response_mask(mask, np.shape(logprobs))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ppo_np.grpo
-
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
-
-
-def grpo_advantages_inputs(scores, group_size):
-    if not _enabled:
-        return
-    _groups_of("scores", scores, "group_size", group_size)
-    _finite_scores(scores, len(scores))
-
-
-def grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
-                     max_completion_length):
-    if not _enabled:
-        return
-    _per_token(logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
-    if np.shape(advantages) != (np.shape(logprobs)[0],):
-        raise ValueError(f"advantages has shape {np.shape(advantages)}; GRPO needs one advantage per response: "
-                         f"({np.shape(logprobs)[0]},)")
-    if not (np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    _loss_type(loss_type, max_completion_length, np.shape(logprobs)[1])
-    _response_mask(mask, np.shape(logprobs))
-
-
-def _loss_type(loss_type, max_completion_length, T=None):
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if loss_type == "dr_grpo":
-        if isinstance(max_completion_length, bool) or not isinstance(max_completion_length, (int, np.integer)) \
-                or max_completion_length <= 0:
-            raise ValueError(f"loss_type 'dr_grpo' divides by B * max_completion_length, a constant: give "
-                             f"max_completion_length as a positive integer, got {max_completion_length!r}")
-        if T is not None and T > max_completion_length:
-            raise ValueError(f"responses have up to {T} tokens but max_completion_length is "
-                             f"{max_completion_length}; it must be the longest response the rollout can produce")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ppo_np.dpo
-
-
-def dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
-                    label_smoothing):
-    if not _enabled:
-        return
-    arrays = dict(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                  ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
-    for name, x in arrays.items():
-        _numeric(name, x)
-    if np.ndim(policy_chosen_logps) != 1 or len(policy_chosen_logps) == 0:
-        raise ValueError(f"policy_chosen_logps must be (P,) sequence log-probabilities, one per pair, got shape "
-                         f"{np.shape(policy_chosen_logps)}")
-    _same_shape(**arrays)
-    if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite number > 0, got {beta}")
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing} (it is the probability that "
-                         "a label is flipped; at 0.5 the labels carry no information)")
-
-
-def pair_scores(scores):
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[1] != 2 or len(scores) == 0:
-        raise ValueError(f"scores must be (P, 2): the proxy scores of the two responses to each prompt, got shape "
-                         f"{scores.shape}")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(f"scores at pairs {np.flatnonzero(~np.isfinite(scores).all(axis=1))[:10].tolist()} are nan "
-                         "or inf")
-    return scores
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the trainers' configs and batches
-
-
-def sizes(owner, cfg, epochs_name):
-    """Positive integer sizes that divide the batch (no tail is ever dropped), a finite positive lr."""
-    for name in ("batch_size", "forward_batch_size", "mini_batch_size", epochs_name):
-        _positive_int(owner, name, getattr(cfg, name))
-    for name in ("forward_batch_size", "mini_batch_size"):
-        value = getattr(cfg, name)
-        if cfg.batch_size % value:
-            raise ValueError(f"{owner}.batch_size ({cfg.batch_size}) must be a multiple of {name} ({value}) so that "
-                             f"no row is dropped; use e.g. {name}="
-                             f"{_largest_divisor_at_most(cfg.batch_size, value)}.")
-    _positive_finite(owner, "lr", cfg.lr)
-    if cfg.max_grad_norm is not None:
-        _positive_finite(owner, "max_grad_norm", cfg.max_grad_norm)
-    if not (np.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise ValueError(f"{owner}.weight_decay must be a finite number >= 0, got {cfg.weight_decay!r}")
-
-
-def rloo_config(cfg):
-    sizes("RLOOConfig", cfg, "ppo_epochs")
-    _group_size("RLOOConfig.rloo_k", cfg.rloo_k)
-    if cfg.batch_size % cfg.rloo_k:
-        raise ValueError(f"RLOOConfig.batch_size ({cfg.batch_size}) must be a multiple of rloo_k ({cfg.rloo_k}): "
-                         "the batch is made of whole groups of rloo_k responses per prompt")
-    if not (np.isfinite(cfg.kl_coef) and cfg.kl_coef >= 0):
-        raise ValueError(f"RLOOConfig.kl_coef must be a finite number >= 0, got {cfg.kl_coef!r}")
-    if cfg.cliprange is not None:
-        _positive_finite("RLOOConfig", "cliprange", cfg.cliprange)
-
-
-def grpo_config(cfg):
-    sizes("GRPOConfig", cfg, "num_iterations")
-    _group_size("GRPOConfig.group_size", cfg.group_size)
-    if cfg.batch_size % cfg.group_size:
-        raise ValueError(f"GRPOConfig.batch_size ({cfg.batch_size}) must be a multiple of group_size "
-                         f"({cfg.group_size}): the batch is made of whole groups of responses per prompt")
-    if not (np.isfinite(cfg.beta) and cfg.beta >= 0):
-        raise ValueError(f"GRPOConfig.beta must be a finite number >= 0, got {cfg.beta!r}")
-    _positive_finite("GRPOConfig", "epsilon", cfg.epsilon)
-    _loss_type(cfg.loss_type, cfg.max_completion_length)
-
-
-def dpo_config(cfg):
-    sizes("DPOConfig", cfg, "epochs")
-    _positive_finite("DPOConfig", "beta", cfg.beta)
-    if not 0 <= cfg.label_smoothing < 0.5:
-        raise ValueError(f"DPOConfig.label_smoothing must lie in [0, 0.5), got {cfg.label_smoothing!r}")
+def preference_batch(queries, chosen, rejected, batch_size, block_size, vocab_size):
+    """P = batch_size (query, chosen, rejected) triples of valid token ids that fit the model's context -> as int64
+    arrays. A message about a response names its side, "chosen: ..." or "rejected: ..."."""
+    if not len(queries) == len(chosen) == len(rejected) == batch_size:
+        raise ValueError(f"got {len(queries)} queries, {len(chosen)} chosen and {len(rejected)} rejected responses; "
+                         f"each must equal batch_size = {batch_size}")
+    queries = _token_ids("query", queries, vocab_size)
+    out = []
+    for side, responses in (("chosen", chosen), ("rejected", rejected)):
+        try:
+            out.append(_token_ids("response", responses, vocab_size))
+            _fits(queries, out[-1], block_size)
+        except ValueError as e:
+            raise ValueError(f"{side}: {e}") from e
+    return (queries, *out)
 
 
 def groups(queries, k):
@@ -458,23 +409,4 @@ def groups(queries, k):
 
 
 def response_lengths(responses, max_completion_length):
-    longest = max(len(r) for r in responses)
-    if max_completion_length is not None and longest > max_completion_length:
-        raise ValueError(f"a response has {longest} tokens, more than max_completion_length = "
-                         f"{max_completion_length}")
-
-
-def preference_batch(queries, chosen, rejected, batch_size, block_size, vocab_size):
-    """B = batch_size (query, chosen, rejected) triples of valid token ids that fit the model's context."""
-    if not len(queries) == len(chosen) == len(rejected) == batch_size:
-        raise ValueError(f"got {len(queries)} queries, {len(chosen)} chosen and {len(rejected)} rejected responses; "
-                         f"each must equal batch_size = {batch_size}")
-    out = []
-    for name, responses in (("chosen", chosen), ("rejected", rejected)):
-        try:
-            out.append(rollout_batch(queries, responses, np.zeros(batch_size), batch_size, block_size,
-                                            vocab_size))
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from e
-    (queries, chosen, _), (_, rejected, _) = out
-    return queries, chosen, rejected
+    _longest_response(max(len(r) for r in responses), max_completion_length)

@@ -327,7 +327,7 @@ def logprobs_from_logits_backward(logits, labels, dlogprobs):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 9. into the GPT's own backward: not here, but in ppo_np/trainer.py, PPOTrainer.train_minibatch
+# 9. into the GPT's own backward: not here, but in ppo_np/update.py, called by the skeleton (ppo_np/skeleton.py)
 
 
 # ----------------------------------------------------------------------------------------------------------

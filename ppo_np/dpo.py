@@ -14,17 +14,16 @@ computed once, and each step only moves pi_c up and pi_r down relative to the re
 "conservative DPO" (labels assumed flipped with probability eps), kept because it is one extra term.
 """
 import dataclasses
-import time
 from typing import Optional
 
 import numpy as np
 
-from minigpt_np.optim import AdamW
+from . import checks
+from .batch import layout
+from .skeleton import Method, Trainer
 
-from . import checks, update
-from .batch import layout, response_logprobs
-
-__all__ = ["dpo_loss", "DPOTerms", "dpo_loss_backward", "dpo_stats", "make_pairs", "DPOConfig", "DPOTrainer"]
+__all__ = ["dpo_loss", "DPOTerms", "dpo_loss_backward", "dpo_stats", "make_pairs", "DPOConfig",
+           "DPOTrainer", "DPO"]
 
 
 def _log_sigmoid(x):
@@ -57,7 +56,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     The authors' `preference_loss` returns the per-pair losses and their trainer takes `losses.mean()`.
     """
     checks.dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                                  beta, label_smoothing)
+                           beta, label_smoothing)
     pc, pr, rc, rr = (np.asarray(a, dtype=np.float64) for a in (policy_chosen_logps, policy_rejected_logps,
                                                                 ref_chosen_logps, ref_rejected_logps))
     logits = (pc - pr) - (rc - rr)
@@ -113,7 +112,7 @@ def make_pairs(scores, rng, bradley_terry=False):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the trainer
+# the trainer: DPO's parts for the skeleton (ppo_np/skeleton.py)
 
 
 @dataclasses.dataclass
@@ -133,66 +132,67 @@ class DPOConfig:
         checks.dpo_config(self)
 
 
-class DPOTrainer:
+def dpo_prepare(trainer, rollout):
+    """The reference's sequence log-probabilities, computed once per step -> ((ref_c, ref_r), no stats): (P,) each,
+    ref_logprobs summed over each row's tokens (0 on padding), the chosen rows 0..P-1, the rejected P..2P-1."""
+    ref_logps = rollout.ref_logprobs.sum(axis=1)
+    P = len(ref_logps) // 2
+    return (ref_logps[:P], ref_logps[P:]), {}
+
+
+@dataclasses.dataclass
+class DPOTokenTerms:
+    """What `dpo_token_loss` computed: the pairs' DPOTerms, and the (2p, T) mask of their rows."""
+    pairs: DPOTerms
+    mask: np.ndarray
+
+
+def dpo_token_loss(cfg, batch, logprobs, values, ref_chosen_logps, ref_rejected_logps):
+    """dpo_loss of p pairs from the token log-probabilities (2p, T) of their rows, the p chosen then their p
+    rejected: pi_c, pi_r = logpi(y) = sum_t m_t logpi(y_t) of each half -> (loss, DPOTokenTerms). No value head."""
+    p = len(ref_chosen_logps)
+    logps = (logprobs * batch.mask).sum(axis=1)
+    loss, terms = dpo_loss(logps[:p], logps[p:], ref_chosen_logps, ref_rejected_logps, cfg.beta, cfg.label_smoothing)
+    return loss, DPOTokenTerms(terms, batch.mask)
+
+
+def dpo_token_loss_backward(terms):
+    """dL/dlogpi(y_t) = m_t dL/dlogpi(y) (2p, T): d logpi(y) / d logpi(y_t) = m_t, so every token of a response gets
+    its response's gradient, dL/dpi_c for the chosen rows and dL/dpi_r for the rejected ones."""
+    grads = dpo_loss_backward(terms.pairs)
+    return np.concatenate([grads["chosen"], grads["rejected"]])[:, None] * terms.mask
+
+
+def dpo_token_stats(terms):
+    """dpo_stats of the mini-batch's pairs."""
+    return dpo_stats(terms.pairs)
+
+
+class DPOTrainer(Trainer):
     """Gradient steps on a batch of fixed preference pairs. No value head, no reward model, no sampling.
 
-    The batch is laid out as 2P rows, the P chosen responses then the P rejected ones, each after its query; a
-    mini-batch of pairs takes its rows from both halves, so one forward pass gives both pi_c and pi_r.
-        1. forward pass of the reference, no graph: ref_c, ref_r (P,)
+    The batch is laid out as 2P rows, the P chosen responses then the P rejected ones, each after its query; the
+    skeleton shuffles pairs, and a mini-batch of pairs takes its rows from both halves, so one forward pass gives
+    both pi_c and pi_r.
+        1. forward pass of the reference, no graph: ref_c, ref_r (P,) (dpo_prepare)
         2. epochs passes over shuffled mini-batches of pairs: forward with graph, token logprobs summed per response,
-           dpo_loss and its per-pair gradient, spread over each response's tokens, through the GPT, AdamW
+           dpo_loss and its per-pair gradient, spread over each response's tokens (dpo_token_loss and its
+           backward), through the GPT, AdamW
     """
 
     def __init__(self, model, ref_model, config=None, pad_token_id=0):
-        self.config = config = config if config is not None else DPOConfig()
-        if ref_model.cfg.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"DPOTrainer: policy vocabulary ({model.cfg.vocab_size}) and reference vocabulary "
-                             f"({ref_model.cfg.vocab_size}) differ; DPO compares their log-probabilities")
-        self.model, self.ref_model = model, ref_model
-        model.training = ref_model.training = False
-        self.pad_token_id = pad_token_id
-        self.optimizer = AdamW(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.rng = np.random.default_rng(config.seed)
+        super().__init__(DPO, model, ref_model, config, pad_token_id)
 
     def step(self, queries, chosen, rejected):
         """queries, chosen, rejected: lists of P 1-D int arrays (P = batch_size) -> stats."""
         cfg = self.config
         queries, chosen, rejected = checks.preference_batch(queries, chosen, rejected, cfg.batch_size,
-                                                                   self.model.cfg.block_size,
-                                                                   self.model.cfg.vocab_size)
+                                                            self.model.cfg.block_size, self.model.cfg.vocab_size)
         identical = np.array([np.array_equal(c, r) for c, r in zip(chosen, rejected)])
-        with checks.trusted():
-            stats = self._step(layout(queries + queries, chosen + rejected, self.pad_token_id))
+        stats = self.run(layout(queries + queries, chosen + rejected, self.pad_token_id))
         stats["dpo/identical_pairs"] = float(identical.mean())
         return stats
 
-    def _step(self, batch):
-        cfg, P = self.config, self.config.batch_size
-        timing, t0 = {}, time.perf_counter()
 
-        t = time.perf_counter()
-        ref_logps = response_logprobs(self.ref_model, batch, 2 * cfg.forward_batch_size).sum(axis=1)  # 0 on padding
-        timing["time/dpo/forward_pass"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        all_stats = []
-        for pairs in update.minibatches(self.rng, P, cfg.mini_batch_size, cfg.epochs):
-            rows = np.concatenate([pairs, pairs + P])            # the chosen rows, then their rejected rows
-            all_stats.append(self.train_minibatch(batch.rows(rows), ref_logps[pairs], ref_logps[pairs + P]))
-        timing["time/dpo/optimize_step"] = time.perf_counter() - t
-        timing["time/dpo/total"] = time.perf_counter() - t0
-        return {**update.mean_stats(all_stats, "dpo"), **timing}
-
-    def train_minibatch(self, batch, ref_chosen_logps, ref_rejected_logps):
-        """One gradient update on p pairs: a Batch of 2p rows (p chosen, then their p rejected) -> its stats."""
-        cfg, p = self.config, len(ref_chosen_logps)
-        logits, response_logits, logprobs = update.policy_logprobs(self.model, batch)
-        logps = (logprobs * batch.mask).sum(axis=1)                              # logpi(y) = sum_t m_t logpi(y_t)
-        loss, terms = dpo_loss(logps[:p], logps[p:], ref_chosen_logps, ref_rejected_logps, cfg.beta,
-                               cfg.label_smoothing)
-        grads = dpo_loss_backward(terms)
-        # d logpi(y) / d logpi(y_t) = m_t: every token of a response gets its response's gradient
-        dlogprobs = np.concatenate([grads["chosen"], grads["rejected"]])[:, None] * batch.mask
-        update.apply_dlogprobs(self.model, self.optimizer, logits, batch, response_logits, dlogprobs, loss,
-                               cfg.max_grad_norm)
-        return dpo_stats(terms)
+DPO = Method("dpo", DPOTrainer, DPOConfig, "epochs", dpo_prepare, dpo_token_loss, dpo_token_loss_backward,
+             dpo_token_stats, forward=("ref_logprobs",), rows_per_unit=2, entropy=False, prepare_timing=None)

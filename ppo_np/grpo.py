@@ -32,25 +32,22 @@ What each Dr. GRPO option removes (Liu et al. 2025, "Understanding R1-Zero-Like 
   scale_rewards=False keeps A_i = s_i - mean_group s.
 """
 import dataclasses
-import time
 from typing import Optional
 
 import numpy as np
 
-from minigpt_np.optim import AdamW
-
-from . import checks, core, kl, update
-from .batch import layout, response_logprobs
+from . import checks, core, kl
+from .skeleton import Method, Trainer, rollout_stats
 
 __all__ = ["grpo_advantages", "group_reward_std", "grpo_loss", "GRPOTerms", "grpo_loss_backward", "grpo_stats",
-           "GRPOConfig", "GRPOTrainer"]
+           "GRPOConfig", "GRPOTrainer", "GRPO"]
 
 STD_EPS = 1e-4      # TRL's `std_grouped_rewards + 1e-4`
 
 
 def group_reward_std(scores, group_size):
     """std_group s: the unbiased standard deviation (torch.std) of each group's scores. (B,) -> (B / G,)."""
-    checks.grpo_advantages_inputs(scores, group_size)
+    checks.group_scores(scores, group_size)
     return np.asarray(scores, dtype=np.float64).reshape(-1, group_size).std(axis=1, ddof=1)
 
 
@@ -63,7 +60,7 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
     ~1e-16) would turn it into a number of order 1. G = 1 is refused: the unbiased std of one number is undefined
     (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too).
     """
-    checks.grpo_advantages_inputs(scores, group_size)
+    checks.group_scores(scores, group_size)
     s = np.asarray(scores, dtype=np.float64).reshape(-1, group_size)      # (B/G, G): one row per prompt
     advantages = s - s.mean(axis=1, keepdims=True)
     if scale_rewards:
@@ -108,7 +105,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, *, be
     `-torch.min(coef_1 * A, coef_2 * A)`, which is our max of the negated branches (core.clipped_surrogate).
     """
     checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
-                                   max_completion_length)
+                            max_completion_length)
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): replace it by 0 first, so every padded term and gradient is exactly 0
     logprobs, old_logprobs, ref_logprobs = (np.where(m, a, 0.0).astype(np.float64)
@@ -156,7 +153,7 @@ def grpo_stats(terms):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the trainer
+# the trainer: GRPO's parts for the skeleton (ppo_np/skeleton.py)
 
 
 @dataclasses.dataclass
@@ -180,74 +177,43 @@ class GRPOConfig:
         checks.grpo_config(self)
 
 
-class GRPOTrainer:
+def grpo_prepare(trainer, rollout):
+    """The group-relative advantages, from the scores alone (the KL is in the loss, not in the reward) ->
+    ((old_logprobs, ref_logprobs, advantages), the rollout's stats)."""
+    cfg, scores = trainer.config, rollout.scores
+    advantages = grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)
+    std = group_reward_std(scores, cfg.group_size)
+    stats = {**rollout_stats(rollout.logprobs, rollout.ref_logprobs, rollout.mask), "objective/beta": cfg.beta,
+             "grpo/mean_scores": float(scores.mean()),
+             "grpo/reward_std": float(std.mean()),                                    # TRL's reward_std
+             "grpo/frac_reward_zero_std": float(np.mean(np.isclose(std, 0.0)))}       # TRL 0.19.1's, isclose
+    return (rollout.logprobs, rollout.ref_logprobs, advantages), stats
+
+
+def grpo_minibatch_loss(cfg, batch, logprobs, values, old_logprobs, ref_logprobs, advantages):
+    """grpo_loss on one mini-batch of responses (no value head: values is None)."""
+    return grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, batch.mask, beta=cfg.beta, epsilon=cfg.epsilon,
+                     loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length)
+
+
+def grpo_check(cfg, queries, responses):
+    checks.groups(queries, cfg.group_size)
+    checks.response_lengths(responses, cfg.max_completion_length)
+
+
+class GRPOTrainer(Trainer):
     """One GRPO step on a batch of group_size consecutive responses per prompt. No value head: the baseline of a
     response is its group's mean score.
 
         1. forward pass, no graph, in chunks of forward_batch_size: old_logprobs, ref_logprobs (B, R)
-        2. group-relative advantages from the scores alone (the KL is in the loss, not in the reward)
+        2. group-relative advantages from the scores alone (grpo_prepare)
         3. num_iterations passes over shuffled mini-batches: forward with graph, grpo_loss and its per-token
            gradient, carried to the logits and through the GPT (ppo_np.update), AdamW
     """
 
     def __init__(self, model, ref_model, config=None, pad_token_id=0):
-        self.config = config = config if config is not None else GRPOConfig()
-        if ref_model.cfg.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"GRPOTrainer: policy vocabulary ({model.cfg.vocab_size}) and reference vocabulary "
-                             f"({ref_model.cfg.vocab_size}) differ; the KL term needs the same tokens")
-        self.model, self.ref_model = model, ref_model
-        model.training = ref_model.training = False     # no dropout: the ratio must be 1 before any update
-        self.pad_token_id = pad_token_id
-        self.optimizer = AdamW(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.rng = np.random.default_rng(config.seed)
+        super().__init__(GRPO, model, ref_model, config, pad_token_id)
 
-    def step(self, queries, responses, scores):
-        """queries, responses: lists of B 1-D int arrays, group_size consecutive rows per prompt; scores (B,)
-        -> stats."""
-        cfg = self.config
-        queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
-                                                          self.model.cfg.block_size, self.model.cfg.vocab_size)
-        checks.groups(queries, cfg.group_size)
-        checks.response_lengths(responses, cfg.max_completion_length)
-        with checks.trusted():
-            return self._step(layout(queries, responses, self.pad_token_id), scores)
 
-    def _step(self, batch, scores):
-        cfg, mask = self.config, batch.mask
-        timing, t0 = {}, time.perf_counter()
-
-        t = time.perf_counter()
-        old_logprobs = response_logprobs(self.model, batch, cfg.forward_batch_size)
-        ref_logprobs = response_logprobs(self.ref_model, batch, cfg.forward_batch_size)
-        timing["time/grpo/forward_pass"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        advantages = grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)
-        std = group_reward_std(scores, cfg.group_size)
-        timing["time/grpo/compute_advantages"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        all_stats = [self.train_minibatch(batch.rows(rows), old_logprobs[rows], ref_logprobs[rows], advantages[rows])
-                     for rows in update.minibatches(self.rng, cfg.batch_size, cfg.mini_batch_size, cfg.num_iterations)]
-        timing["time/grpo/optimize_step"] = time.perf_counter() - t
-
-        stats = {**update.rollout_stats(old_logprobs, ref_logprobs, mask), "objective/beta": cfg.beta,
-                 "grpo/mean_scores": float(scores.mean()),
-                 "grpo/reward_std": float(std.mean()),                                    # TRL's reward_std
-                 "grpo/frac_reward_zero_std": float(np.mean(np.isclose(std, 0.0))),       # TRL 0.19.1's, isclose
-                 **update.mean_stats(all_stats, "grpo")}
-        timing["time/grpo/total"] = time.perf_counter() - t0
-        return {**stats, **timing}
-
-    def train_minibatch(self, batch, old_logprobs, ref_logprobs, advantages):
-        """One gradient update on a mini-batch (a Batch of a few rows and their per-row arrays) -> its stats."""
-        cfg = self.config
-        logits, response_logits, logprobs = update.policy_logprobs(self.model, batch)
-        loss, terms = grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, batch.mask, beta=cfg.beta,
-                                epsilon=cfg.epsilon, loss_type=cfg.loss_type,
-                                max_completion_length=cfg.max_completion_length)
-        update.apply_dlogprobs(self.model, self.optimizer, logits, batch, response_logits, grpo_loss_backward(terms),
-                               loss, cfg.max_grad_norm)
-        stats = grpo_stats(terms)
-        stats["policy/entropy"] = core.masked_mean(core.entropy_from_logits(response_logits), batch.mask)
-        return stats
+GRPO = Method("grpo", GRPOTrainer, GRPOConfig, "num_iterations", grpo_prepare, grpo_minibatch_loss,
+              grpo_loss_backward, grpo_stats, check=grpo_check, prepare_timing="compute_advantages")

@@ -22,18 +22,15 @@ whole responses: once a response's probability has moved by more than e in the d
 all of its tokens stop pulling at once.
 """
 import dataclasses
-import time
 from typing import Optional
 
 import numpy as np
 
-from minigpt_np.optim import AdamW
-
-from . import checks, core, kl, update
-from .batch import layout, response_logprobs
+from . import checks, core, kl
+from .skeleton import Method, Trainer, rollout_stats
 
 __all__ = ["rloo_rewards", "rloo_advantages", "rloo_loss", "RLOOTerms", "rloo_loss_backward", "rloo_stats",
-           "RLOOConfig", "RLOOTrainer"]
+           "RLOOConfig", "RLOOTrainer", "RLOO"]
 
 
 def rloo_rewards(scores, old_logprobs, ref_logprobs, kl_coef, mask=None):
@@ -43,7 +40,7 @@ def rloo_rewards(scores, old_logprobs, ref_logprobs, kl_coef, mask=None):
     non_score_rewards = -beta KL(y). TRL 0.13.0: `kl = logprobs - ref_logprobs`,
     `non_score_reward = (-args.kl_coef * kl).sum(1)`, `rlhf_reward = scores + non_score_reward`.
     """
-    checks.rloo_rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
+    checks.rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
     m = np.ones(np.shape(old_logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): both are 0 there, so k1 is 0 there
     per_token_kl = kl.k1(np.where(m, old_logprobs, 0.0), np.where(m, ref_logprobs, 0.0))
@@ -59,7 +56,7 @@ def rloo_advantages(rewards, k):
     (up to rounding, ~1e-16 |r|): it contributes no gradient. k = 1 is refused (no other response to form a
     baseline from; TRL 0.13.0 would divide by k - 1 = 0).
     """
-    checks.rloo_advantages_inputs(rewards, k)
+    checks.groups_of("rewards", rewards, "k", k)
     r = np.asarray(rewards, dtype=np.float64).reshape(-1, k)               # (B/k, k): one row per prompt
     baseline = (r.sum(axis=1, keepdims=True) - r) / (k - 1)
     return (r - baseline).reshape(-1)
@@ -120,7 +117,7 @@ def rloo_stats(terms):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the trainer
+# the trainer: RLOO's parts for the skeleton (ppo_np/skeleton.py)
 
 
 @dataclasses.dataclass
@@ -141,70 +138,42 @@ class RLOOConfig:
         checks.rloo_config(self)
 
 
-class RLOOTrainer:
+def rloo_prepare(trainer, rollout):
+    """r = s - beta KL(y) and the leave-one-out advantages, one per response -> ((old_logprobs, advantages), the
+    rollout's stats)."""
+    cfg = trainer.config
+    rewards, non_score_rewards = rloo_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, cfg.kl_coef,
+                                              rollout.mask)
+    advantages = rloo_advantages(rewards, cfg.rloo_k)
+    stats = {**rollout_stats(rollout.logprobs, rollout.ref_logprobs, rollout.mask), "objective/kl_coef": cfg.kl_coef,
+             "rloo/mean_scores": float(rollout.scores.mean()),
+             "rloo/mean_non_score_reward": float(non_score_rewards.mean()),
+             "rloo/mean_rlhf_reward": float(rewards.mean())}
+    return (rollout.logprobs, advantages), stats
+
+
+def rloo_minibatch_loss(cfg, batch, logprobs, values, old_logprobs, advantages):
+    """rloo_loss on one mini-batch of responses (no value head: values is None)."""
+    return rloo_loss(logprobs, old_logprobs, advantages, batch.mask, cfg.cliprange)
+
+
+def rloo_check(cfg, queries, responses):
+    checks.groups(queries, cfg.rloo_k)
+
+
+class RLOOTrainer(Trainer):
     """One RLOO step on a batch of rloo_k consecutive responses per prompt. No value head: the baseline of each
     response is the mean reward of the other responses to its prompt.
 
         1. forward pass, no graph, in chunks of forward_batch_size: old_logprobs, ref_logprobs (B, R)
-        2. rewards r = score - beta KL(y) and leave-one-out advantages, one per response
+        2. rewards r = score - beta KL(y) and leave-one-out advantages, one per response (rloo_prepare)
         3. ppo_epochs passes over shuffled mini-batches: forward with graph, rloo_loss and its per-token gradient,
            carried to the logits and through the GPT (ppo_np.update), AdamW
     """
 
     def __init__(self, model, ref_model, config=None, pad_token_id=0):
-        self.config = config = config if config is not None else RLOOConfig()
-        if ref_model.cfg.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"RLOOTrainer: policy vocabulary ({model.cfg.vocab_size}) and reference vocabulary "
-                             f"({ref_model.cfg.vocab_size}) differ; the KL penalty needs the same tokens")
-        self.model, self.ref_model = model, ref_model
-        model.training = ref_model.training = False     # no dropout: the ratio must be 1 before any update
-        self.pad_token_id = pad_token_id
-        self.optimizer = AdamW(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.rng = np.random.default_rng(config.seed)
+        super().__init__(RLOO, model, ref_model, config, pad_token_id)
 
-    def step(self, queries, responses, scores):
-        """queries, responses: lists of B 1-D int arrays, rloo_k consecutive rows per prompt; scores (B,) -> stats."""
-        cfg = self.config
-        queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
-                                                          self.model.cfg.block_size, self.model.cfg.vocab_size)
-        checks.groups(queries, cfg.rloo_k)
-        with checks.trusted():
-            return self._step(layout(queries, responses, self.pad_token_id), scores)
 
-    def _step(self, batch, scores):
-        cfg, mask = self.config, batch.mask
-        timing, t0 = {}, time.perf_counter()
-
-        t = time.perf_counter()
-        old_logprobs = response_logprobs(self.model, batch, cfg.forward_batch_size)
-        ref_logprobs = response_logprobs(self.ref_model, batch, cfg.forward_batch_size)
-        timing["time/rloo/forward_pass"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        rewards, non_score_rewards = rloo_rewards(scores, old_logprobs, ref_logprobs, cfg.kl_coef, mask)
-        advantages = rloo_advantages(rewards, cfg.rloo_k)
-        timing["time/rloo/compute_rewards"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        all_stats = [self.train_minibatch(batch.rows(rows), old_logprobs[rows], advantages[rows])
-                     for rows in update.minibatches(self.rng, cfg.batch_size, cfg.mini_batch_size, cfg.ppo_epochs)]
-        timing["time/rloo/optimize_step"] = time.perf_counter() - t
-
-        stats = {**update.rollout_stats(old_logprobs, ref_logprobs, mask), "objective/kl_coef": cfg.kl_coef,
-                 "rloo/mean_scores": float(scores.mean()),
-                 "rloo/mean_non_score_reward": float(non_score_rewards.mean()),
-                 "rloo/mean_rlhf_reward": float(rewards.mean()),
-                 **update.mean_stats(all_stats, "rloo")}
-        timing["time/rloo/total"] = time.perf_counter() - t0
-        return {**stats, **timing}
-
-    def train_minibatch(self, batch, old_logprobs, advantages):
-        """One gradient update on a mini-batch (a Batch of a few rows, their old_logprobs and advantages) -> stats."""
-        logits, response_logits, logprobs = update.policy_logprobs(self.model, batch)
-        loss, terms = rloo_loss(logprobs, old_logprobs, advantages, batch.mask, self.config.cliprange)
-        update.apply_dlogprobs(self.model, self.optimizer, logits, batch, response_logits, rloo_loss_backward(terms),
-                               loss, self.config.max_grad_norm)
-        stats = rloo_stats(terms)
-        stats["policy/entropy"] = core.masked_mean(core.entropy_from_logits(response_logits), batch.mask)
-        return stats
-
+RLOO = Method("rloo", RLOOTrainer, RLOOConfig, "ppo_epochs", rloo_prepare, rloo_minibatch_loss, rloo_loss_backward,
+              rloo_stats, check=rloo_check)
