@@ -250,7 +250,8 @@ def auc(scores, labels) -> float:
 
 
 def load_gpt_reward(path, dtype=None) -> GPTRewardModel:
-    """Read a file written by GPTRewardModel.save. Missing -> FileNotFoundError; not a GPT reward model -> ValueError."""
+    """Read a file written by GPTRewardModel.save.
+    Missing -> FileNotFoundError; not a GPT reward model -> ValueError."""
     arrays, meta = load_npz(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a GPT reward model (its format is {meta.get('format')!r}, expected "

@@ -169,15 +169,16 @@ def _resume(path, model, optimizer, fingerprint):
 
 
 def train_gpt_reward(model: GPTRewardModel, train_texts: Sequence[str], train_labels, val_texts: Sequence[str],
-                     val_labels, cfg: GPTRewardConfig = GPTRewardConfig(), *, checkpoint_path=None,
+                     val_labels, cfg: Optional[GPTRewardConfig] = None, *, checkpoint_path=None,
                      log: Optional[Callable[[dict], None]] = None, progress: bool = False):
     """Train `model` in place on the labelled texts, choosing on validation -> (model with the best weights, metrics).
 
     model: `GPTRewardModel.from_pretrained(gpt, tokenizer, dropout=cfg.dropout, seed=cfg.seed)`. labels in {0, 1}.
     checkpoint_path: where to checkpoint and resume (None: no checkpoint). log receives each evaluation's
     record. metrics = {"best_step", "val" (classification_metrics + selection loss), "history", "steps",
-    "seconds", "stop_reason"}.
+    "seconds", "stop_reason"}. cfg None: GPTRewardConfig().
     """
+    cfg = GPTRewardConfig() if cfg is None else cfg
     y_train, y_val = _labels(train_labels, len(train_texts), "train"), _labels(val_labels, len(val_texts), "val")
     if model.gpt.cfg.dropout != cfg.dropout:
         raise ValueError(f"the model's trunk has dropout {model.gpt.cfg.dropout} but the config asks for "
@@ -189,17 +190,8 @@ def train_gpt_reward(model: GPTRewardModel, train_texts: Sequence[str], train_la
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_ratio * total))
 
-    resumed = _resume(checkpoint_path, model, optimizer, fingerprint)
-    if resumed is None:
-        state = {"step": 0, "elapsed": 0.0, "best_step": None, "best_val_loss": None, "history": [],
-                 "losses": [], "stop_reason": None}     # losses: training losses since the last evaluation
-        best = model.state_dict()
-    else:
-        state, best = resumed
-    state["stop_reason"] = "max_steps" if state["step"] >= total else state["stop_reason"]
-    if state["stop_reason"] == "max_seconds" and cfg.max_seconds is not None and state["elapsed"] < cfg.max_seconds:
-        state["stop_reason"] = None        # a budget raised since the last session reopens the run
-
+    state, best = _start(checkpoint_path, model, optimizer, fingerprint)
+    state["stop_reason"] = _stop_reason(cfg, state, total)     # a budget raised since the last session reopens a run
     start = time.perf_counter() - state["elapsed"]
     bar = _progress_bar(total, state["step"], progress)
     batches, batches_epoch = None, None
@@ -212,21 +204,18 @@ def train_gpt_reward(model: GPTRewardModel, train_texts: Sequence[str], train_la
             rows, y = batches[j]
             lr = lr_schedule(state["step"], max_lr=cfg.lr, warmup_steps=warmup, total_steps=total)
             model.training = True
-            state["losses"].append(_update(model, optimizer, cfg, right_pad([train_ids[i] for i in rows], model.pad_token_id),
-                                  y, lr))
-            state["step"] += 1
-            state["elapsed"] = time.perf_counter() - start
-            if state["step"] >= total:
-                state["stop_reason"] = "max_steps"
-            elif cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds:
-                state["stop_reason"] = "max_seconds"
+            idx = right_pad([train_ids[i] for i in rows], model.pad_token_id)             # (B', T)
+            state["losses"].append(_update(model, optimizer, cfg, idx, y, lr))
+            state.update(step=state["step"] + 1, elapsed=time.perf_counter() - start)
+            state["stop_reason"] = _stop_reason(cfg, state, total)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{state['losses'][-1]:.3f}", refresh=False)
             if state["step"] % cfg.eval_interval == 0 or state["stop_reason"]:
                 record = _evaluate(model, cfg, val_ids, y_val, state, lr)
                 if state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]:
-                    state["best_val_loss"], state["best_step"], best = record["val_loss"], state["step"], model.state_dict()
+                    state.update(best_val_loss=record["val_loss"], best_step=state["step"])
+                    best = model.state_dict()
                 if log is not None:
                     log(record)
             if checkpoint_path is not None and (state["step"] % cfg.checkpoint_interval == 0 or state["stop_reason"]):
@@ -235,7 +224,29 @@ def train_gpt_reward(model: GPTRewardModel, train_texts: Sequence[str], train_la
         model.training = was_training
         if bar is not None:
             bar.close()
+    return _finish(model, best, cfg, val_ids, y_val, state)
 
+
+def _start(checkpoint_path, model, optimizer, fingerprint):
+    """The loop's state and the best weights so far: from the checkpoint if there is one, else fresh."""
+    resumed = _resume(checkpoint_path, model, optimizer, fingerprint)
+    if resumed is not None:
+        return resumed
+    state = {"step": 0, "elapsed": 0.0, "best_step": None, "best_val_loss": None, "history": [],
+             "losses": [], "stop_reason": None}     # losses: training losses since the last evaluation
+    return state, model.state_dict()
+
+
+def _stop_reason(cfg, state, total):
+    if state["step"] >= total:
+        return "max_steps"
+    if cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds:
+        return "max_seconds"
+    return None
+
+
+def _finish(model, best, cfg, val_ids, y_val, state):
+    """Load the best weights, measure them on validation, record how they were made -> (model, metrics)."""
     model.load_state_dict(best)
     model.training = False
     val = classification_metrics(model.score_ids(val_ids), y_val)
@@ -271,7 +282,8 @@ def _evaluate(model, cfg, val_ids, y_val, state, lr) -> dict:
     """Validation now -> a record appended to state["history"], with the mean training loss since the last one."""
     rewards = model.score_ids(val_ids)
     metrics = classification_metrics(rewards, y_val)
-    record = {"step": state["step"], "train_loss": float(np.mean(state["losses"])), "val_loss": _selection_loss(cfg, rewards, y_val),
+    record = {"step": state["step"], "train_loss": float(np.mean(state["losses"])),
+              "val_loss": _selection_loss(cfg, rewards, y_val),
               "val_accuracy": metrics["accuracy"], "val_auc": metrics["auc"], "lr": lr, "elapsed": state["elapsed"]}
     state["history"].append(record)
     state["losses"] = []

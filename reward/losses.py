@@ -1,7 +1,9 @@
 """The GPT reward model's two losses, each a forward/backward pair on the scalar rewards (one per text).
 
-    bce_loss(rewards, labels) -> (loss, terms);   bce_loss_backward(terms) -> drewards
-    pairwise_loss(rewards, margin, center_rewards_coefficient) -> (loss, terms);   pairwise_loss_backward(terms) -> drewards
+    bce_loss(rewards, labels) -> (loss, terms)
+    bce_loss_backward(terms) -> drewards
+    pairwise_loss(rewards, margin, center_rewards_coefficient) -> (loss, terms)
+    pairwise_loss_backward(terms) -> drewards
 
 The forward takes NumPy rewards and returns the loss and what its backward needs; the backward returns dL/drewards
 with the rewards' shape, which the trainer pushes into the trunk with `minigpt_np.tensor.backward`. NumPy only.

@@ -325,12 +325,26 @@ def test_killed_training_resumes_to_the_same_weights_bit_for_bit(tokenizer, tmp_
     worst = max(float(np.max(np.abs(a - b)))
                 for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
     assert worst == 0.0, f"resumed weights differ from the uninterrupted run by up to {worst}"
-    untimed = [[{k: v for k, v in rec.items() if k != "elapsed"} for rec in m["history"]] for m in (m_straight, m_resumed)]
+    untimed = [[{k: v for k, v in rec.items() if k != "elapsed"} for rec in m["history"]]
+               for m in (m_straight, m_resumed)]
     assert untimed[0] == untimed[1] and m_resumed["best_step"] == m_straight["best_step"]
     # another option is refused, naming it
     with pytest.raises(FingerprintMismatch, match="lr"):
         train_gpt_reward(small_model(tokenizer, 2, 0.1), train, y_train, val, y_val,
                          dataclasses.replace(cfg, lr=1e-3), checkpoint_path=path)
+
+
+def test_a_time_budget_is_a_plain_stop_that_a_larger_budget_resumes(tokenizer, tmp_path):
+    train, y_train = texts_and_labels(TRAIN_TITLES)
+    val, y_val = texts_and_labels(VAL_TITLES)
+    cfg = GPTRewardConfig(lr=3e-3, epochs=2, batch_size=8, eval_interval=100, max_seconds=1e-9, seed=3)
+    path = tmp_path / "c.npz"
+    _, stopped = train_gpt_reward(small_model(tokenizer, 3), train, y_train, val, y_val, cfg, checkpoint_path=path)
+    assert stopped["steps"] == 1 and stopped["stop_reason"] == "max_seconds" and stopped["best_step"] == 1
+    _, resumed = train_gpt_reward(small_model(tokenizer, 3), train, y_train, val, y_val,
+                                  dataclasses.replace(cfg, max_seconds=None), checkpoint_path=path)
+    assert resumed["steps"] == 16 and resumed["stop_reason"] == "max_steps"
+    assert [rec["step"] for rec in resumed["history"]] == [1, 16]
 
 
 def test_config_refuses_options_of_the_other_loss_and_a_trunk_with_another_dropout(tokenizer):
