@@ -11,16 +11,16 @@ from the project README (github.com/cjhutto/vaderSentiment, README.rst lines 243
 3.3.2 release of 2020-05-22).
 
 What such a judge cannot see, measured with vaderSentiment 3.3.2 (tests/test_lexicon.py checks each number):
-- Words it does not list. Its 7,506 entries were rated for social media, and many critics' words are missing.
-  The corpus's rotten snippet "the plot grows thin soon , and you find yourself praying for a quick resolution ."
-  scores 0.4767: "praying" is listed as positive, while "thin" and "grows thin" are not listed at all.
-- Invented words. A word it has never seen counts as 0 and only dilutes the sum. Our pretrained GPT's
-  "... trilogy is a cinematic whimsy, hyperonaverational" gets 0.0. The judge cannot tell a coined word from
-  a real one.
-- Sarcasm. It adds up the valences of the words as they stand. The rotten snippet "... a real winner --
-  smart , funny , subtle , and resonant ." scores 0.9442, and the positive words are the sarcasm itself.
-So a policy that repeats a few listed words pleases it without saying anything, as it would please the
-n-gram reward. It is a check of another kind, not a gold.
+- Words it does not list. Its 7,506 entries are attuned to social media (its package summary says so), and
+  many critics' words are missing ("letdown", "incoherent", "pretentious"). The rotten snippet
+  "A well-crafted letdown." from the corpus's test split scores 0.0, a neutral verdict.
+- Invented words. A word it has never seen counts as 0. The pretrained GPT's answer to a held-out prompt of the
+  default run, "Even if you've neveraptits on funnyks into such coming-lin 'ticks'.", scores 0.0. A reader
+  sees "funny" in "funnyks"; with "funny" written out the text scores 0.4404.
+- Sarcasm. It adds up the listed words' valences as they stand. The rotten snippet "The movie is about as
+  humorous as watching your favorite pet get buried alive." scores 0.802 from "humorous", "favorite" and "alive".
+So a policy can please it by repeating a few listed words, as it can please the n-gram reward. It is a check of
+another kind, not a gold.
 """
 from __future__ import annotations
 

@@ -40,6 +40,10 @@ def test_what_the_judge_cannot_see_as_the_docstring_says(judge):
     # words it does not list: neither "well-crafted" nor "letdown" is rated, so a verdict becomes neutral
     assert judge.score(["A well-crafted letdown."]).tolist() == [0.0]
     assert "letdown" not in lexicon and "well-crafted" not in lexicon
+    assert not {"incoherent", "pretentious"} & set(lexicon)
+    # invented words: the pretrained GPT's "funnyks" counts as 0, while "funny" (1.9) would make the text positive
+    invented = "Even if you've neveraptits on funnyks into such coming-lin 'ticks'."
+    assert judge.score([invented, invented.replace("funnyks", "funny")]).tolist() == [0.0, 0.4404]
     # sarcasm: the rated words are read at face value
     sarcasm = "The movie is about as humorous as watching your favorite pet get buried alive."
     assert judge.score([sarcasm]).tolist() == [0.802]
