@@ -105,12 +105,12 @@ class GPTRewardModel:
         self.info = dict(info or {})
 
     @classmethod
-    def from_pretrained(cls, gpt, tokenizer: Tokenizer, *, dropout: float = 0.0, dtype=None, seed: int = 0):
-        """A copy of the pretrained GPT's trunk (with this dropout), a fresh head N(0, 0.02) and pad = eos."""
-        cfg = dataclasses.replace(gpt.cfg, dropout=dropout)
-        trunk = mg.GPT(cfg, dtype=gpt.dtype if dtype is None else dtype, seed=seed)
+    def from_pretrained(cls, gpt, tokenizer: Tokenizer, *, dtype=None, seed: int = 0):
+        """A copy of the pretrained GPT's trunk, a fresh head N(0, 0.02) and pad = eos. seed: the head and the
+        trunk's dropout generator."""
+        trunk = mg.GPT(gpt.cfg, dtype=gpt.dtype if dtype is None else dtype, seed=seed)
         trunk.load_state_dict(gpt.state_dict())
-        w = np.random.default_rng([seed, 1]).standard_normal((1, cfg.n_embd)) * 0.02
+        w = np.random.default_rng([seed, 1]).standard_normal((1, gpt.cfg.n_embd)) * 0.02
         return cls(trunk, w, tokenizer.eos_token_id, tokenizer)
 
     # ------------------------------------------------------------------------------------------ parameters

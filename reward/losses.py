@@ -9,7 +9,7 @@ The forward takes NumPy rewards and returns the loss and what its backward needs
 with the rewards' shape, which the trainer pushes into the trunk with `minigpt_np.tensor.backward`. NumPy only.
 
 The pairwise loss is TRL's `RewardTrainer.compute_loss` (trl 1.16.0, trl/trainer/reward_trainer.py):
-- lines 784-786: the batch holds the P chosen texts and then the P rejected ones (the collator concatenates
+- line 786: the batch holds the P chosen texts and then the P rejected ones (the collator concatenates
   `chosen_ids + rejected_ids`, line 209), and the rewards are split with `torch.chunk(..., chunks=2)`;
 - lines 789-792: loss = -logsigmoid(r_chosen - r_rejected - margin).mean(), the margin only when the data
   has one (per pair);

@@ -4,7 +4,7 @@ torch at float64, finite differences, padding on either side, training that resu
 The torch reference is GPT2ForSequenceClassification's head written from transformers 5.23.0
 (models/gpt2/modeling_gpt2.py:905-928): the score head at every position, read at
 argmax(arange(T) * (input_ids != pad_token_id)). The losses are written from TRL 1.16.0's
-RewardTrainer.compute_loss (trainer/reward_trainer.py:784-795).
+RewardTrainer.compute_loss (trainer/reward_trainer.py:786-795).
 """
 import dataclasses
 import sys
@@ -231,10 +231,10 @@ def texts_and_labels(titles):
     return texts, np.tile([1] * len(GOOD) + [0] * len(BAD), len(titles))
 
 
-def small_model(tokenizer, seed=0, dropout=0.0, block_size=24):
+def small_model(tokenizer, seed=0, block_size=24):
     gpt = mg.GPT(mg.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2,
                               n_embd=16), dtype=np.float64, seed=seed)
-    return GPTRewardModel.from_pretrained(gpt, tokenizer, dropout=dropout, seed=seed)
+    return GPTRewardModel.from_pretrained(gpt, tokenizer, seed=seed)
 
 
 def test_score_is_independent_of_order_and_batch_size_and_cuts_long_texts_to_their_end(tokenizer):
@@ -309,7 +309,7 @@ def test_killed_training_resumes_to_the_same_weights_bit_for_bit(tokenizer, tmp_
     # dropout > 0 so the dropout generator's state must be restored as well
     cfg = GPTRewardConfig(loss="pairwise", lr=3e-3, epochs=3, batch_size=8, dropout=0.1, margin=0.5,
                           center_rewards_coefficient=0.01, eval_interval=1, checkpoint_interval=4, seed=2)
-    straight, m_straight = train_gpt_reward(small_model(tokenizer, 2, 0.1), train, y_train, val, y_val, cfg,
+    straight, m_straight = train_gpt_reward(small_model(tokenizer, 2), train, y_train, val, y_val, cfg,
                                             checkpoint_path=tmp_path / "a.npz")
 
     # killed inside update 11: the checkpoint holds step 8, and updates 9 and 10 are lost with the process
@@ -323,10 +323,10 @@ def test_killed_training_resumes_to_the_same_weights_bit_for_bit(tokenizer, tmp_
     monkeypatch.setattr(gpt_reward_train, "_update", dies_in_update_11)
     path = tmp_path / "b.npz"
     with pytest.raises(SystemExit):
-        train_gpt_reward(small_model(tokenizer, 2, 0.1), train, y_train, val, y_val, cfg, checkpoint_path=path)
+        train_gpt_reward(small_model(tokenizer, 2), train, y_train, val, y_val, cfg, checkpoint_path=path)
     monkeypatch.setattr(gpt_reward_train, "_update", real_update)
     assert load_npz(path)[1]["training"]["state"]["step"] == 8
-    resumed, m_resumed = train_gpt_reward(small_model(tokenizer, 2, 0.1), train, y_train, val, y_val, cfg,
+    resumed, m_resumed = train_gpt_reward(small_model(tokenizer, 2), train, y_train, val, y_val, cfg,
                                           checkpoint_path=path)
     worst = max(float(np.max(np.abs(a - b)))
                 for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
@@ -336,7 +336,7 @@ def test_killed_training_resumes_to_the_same_weights_bit_for_bit(tokenizer, tmp_
     assert untimed[0] == untimed[1] and m_resumed["best_step"] == m_straight["best_step"]
     # another option is refused, naming it
     with pytest.raises(FingerprintMismatch, match="lr"):
-        train_gpt_reward(small_model(tokenizer, 2, 0.1), train, y_train, val, y_val,
+        train_gpt_reward(small_model(tokenizer, 2), train, y_train, val, y_val,
                          dataclasses.replace(cfg, lr=1e-3), checkpoint_path=path)
 
 
@@ -353,14 +353,16 @@ def test_a_time_budget_is_a_plain_stop_that_a_larger_budget_resumes(tokenizer, t
     assert [rec["step"] for rec in resumed["history"]] == [1, 16]
 
 
-def test_config_refuses_options_of_the_other_loss_and_a_trunk_with_another_dropout(tokenizer):
+def test_config_refuses_bad_options_and_training_refuses_bad_labels(tokenizer):
     with pytest.raises(ValueError, match="belong to loss='pairwise'"):
         GPTRewardConfig(loss="bce", margin=1.0)
     with pytest.raises(ValueError, match="loss must be one of"):
         GPTRewardConfig(loss="hinge")
+    with pytest.raises(ValueError, match="dropout must lie in"):
+        GPTRewardConfig(dropout=1.0)
     train, y = texts_and_labels(["a"])
-    with pytest.raises(ValueError, match="dropout"):
-        train_gpt_reward(small_model(tokenizer), train, y, train, y, GPTRewardConfig(dropout=0.1))
+    with pytest.raises(ValueError, match="labels in"):
+        train_gpt_reward(small_model(tokenizer), train, y * 2, train, y)
 
 
 def test_right_pad():
