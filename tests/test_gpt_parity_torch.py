@@ -25,6 +25,16 @@ LEFT_PADDING = np.array([[1] * 8, [0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1
 
 def torch_gpt(P, cfg, idx, attention_mask=None):
     """GPT-2 forward in plain torch. P: {HF name: tensor}; idx (B, T) long -> logits (B, T, V), values (B, T) | None."""
+    x = torch_hidden_states(P, cfg, idx, attention_mask)
+    logits = x @ P["transformer.wte.weight"].T
+    values = None
+    if "v_head.weight" in P:
+        values = (x @ P["v_head.weight"] + P["v_head.bias"]).squeeze(-1)
+    return logits, values
+
+
+def torch_hidden_states(P, cfg, idx, attention_mask=None):
+    """The GPT-2 trunk in plain torch: idx (B, T) long -> ln_f output (B, T, C), what the heads read."""
     Bsz, Tlen = idx.shape
     C, H = cfg.n_embd, cfg.n_head
     D = C // H
@@ -47,12 +57,7 @@ def torch_gpt(P, cfg, idx, attention_mask=None):
         m = TF.layer_norm(x, (C,), P[h + "ln_2.weight"], P[h + "ln_2.bias"], eps=1e-5)
         m = TF.gelu(m @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"], approximate="tanh")
         x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
-    x = TF.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], eps=1e-5)
-    logits = x @ P["transformer.wte.weight"].T
-    values = None
-    if "v_head.weight" in P:
-        values = (x @ P["v_head.weight"] + P["v_head.bias"]).squeeze(-1)
-    return logits, values
+    return TF.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], eps=1e-5)
 
 
 def random_state_dict(model, seed):
