@@ -1,5 +1,5 @@
 """ppo_np: TRL 0.1's PPO for language models in NumPy, with per-token gradients written out by hand, and the
-methods beside it on the same pieces: RLOO, GRPO, DPO and the k1/k2/k3 KL estimators (one module each).
+methods beside it on the same pieces, one module each: the k1/k2/k3 KL estimators, and every method METHODS lists.
 
 Every method's trainer is the one skeleton (ppo_np/skeleton.py) given the method's parts. METHODS, a plain dict
 from a method's name to its parts (a skeleton.Method: config, prepare, loss forward/backward, stats, trainer), is
@@ -10,11 +10,12 @@ from . import core
 from .core import AdaptiveKLController, FixedKLController
 from .dpo import DPO, DPOConfig, DPOTrainer
 from .grpo import GRPO, GRPOConfig, GRPOTrainer
+from .reinforce import REINFORCE
 from .rloo import RLOO, RLOOConfig, RLOOTrainer
 from .skeleton import Method, Trainer
 from .trainer import PPO, PPOConfig, PPOTrainer
 
-METHODS = {"ppo": PPO, "rloo": RLOO, "grpo": GRPO, "dpo": DPO}
+METHODS = {"ppo": PPO, "rloo": RLOO, "grpo": GRPO, "dpo": DPO, "reinforce": REINFORCE}
 
 __all__ = ["AdaptiveKLController", "DPOConfig", "DPOTrainer", "FixedKLController", "GRPOConfig", "GRPOTrainer",
            "METHODS", "Method", "PPOConfig", "PPOTrainer", "RLOOConfig", "RLOOTrainer", "Trainer", "core"]

@@ -1,9 +1,11 @@
-"""Input checks for ppo_np: every public function of `core`, `kl`, the methods (rloo, grpo, dpo), every config and
-every trainer's `step` makes one call here, so the equations start on their first line.
+"""Input checks for ppo_np: every public function of `core`, `kl`, the methods (rloo, grpo, dpo, reinforce), every
+config and every trainer's `step` makes one call here, so the equations start on their first line.
 
 A check raises ValueError with a message that names the argument and says what it must be. The checks are built
 from the helpers of the first two sections, so each condition is written once: a number's bounds, an integer's, a
-mask, whole groups, a batch of token ids. They always run, in every mini-batch too: at the pipeline's default size
+choice among names, a mask, whole groups, a batch of token ids. A new method's module needs nothing added here:
+`policy_loss_inputs` and `method_config` check what a policy-gradient loss and a trainer's config have in common
+(ppo_np/reinforce.py uses only those two). They always run, in every mini-batch too: at the pipeline's default size
 they take about 0.1% of a PPO step (scripts/bench_checks.py; docs/ppo.md, section 17).
 """
 import numpy as np
@@ -30,6 +32,17 @@ def _number(name, value, low=0.0, *, strict=True, finite=True, none_means=None, 
     if not (above and (np.isfinite(value) or not finite)):
         bound = f"{'>' if strict else '>='} {low:g}"
         raise ValueError(f"{name} must be {'a finite number ' if finite else ''}{bound}, got {value!r}{why}")
+
+
+def _choice(name, value, choices):
+    """value is one of the names in choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def _interval(name, value, high, *, high_open=False, why=""):
@@ -103,6 +116,15 @@ def _response_mask(mask, shape):
     if bad.size:
         raise ValueError(f"rows {bad.tolist()} of the mask are not right padded: each row must be "
                          "1 on its response tokens, then 0 on the padding after them")
+
+
+def _responses(method, advantages, mask, **per_token):
+    """(B, T) per-token arrays of one shape, one advantage per response (B,), a right-padded response mask."""
+    _per_token(**per_token)
+    shape = np.shape(next(iter(per_token.values())))
+    _per_response("advantages", advantages, shape[0], method)
+    _response_mask(mask, shape)
+    return shape
 
 
 def _finite(name, x, unit, hint=""):
@@ -221,33 +243,51 @@ def group_scores(scores, group_size):
 
 
 def rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange):
-    _per_token(logprobs=logprobs, old_logprobs=old_logprobs)
-    _per_response("advantages", advantages, np.shape(logprobs)[0], "RLOO")
+    _responses("RLOO", advantages, mask, logprobs=logprobs, old_logprobs=old_logprobs)
     _number("cliprange", cliprange, strict=False, finite=False, none_means="no clipping")
-    _response_mask(mask, np.shape(logprobs))
 
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
-def _loss_type(loss_type, max_completion_length, owner=""):
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"{owner}loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+def _grpo_options(owner, loss_type, max_completion_length, importance_sampling_level, use_bias_correction_kl):
+    """The names GRPO's loss and config share: loss_type (with dr_grpo's constant), the ratio's level, the flag."""
+    _choice(f"{owner}loss_type", loss_type, LOSS_TYPES)
     if loss_type == "dr_grpo":
         _integer(f"{owner}max_completion_length", max_completion_length,
                  why=": loss_type 'dr_grpo' divides by B * max_completion_length, a constant")
+    _choice(f"{owner}importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    _flag(f"{owner}use_bias_correction_kl", use_bias_correction_kl)
 
 
-def grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
-                     max_completion_length):
-    _per_token(logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
-    _per_response("advantages", advantages, np.shape(logprobs)[0], "GRPO")
+def grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, epsilon_high, loss_type,
+                     max_completion_length, importance_sampling_level, use_bias_correction_kl, num_items_in_batch,
+                     gradient_accumulation_steps, steps_per_generation):
+    shape = _responses("GRPO", advantages, mask, logprobs=logprobs, old_logprobs=old_logprobs,
+                       ref_logprobs=ref_logprobs)
     _number("beta", beta, strict=False)
     _number("epsilon", epsilon, strict=False, finite=False)
-    _loss_type(loss_type, max_completion_length)
+    _number("epsilon_high", epsilon_high, strict=False, finite=False, none_means="epsilon_high = epsilon")
+    _grpo_options("", loss_type, max_completion_length, importance_sampling_level, use_bias_correction_kl)
     if loss_type == "dr_grpo":
-        _longest_response(np.shape(logprobs)[1], max_completion_length)
-    _response_mask(mask, np.shape(logprobs))
+        _longest_response(shape[1], max_completion_length)
+    _integer("gradient_accumulation_steps", gradient_accumulation_steps)
+    _integer("steps_per_generation", steps_per_generation)
+    if num_items_in_batch is not None:
+        tokens = int(np.prod(shape)) if mask is None else int(np.count_nonzero(mask))
+        _integer("num_items_in_batch", num_items_in_batch, tokens,
+                 why=": it counts the response tokens of the whole batch this call is a part of")
+
+
+def policy_loss_inputs(method, advantages, mask=None, num_responses=None, **per_token):
+    """A policy-gradient loss over B responses, for a method's own module: (B, T) per-token arrays of one shape, one
+    advantage per response, a right-padded mask; num_responses, if given, an integer >= B (the responses of the
+    whole batch whose loss this call is a part of)."""
+    shape = _responses(method, advantages, mask, **per_token)
+    if num_responses is not None:
+        _integer("num_responses", num_responses, shape[0],
+                 why=": it counts the responses of the whole batch this call is a part of")
 
 
 def _label_smoothing(name, value):
@@ -284,10 +324,11 @@ def _largest_divisor_at_most(n, k):
     return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
-def _sizes(owner, cfg, epochs):
+def _sizes(owner, cfg, epochs=None):
     """What every trainer's config has: positive integer sizes that divide the batch (no row is ever dropped),
-    a finite lr > 0, an optional max_grad_norm > 0, a weight_decay >= 0."""
-    for name in ("batch_size", "forward_batch_size", "mini_batch_size", epochs):
+    a finite lr > 0, an optional max_grad_norm > 0, a weight_decay >= 0. epochs: the field that counts the passes
+    over the batch, if the method has one."""
+    for name in ("batch_size", "forward_batch_size", "mini_batch_size") + ((epochs,) if epochs else ()):
         _integer(f"{owner}.{name}", getattr(cfg, name))
     for name in ("forward_batch_size", "mini_batch_size"):
         size = getattr(cfg, name)
@@ -330,7 +371,27 @@ def grpo_config(cfg):
     _whole_groups("GRPOConfig", cfg, "group_size")
     _number("GRPOConfig.beta", cfg.beta, strict=False)
     _number("GRPOConfig.epsilon", cfg.epsilon)
-    _loss_type(cfg.loss_type, cfg.max_completion_length, "GRPOConfig.")
+    _number("GRPOConfig.epsilon_high", cfg.epsilon_high, none_means="epsilon_high = epsilon")
+    _grpo_options("GRPOConfig.", cfg.loss_type, cfg.max_completion_length, cfg.importance_sampling_level,
+                  cfg.use_bias_correction_kl)
+    steps, per_step = cfg.batch_size // cfg.mini_batch_size, cfg.gradient_accumulation_steps
+    if per_step is None:            # all of a pass's mini-batches: one AdamW step per pass over the batch
+        return
+    _integer("GRPOConfig.gradient_accumulation_steps", per_step,
+             why=" (or None: all of the batch's mini-batches, one AdamW step per pass)")
+    if steps % per_step:
+        raise ValueError(f"GRPOConfig.gradient_accumulation_steps ({per_step}) must divide the {steps} mini-batches "
+                         f"of a pass (batch_size / mini_batch_size), so that every AdamW step adds up as many; "
+                         f"use None for one step per pass over the batch, or 1 for a step per mini-batch")
+
+
+def method_config(owner, cfg, epochs=None, coefficients=()):
+    """A trainer's config, for a method's own module: the sizes, lr, max_grad_norm and weight_decay every config
+    has (epochs: the field that counts the passes over the batch, if any), and each field named in coefficients a
+    finite number >= 0."""
+    _sizes(owner, cfg, epochs)
+    for name in coefficients:
+        _number(f"{owner}.{name}", getattr(cfg, name), strict=False)
 
 
 def dpo_config(cfg):

@@ -180,14 +180,17 @@ def clip_by_value(x, lo, hi):
     return np.maximum(np.minimum(x, hi), lo)
 
 
-def clipped_surrogate(ratio, advantages, cliprange):
+def clipped_surrogate(ratio, advantages, cliprange, cliprange_high=None):
     """The two branches of PPO's clipped policy loss, per token; the loss of a token is their max.
 
-        pg_losses  = -A rho,     pg_losses2 = -A clip(rho, 1 - e, 1 + e)        ratio, advantages (B,T) -> (B,T) each
+        pg_losses  = -A rho,     pg_losses2 = -A clip(rho, 1 - e, 1 + e_high)   ratio, advantages (B,T) -> (B,T) each
 
+    e = cliprange; e_high = cliprange_high, or e if None (PPO's symmetric clip). An e_high above e is DAPO's
+    clip-higher: a token with A > 0 keeps pulling until rho = 1 + e_high, while A < 0 still stops at 1 - e.
     PPO, GRPO and the clipped RLOO share it; each averages max(pg_losses, pg_losses2) over its own tokens.
     """
-    return -advantages * ratio, -advantages * np.clip(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    high = cliprange if cliprange_high is None else cliprange_high
+    return -advantages * ratio, -advantages * np.clip(ratio, 1.0 - cliprange, 1.0 + high)
 
 
 def clipped_surrogate_backward(ratio, advantages, pg_losses, pg_losses2):

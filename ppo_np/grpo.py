@@ -1,32 +1,58 @@
-"""GRPO, group relative policy optimisation (Shao et al. 2024, DeepSeekMath), as TRL 0.19.1's GRPOTrainer computes
-it, with the per-token gradient written out. Read beside docs/methods.md, section 3.
+"""GRPO, group relative policy optimisation (Shao et al. 2024, DeepSeekMath), as trl 1.16.0's GRPOTrainer runs it,
+with the per-token gradient written out. Read beside docs/methods.md, section 3. Line numbers ":N" are in the
+trl 1.16.0 wheel's trl/trainer/grpo_trainer.py.
 
 Shape legend:
-    B  responses in the batch: B / G prompts with G consecutive responses each (row g*G + j is response j to
-       prompt g, as TRL's `repeat_interleave`)
-    T  response tokens (right padded); mask (B,T) 1 on response tokens, every row 1...1 0...0 with at least one 1
-    L_b = sum_t mask[b,t], N = sum(mask)
+    B  responses in the batch (TRL's generation batch): B / G prompts with G consecutive responses each (row g*G + j
+       is response j to prompt g, as TRL's RepeatSampler orders them)
+    b  responses in one call of the loss: a mini-batch of the batch (TRL's micro-batch), or all of it
+    T  response tokens (right padded); mask m (b,T) 1 on response tokens, every row 1...1 0...0 with at least one 1
+    L_i = sum_t m_{i,t};  N_b = sum of m over the call's rows;  N = the same over the whole batch (num_items_in_batch)
+    K  mini-batches whose gradients add up into one AdamW step (gradient_accumulation_steps)
+    S  mini-batches in one pass over the batch (TRL's steps_per_generation; ours batch_size / mini_batch_size)
 
 Symbols: logpi, logpi_old, logpi_ref (logprobs, old_logprobs, ref_logprobs), s (scores), A (advantages, one per
-response, the same for each of its tokens), rho (ratio, per token), e (epsilon), beta, k3 (ppo_np.kl.k3).
+response), rho (the importance weight), e, e_high (epsilon, epsilon_high), beta, k3 (ppo_np.kl.k3).
 
-    A_i      = (s_i - mean_group s) / (std_group s + 1e-4)      std unbiased (torch.std); scale_rewards=False: no /
-    l_{i,t}  = max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - e, 1 + e)) + beta k3_{i,t},  rho = exp(logpi - logpi_old)
-    L        = sum_{i,t} w_{i,t} l_{i,t}   with  w_{i,t} = m_{i,t} / (B L_i)     loss_type "grpo"
-                                                           m_{i,t} / N           loss_type "bnpo"
-                                                           m_{i,t} / (B T_max)   loss_type "dr_grpo"
+    A_i      = (s_i - mean_group s) / (std_group s + 1e-4)    std unbiased; scale_rewards=False: no /   :2765-2787
+    log rho  = logpi_{i,t} - logpi_old_{i,t}               (b,T)   importance_sampling_level "token"     :3083-3085
+               1/L_i sum_t m_{i,t} (logpi - logpi_old)     (b,1)   "sequence" (GSPO): one per response   :3086-3088
+    kl_{i,t} = k3_{i,t}, or rho k3_{i,t} with use_bias_correction_kl                                   :3098-3105
+    l_{i,t}  = max(-A_i rho, -A_i clip(rho, 1 - e, 1 + e_high)) + beta kl_{i,t}              :3113-3120, :3150
+    L        = sum_{i,t} w_{i,t} l_{i,t},   w = m / (b L_i K)      loss_type "grpo"                     :3153-3157
+                                                m / (N_b K)        "bnpo"                               :3158-3162
+                                                m / (b T_max K)    "dr_grpo"                            :3163-3167
+                                                m / (N K / S)      "dapo" (trl 1.16.0's default)        :3168-3173
     T_max = max_completion_length, the rollout's cap on response length (a constant, not the batch's longest).
 
-The KL is inside the loss (k3, with its own gradient 1 - pi_ref/pi, in expectation the gradient of the reverse
-KL(pi_ref || pi): ppo_np.kl), not in the reward as in PPO and RLOO.
+rho is not detached at either level (coef_1 = torch.exp(log_importance_weights), :3095): at the sequence level every
+token of response i gets d rho_i / d logpi_{i,t} = rho_i m_{i,t} / L_i, and the whole response's loss rides on each
+of its tokens (the (b,1) loss broadcasts against m). The bias-corrected KL takes a gradient through rho too:
+d(rho k3)/d logpi = rho (logpi - logpi_ref) at the token level, k2's gradient times rho (docs/methods.md, section 1).
+Without the correction the KL's gradient is k3's, 1 - pi_ref/pi.
 
-The loss is 0 at the first step, its gradient is not: with pi = pi_old = pi_ref every rho is 1 and every k3 is 0,
-so "grpo" gives L = -1/B sum_i A_i = 0 (each group's advantages sum to 0), while dL/dlogpi_t = -A_i / (B L_i).
-A logged loss of 0 says nothing about whether the policy learns.
-What each Dr. GRPO option removes (Liu et al. 2025, "Understanding R1-Zero-Like Training"):
+One AdamW step per pass over the batch is the default (K = S), as in trl 1.16.0, whose steps_per_generation
+defaults to gradient_accumulation_steps (grpo_config.py:1099): the mini-batches' w then add up to m / (B L_i),
+m / (B T_max) and m / N, so the step's gradient is the gradient of the whole batch's loss, whatever the shuffle.
+"bnpo" is the exception, in TRL too: its step is the mean of each mini-batch's own token mean. With
+num_iterations 1 such a step sees samples of the weights it starts from, and TRL then computes no logpi_old: it
+uses per_token_logps.detach() (:2642-2644, :3066), so rho = 1 exactly on every token and the clip never acts.
+grpo_minibatch_loss does the same. K = 1 (a step per mini-batch, our GRPOTrainer before issue 16) splits groups
+across steps, and every step after a batch's first sees rho != 1.
+
+At rho = 1 the surrogate part of a whole batch's "grpo" loss is -1/B sum_i A_i = 0 (each group's advantages sum
+to 0, up to rounding), while its gradient, -A_i / (B L_i) per token, is not: a logged loss of 0 says nothing about
+whether the policy learns. "dapo" and "bnpo" give -1/N sum_i L_i A_i instead, 0 only when each group's responses
+have equal lengths; a mini-batch that splits groups gives -1/b sum_{i in b} A_i. The KL part is 0 only while
+pi = pi_ref, at the first step of training.
+
+The KL is inside the loss, not in the reward as in PPO and RLOO (ppo_np.kl: k3's gradient is in expectation the
+reverse KL(pi_ref || pi)'s, per token). What each Dr. GRPO option removes (Liu et al. 2025, "Understanding
+R1-Zero-Like Training"):
 - "grpo" divides each response's token sum by its own length L_i, so a token of a short response weighs more
   than a token of a long one: with A > 0 short responses are pushed up harder, with A < 0 long responses are
-  pushed down more gently. That is a length bias; "dr_grpo" divides by the constant B T_max instead.
+  pushed down more gently. That is a length bias; "dr_grpo" divides by the constant B T_max instead, "dapo" by the
+  batch's token count N.
 - scale_rewards=True divides by the group's std, so a prompt whose responses score nearly alike (too easy or too
   hard) gets advantages as large as one with a real spread: a question-level difficulty bias;
   scale_rewards=False keeps A_i = s_i - mean_group s.
@@ -37,10 +63,10 @@ from typing import Optional
 import numpy as np
 
 from . import checks, core, kl
-from .skeleton import Method, Trainer, rollout_stats
+from .skeleton import Method, Trainer, rollout_stats, whole_batch
 
 __all__ = ["grpo_advantages", "group_reward_std", "grpo_loss", "GRPOTerms", "grpo_loss_backward", "grpo_stats",
-           "GRPOConfig", "GRPOTrainer", "GRPO"]
+           "GRPOConfig", "grpo_accumulation", "GRPOTrainer", "GRPO"]
 
 STD_EPS = 1e-4      # TRL's `std_grouped_rewards + 1e-4`
 
@@ -58,7 +84,7 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
     A group whose scores are all equal gets A = 0 up to rounding: s - mean is ~1e-16 |s| (the mean of equal floats
     is not always exact), and the 1e-4 keeps that residue near 1e-12 where dividing by the std alone (itself
     ~1e-16) would turn it into a number of order 1. G = 1 is refused: the unbiased std of one number is undefined
-    (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too).
+    (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too, as 1.16.0's does in grpo_config.py:1137).
     """
     checks.group_scores(scores, group_size)
     s = np.asarray(scores, dtype=np.float64).reshape(-1, group_size)      # (B/G, G): one row per prompt
@@ -70,85 +96,127 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
 
 @dataclasses.dataclass
 class GRPOTerms:
-    """What one `grpo_loss` call computed, per token (B,T) and 0 on padding: what the backward and the stats read."""
+    """What one `grpo_loss` call computed, per token (b,T) and 0 on padding unless marked: what the backward and the
+    stats read. "(b,T) or (b,1)": per token at the "token" level, per response at the "sequence" level."""
     mask: np.ndarray          # 0/1 floats
     weights: np.ndarray       # w, the loss_type's normalisation
     logprobs: np.ndarray      # logpi (0 on padding)
     ref_logprobs: np.ndarray  # logpi_ref (0 on padding)
-    logratio: np.ndarray      # log rho = logpi - logpi_old
-    ratio: np.ndarray         # rho
-    advantages: np.ndarray    # A broadcast over the tokens
-    pg_losses: np.ndarray     # -A rho
-    pg_losses2: np.ndarray    # -A clip(rho, 1 - e, 1 + e)
-    kl: np.ndarray            # k3
+    logratio: np.ndarray      # logpi - logpi_old
+    ratio: np.ndarray         # rho, (b,T) or (b,1)
+    advantages: np.ndarray    # A (b,1)
+    pg_losses: np.ndarray     # -A rho, (b,T) or (b,1)
+    pg_losses2: np.ndarray    # -A clip(rho, 1 - e, 1 + e_high), (b,T) or (b,1)
+    kl: np.ndarray            # the KL term: k3, or rho k3 with the bias correction
     beta: float
+    epsilon: float
+    epsilon_high: float
+    sequence: bool            # importance_sampling_level == "sequence"
+    bias_correction: bool     # use_bias_correction_kl
+    accumulation: int         # K: this call's loss is its share of K mini-batches' loss
     pg_loss: float            # sum w max(pg_losses, pg_losses2)
-    kl_loss: float            # sum w k3 (without beta)
+    kl_loss: float            # sum w kl (without beta)
 
 
-def _loss_weights(mask, loss_type, max_completion_length):
-    """w_{i,t} of the module docstring: how loss_type averages the per-token losses.  mask (B,T) -> (B,T)."""
-    B = mask.shape[0]
+def _loss_weights(mask, loss_type, max_completion_length, num_items_in_batch, K, S):
+    """w_{i,t} of the module docstring: how loss_type averages the per-token losses.  mask (b,T) -> (b,T)."""
+    b = mask.shape[0]
     if loss_type == "grpo":
-        return mask / (B * mask.sum(axis=1, keepdims=True))      # mean over each response's tokens, then over responses
+        return mask / (b * mask.sum(axis=1, keepdims=True) * K)  # mean over each response's tokens, then responses
     if loss_type == "bnpo":
-        return mask / mask.sum()                                 # mean over all the batch's tokens
-    return mask / (B * max_completion_length)                    # dr_grpo: one constant for every token
+        return mask / (mask.sum() * K)                           # mean over the call's tokens
+    if loss_type == "dr_grpo":
+        return mask / (b * max_completion_length * K)            # one constant for every token
+    N = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    return mask / (N * K / S)                                    # dapo: over the whole batch's tokens
 
 
-def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, *, beta, epsilon, loss_type="grpo",
-              max_completion_length=None):
-    """L = sum_{i,t} w_{i,t} [max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - e, 1 + e)) + beta k3_{i,t}] -> (L, terms).
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, *, beta, epsilon, epsilon_high=None,
+              loss_type="grpo", max_completion_length=None, importance_sampling_level="token",
+              use_bias_correction_kl=False, num_items_in_batch=None, gradient_accumulation_steps=1,
+              steps_per_generation=1):
+    """L = sum_{i,t} w_{i,t} [max(-A_i rho, -A_i clip(rho, 1 - e, 1 + e_high)) + beta kl_{i,t}] -> (L, terms).
 
-    logprobs, old_logprobs, ref_logprobs (B,T), advantages (B,), mask (B,T) or None; epsilon e, beta, loss_type and
-    max_completion_length (T_max, needed by "dr_grpo") as in the module docstring. TRL 0.19.1 writes
-    `-torch.min(coef_1 * A, coef_2 * A)`, which is our max of the negated branches (core.clipped_surrogate).
+    logprobs, old_logprobs, ref_logprobs (b,T), advantages (b,), mask (b,T) or None; epsilon e, epsilon_high e_high
+    (None: e), beta, loss_type, max_completion_length (T_max, needed by "dr_grpo"), importance_sampling_level
+    ("token" or "sequence") and use_bias_correction_kl as in the module docstring. The normalisation context, at its
+    defaults for a call that is a whole optimizer step: num_items_in_batch N (None: this call's N_b),
+    gradient_accumulation_steps K and steps_per_generation S. trl 1.16.0 writes `-torch.min(coef_1 * A, coef_2 * A)`
+    (:3118-3120), which is our max of the negated branches (core.clipped_surrogate).
     """
-    checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, loss_type,
-                            max_completion_length)
+    checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, epsilon_high,
+                            loss_type, max_completion_length, importance_sampling_level, use_bias_correction_kl,
+                            num_items_in_batch, gradient_accumulation_steps, steps_per_generation)
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): replace it by 0 first, so every padded term and gradient is exactly 0
     logprobs, old_logprobs, ref_logprobs = (np.where(m, a, 0.0).astype(np.float64)
                                             for a in (logprobs, old_logprobs, ref_logprobs))
     mask = m.astype(np.float64)
-    weights = _loss_weights(mask, loss_type, max_completion_length)
+    weights = _loss_weights(mask, loss_type, max_completion_length, num_items_in_batch, gradient_accumulation_steps,
+                            steps_per_generation)
 
+    sequence = importance_sampling_level == "sequence"
     logratio = logprobs - old_logprobs
-    ratio = np.exp(logratio)
-    advantages = np.asarray(advantages, dtype=np.float64)[:, None] * mask
-    pg_losses, pg_losses2 = core.clipped_surrogate(ratio, advantages, epsilon)
-    per_token_kl = kl.k3(logprobs, ref_logprobs)
-    pg_loss = float((weights * np.maximum(pg_losses, pg_losses2)).sum())
+    log_rho = logratio.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True) if sequence else logratio
+    ratio = np.exp(log_rho)
+    advantages = np.asarray(advantages, dtype=np.float64)[:, None]
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    pg_losses, pg_losses2 = core.clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
+    k3 = kl.k3(logprobs, ref_logprobs)
+    per_token_kl = ratio * k3 if use_bias_correction_kl else k3
+    pg_loss = float((weights * np.maximum(pg_losses, pg_losses2)).sum())   # a (b,1) loss rides on every token
     kl_loss = float((weights * per_token_kl).sum())
     terms = GRPOTerms(mask, weights, logprobs, ref_logprobs, logratio, ratio, advantages, pg_losses, pg_losses2,
-                      per_token_kl, beta, pg_loss, kl_loss)
+                      per_token_kl, beta, epsilon, epsilon_high, sequence, bool(use_bias_correction_kl),
+                      gradient_accumulation_steps, pg_loss, kl_loss)
     return pg_loss + beta * kl_loss, terms
 
 
 def grpo_loss_backward(terms):
-    """dL/dlogprobs (B,T) = w * (surrogate gradient + beta k3 gradient), per token:
+    """dL/dlogprobs (b,T), backwards through the forward: to log rho first, then from log rho to the tokens, then the
+    KL's own path through logpi. W[x] sums x over the tokens that share one rho: W[x] = x at the "token" level,
+    sum_t x_t (b,1) at the "sequence" level.
 
-        dL/dlogpi_t = w_t * ( [0 where the clipped branch wins, else -A rho_t] + beta (1 - pi_ref/pi)_t )
-    The first term is core.clipped_surrogate_backward, the second ppo_np.kl.k3_backward; 0 on padding.
+        dL/dlog rho = W[w] [0 where the clipped branch wins, else -A rho]       (core.clipped_surrogate_backward)
+                      + beta W[w kl]            with the bias correction, since d(rho k3)/dlog rho = rho k3 = kl
+        dL/dlogpi_t = dL/dlog rho_t                         "token":    d log rho_t / dlogpi_t = 1
+                      dL/dlog rho_i m_t / L_i               "sequence": d log rho_i / dlogpi_t = m_t / L_i
+                      + beta w_t c (1 - pi_ref/pi)_t        (ppo_np.kl.k3_backward), c = rho with the correction, else 1
+    0 on padding.
     """
     t = terms
-    dsurrogate = core.clipped_surrogate_backward(t.ratio, t.advantages, t.pg_losses, t.pg_losses2)
-    return t.weights * dsurrogate + kl.k3_backward(t.logprobs, t.ref_logprobs, t.beta * t.weights)
+    W = (lambda x: x.sum(axis=1, keepdims=True)) if t.sequence else (lambda x: x)
+    dlog_rho = W(t.weights) * core.clipped_surrogate_backward(t.ratio, t.advantages, t.pg_losses, t.pg_losses2)
+    if t.bias_correction:
+        dlog_rho = dlog_rho + t.beta * W(t.weights * t.kl)
+    dlogprobs = dlog_rho * t.mask / t.mask.sum(axis=1, keepdims=True) if t.sequence else dlog_rho
+    dkl = t.beta * t.weights * (t.ratio if t.bias_correction else 1.0)
+    return dlogprobs + kl.k3_backward(t.logprobs, t.ref_logprobs, dkl)
 
 
 def grpo_stats(terms):
-    """Per-mini-batch stats -> {name: float}. policy/kl_k3 is TRL 0.19.1's `kl` (k3 averaged over the valid tokens,
-    whatever the loss_type), policy/clipfrac its `clip_ratio/region_mean` (tokens with rho < 1 - e and A < 0, or
-    rho > 1 + e and A > 0: exactly where -A clip(rho) > -A rho, the tokens whose surrogate gradient is 0)."""
+    """Per-mini-batch stats -> {name: float}, as trl 1.16.0 logs them (:3259-3280):
+    policy/kl_k3 is its `kl` (the KL term, k3 or rho k3, averaged over the valid tokens, whatever the loss_type);
+    policy/clipfrac_low, policy/clipfrac_high and policy/clipfrac its `clip_ratio/low_mean` (rho < 1 - e and A < 0),
+    `clip_ratio/high_mean` (rho > 1 + e_high and A > 0) and `clip_ratio/region_mean` (either: exactly the tokens whose
+    surrogate gradient is 0), over valid tokens, or over responses at the "sequence" level.
+    The loss/ stats are the loss of this mini-batch's AdamW step: K times the mini-batch's share of it, so that their
+    mean over a step's mini-batches is the mean loss of its AdamW steps."""
     t = terms
     m = t.mask.astype(bool)
+    over = (lambda x: float(np.mean(x))) if t.sequence else (lambda x: float(np.mean(x[m])))
+    low = (t.ratio < 1 - t.epsilon) & (t.advantages < 0)
+    high = (t.ratio > 1 + t.epsilon_high) & (t.advantages > 0)
+    K = t.accumulation
     return {
-        "loss/total": t.pg_loss + t.beta * t.kl_loss,
-        "loss/policy": t.pg_loss,
-        "loss/kl": t.kl_loss,
+        "loss/total": K * (t.pg_loss + t.beta * t.kl_loss),
+        "loss/policy": K * t.pg_loss,
+        "loss/kl": K * t.kl_loss,
         "policy/kl_k3": float(t.kl[m].mean()),
         "policy/approxkl": float(0.5 * np.mean(t.logratio[m] ** 2)),
-        "policy/clipfrac": float(np.mean((t.pg_losses2 > t.pg_losses)[m])),
+        "policy/clipfrac": over(low | high),
+        "policy/clipfrac_low": over(low),
+        "policy/clipfrac_high": over(high),
     }
 
 
@@ -159,14 +227,21 @@ def grpo_stats(terms):
 @dataclasses.dataclass
 class GRPOConfig:
     lr: float = 1.41e-5                 # Adam learning rate (PPOConfig's, so that methods differ by their equations)
-    batch_size: int = 256               # responses per step: batch_size / group_size prompts
+    batch_size: int = 256               # responses per step: batch_size / group_size prompts (TRL's generation batch)
     forward_batch_size: int = 16        # rows per no-grad forward pass: bounds memory
-    mini_batch_size: int = 16           # rows per gradient step; the loss_type normalises over a mini-batch
-    num_iterations: int = 1             # mu: passes over the batch per step (TRL 0.19.1 default)
+    mini_batch_size: int = 16           # rows per forward pass with a graph (TRL's per_device_train_batch_size)
+    gradient_accumulation_steps: Optional[int] = None   # K, mini-batches per AdamW step. None: all of a pass's, one
+                                        # step per pass over the batch, whole groups (trl 1.16.0's default); 1: a step
+                                        # per mini-batch (our GRPOTrainer before issue 16)
+    num_iterations: int = 1             # mu: passes over the batch per step (trl 0.19.1's and 1.16.0's default)
     group_size: int = 8                 # G, responses per prompt (TRL's num_generations, default 8)
-    beta: float = 0.04                  # weight of the k3 KL in the loss (TRL 0.14.0 default; 0.19.1's is 0.0)
-    epsilon: float = 0.2                # e of the clipped ratio (TRL 0.19.1 default)
-    loss_type: str = "grpo"             # "grpo" (TRL 0.14.0's only one), "bnpo" (TRL 0.19.1 default) or "dr_grpo"
+    beta: float = 0.04                  # weight of the KL in the loss (trl 0.14.0's; 0.19.1's and 1.16.0's is 0.0)
+    epsilon: float = 0.2                # e, the clip's lower range (TRL's default)
+    epsilon_high: Optional[float] = None   # e_high, the clip's upper range; None: e (TRL's default). DAPO: 0.28
+    loss_type: str = "grpo"             # "grpo" (trl 0.14.0's only one), "bnpo" (0.19.1's default), "dr_grpo" or
+                                        # "dapo" (1.16.0's default)
+    importance_sampling_level: str = "token"    # "token" (TRL's default) or "sequence" (GSPO)
+    use_bias_correction_kl: bool = False        # multiply k3 by rho (trl 1.16.0's default: True)
     scale_rewards: bool = True          # divide advantages by the group std (+1e-4); False: Dr. GRPO
     max_completion_length: Optional[int] = None   # T_max of "dr_grpo": the rollout's max_new_tokens
     max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off
@@ -177,23 +252,42 @@ class GRPOConfig:
         checks.grpo_config(self)
 
 
+def grpo_accumulation(cfg):
+    """K: how many mini-batches add up their gradients into one AdamW step (the skeleton's minibatches_per_update)."""
+    return whole_batch(cfg) if cfg.gradient_accumulation_steps is None else cfg.gradient_accumulation_steps
+
+
 def grpo_prepare(trainer, rollout):
-    """The group-relative advantages, from the scores alone (the KL is in the loss, not in the reward) ->
-    ((old_logprobs, ref_logprobs, advantages), the rollout's stats)."""
+    """The group-relative advantages, from the scores alone (the KL is in the loss, not in the reward), and N, the
+    batch's response tokens, which every mini-batch's "dapo" loss divides by (TRL hands num_items_in_batch to every
+    micro-batch, :2498) -> ((old_logprobs, ref_logprobs, advantages, N per unit), the rollout's stats)."""
     cfg, scores = trainer.config, rollout.scores
     advantages = grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)
     std = group_reward_std(scores, cfg.group_size)
+    num_items_in_batch = np.full(len(scores), int(rollout.mask.sum()))
     stats = {**rollout_stats(rollout.logprobs, rollout.ref_logprobs, rollout.mask), "objective/beta": cfg.beta,
              "grpo/mean_scores": float(scores.mean()),
              "grpo/reward_std": float(std.mean()),                                    # TRL's reward_std
-             "grpo/frac_reward_zero_std": float(np.mean(np.isclose(std, 0.0)))}       # TRL 0.19.1's, isclose
-    return (rollout.logprobs, rollout.ref_logprobs, advantages), stats
+             "grpo/frac_reward_zero_std": float(np.mean(np.isclose(std, 0.0)))}       # TRL's, isclose
+    return (rollout.logprobs, rollout.ref_logprobs, advantages, num_items_in_batch), stats
 
 
-def grpo_minibatch_loss(cfg, batch, logprobs, values, old_logprobs, ref_logprobs, advantages):
-    """grpo_loss on one mini-batch of responses (no value head: values is None)."""
+def grpo_minibatch_loss(cfg, batch, logprobs, values, old_logprobs, ref_logprobs, advantages, num_items_in_batch):
+    """grpo_loss on one mini-batch, normalised as its share of its AdamW step's loss (no value head: values is None).
+
+    When each AdamW step covers the whole batch once (K = S, num_iterations 1), its samples come from the weights it
+    starts from, and logpi_old is this forward's logpi, held constant: TRL's per_token_logps.detach(), which it uses
+    whenever gradient_accumulation_steps % (steps_per_generation * num_iterations) == 0 (:2642-2644, :3066). Then
+    rho = 1 exactly. Otherwise logpi_old is the rollout's, computed before the step's first update."""
+    K, S = grpo_accumulation(cfg), whole_batch(cfg)
+    if K == S and cfg.num_iterations == 1:
+        old_logprobs = logprobs
     return grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, batch.mask, beta=cfg.beta, epsilon=cfg.epsilon,
-                     loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length)
+                     epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                     max_completion_length=cfg.max_completion_length,
+                     importance_sampling_level=cfg.importance_sampling_level,
+                     use_bias_correction_kl=cfg.use_bias_correction_kl, num_items_in_batch=num_items_in_batch[0],
+                     gradient_accumulation_steps=K, steps_per_generation=S)
 
 
 def grpo_check(cfg, queries, responses):
@@ -208,7 +302,8 @@ class GRPOTrainer(Trainer):
         1. forward pass, no graph, in chunks of forward_batch_size: old_logprobs, ref_logprobs (B, R)
         2. group-relative advantages from the scores alone (grpo_prepare)
         3. num_iterations passes over shuffled mini-batches: forward with graph, grpo_loss and its per-token
-           gradient, carried to the logits and through the GPT (ppo_np.update), AdamW
+           gradient, carried to the logits and through the GPT (ppo_np.update), added up over
+           gradient_accumulation_steps mini-batches (by default all of a pass's), then AdamW
     """
 
     def __init__(self, model, ref_model, config=None, pad_token_id=0):
@@ -216,4 +311,5 @@ class GRPOTrainer(Trainer):
 
 
 GRPO = Method("grpo", GRPOTrainer, GRPOConfig, "num_iterations", grpo_prepare, grpo_minibatch_loss,
-              grpo_loss_backward, grpo_stats, check=grpo_check, prepare_timing="compute_advantages")
+              grpo_loss_backward, grpo_stats, check=grpo_check, prepare_timing="compute_advantages",
+              minibatches_per_update=grpo_accumulation)

@@ -1,4 +1,5 @@
-"""The trainer skeleton: one step for every method (PPO, RLOO, GRPO, DPO), and the parts a method plugs into it.
+"""The trainer skeleton: one step for every method (PPO, RLOO, GRPO, DPO, REINFORCE), and the parts a method plugs
+into it.
 
 A method is a `Method`: its config, its `prepare` and the forward/backward pair of its loss over a mini-batch's
 token log-probabilities, defined in its own module beside its equations. `Trainer` does the rest, the same way for
@@ -11,15 +12,18 @@ every method (docs/methods.md, section 6):
                      logprobs (log pi_old), ref_logprobs, values (V_old), (B, R) each             -> Rollout
                   3. the method's prepare: one entry per unit for the mini-batches (advantages, returns, DPO's
                      reference sums, ...), and the step's stats about the rollout
-                  4. epochs passes, each a fresh shuffle of the units cut into mini-batches of mini_batch_size:
+                  4. epochs passes (one if the method has no such field), each a fresh shuffle of the units cut
+                     into mini-batches of mini_batch_size:
                        forward with a graph                         -> logprobs (b, R) [and values (b, R)]
                        the method's loss, then its backward         -> dL/dlogprobs (b, R) [and dL/dvalues]
                        ppo_np.update: the log-softmax backward into the logits, the GPT's backward from the logits
-                       [and the values] at once, an optional global-norm clip, AdamW
+                       [and the values] at once, added to the weights' .grad
+                     and after every minibatches_per_update of them (1 unless the method says otherwise; `whole_batch`:
+                     all of a pass's) an optional global-norm clip and one AdamW step
                   5. the mean of every mini-batch's stats under the method's prefix, and the timings
 
-A unit is what a shuffle draws: a response (row u of the layout) for PPO, RLOO and GRPO; for DPO a preference pair,
-whose chosen response is row u and whose rejected response is row u + P.
+A unit is what a shuffle draws: a response (row u of the layout) for PPO, RLOO, GRPO and REINFORCE; for DPO a
+preference pair, whose chosen response is row u and whose rejected response is row u + P.
 The registry, a plain dict from each method's name to its Method, is `ppo_np.METHODS`.
 """
 import dataclasses
@@ -40,7 +44,7 @@ class Method:
     name: str                 # "ppo": the prefix of its stats ("ppo/loss/policy") and timings ("time/ppo/total")
     trainer: type             # its Trainer subclass: METHODS[name].trainer(model, ref_model, config)
     config: type              # its config dataclass; a trainer given config=None uses config()
-    epochs: str               # the config field that counts the passes over the batch per step
+    epochs: Optional[str]     # the config field that counts the passes over the batch per step; None: one pass
     prepare: Callable         # (trainer, rollout) -> (tuple of per-unit arrays, {stat: value} about the rollout)
     loss: Callable            # (config, batch, logprobs, values, *the units' arrays) -> (loss, terms)
     loss_backward: Callable   # terms -> dL/dlogprobs (b, R); with values {"logprobs": (b, R), "values": (b, R)}
@@ -54,7 +58,10 @@ class Method:
     stats_timing: Optional[str] = None                  # step 5 is timed as time/<name>/<this> (PPO: "calc_stats")
     finish: Optional[Callable] = None       # (trainer, stats) after the mini-batches (PPO: the KL controller)
     minibatches_per_update: Optional[Callable] = None   # (config) -> n: the gradients of n consecutive mini-batches
-                                                        # add up before one AdamW step; None: 1, a step each
+                                                        # add up before one AdamW step; None: 1, a step each;
+                                                        # whole_batch: one step per pass over the batch. A method
+                                                        # with n > 1 normalises each mini-batch's loss as its share
+                                                        # of the n mini-batches' loss
 
     @property
     def values(self):
@@ -156,7 +163,7 @@ class Trainer:
         A mini-batch of units u takes rows u of the layout (and rows u + P, DPO's rejected responses: rows_per_unit),
         and entry u of every array prepare gave."""
         cfg, method = self.config, self.method
-        units, epochs = cfg.batch_size, getattr(cfg, method.epochs)
+        units, epochs = cfg.batch_size, getattr(cfg, method.epochs) if method.epochs else 1
         per_update = method.minibatches_per_update(cfg) if method.minibatches_per_update else 1
         count = epochs * (units // cfg.mini_batch_size)
         all_stats = []
@@ -192,6 +199,13 @@ class Trainer:
         if method.entropy:
             stats["policy/entropy"] = core.masked_mean(core.entropy_from_logits(response_logits), batch.mask)
         return stats
+
+
+def whole_batch(config):
+    """A Method's minibatches_per_update for one AdamW step per pass over the batch: all batch_size / mini_batch_size
+    of a pass's mini-batches add up their gradients first (the mini-batches only bound the memory of a forward pass
+    with a graph)."""
+    return config.batch_size // config.mini_batch_size
 
 
 def minibatches(rng, n, mini_batch_size, epochs):

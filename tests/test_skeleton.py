@@ -6,7 +6,8 @@ import numpy as np
 
 from policy_gradcheck import group_batch, make_models
 from ppo_np import METHODS, Trainer
-from ppo_np.grpo import GRPO, GRPOConfig
+from ppo_np.reinforce import REINFORCE, REINFORCEConfig
+from ppo_np.skeleton import whole_batch
 
 
 def test_every_registry_entry_is_its_methods_parts_and_builds_its_trainer():
@@ -18,7 +19,8 @@ def test_every_registry_entry_is_its_methods_parts_and_builds_its_trainer():
         trainer = method.trainer(policy, ref)
         assert isinstance(trainer, Trainer) and trainer.method is method, name
         assert isinstance(trainer.config, method.config), name
-        assert hasattr(trainer.config, method.epochs), f"{name}: its config has no field {method.epochs!r}"
+        assert method.epochs is None or hasattr(trainer.config, method.epochs), \
+            f"{name}: its config has no field {method.epochs!r}"
 
 
 def record_optimizer_steps(trainer):
@@ -30,12 +32,14 @@ def record_optimizer_steps(trainer):
 
 
 def test_accumulated_mini_batches_apply_the_sum_of_their_gradients_in_one_step():
-    cfg = GRPOConfig(lr=1e-2, batch_size=8, forward_batch_size=8, mini_batch_size=4, group_size=4, beta=0.1)
+    """REINFORCE's loss divides by batch_size whatever the stepping, so its record with a step per mini-batch and
+    with whole_batch see the same mini-batch gradients."""
+    cfg = REINFORCEConfig(lr=1e-2, batch_size=8, forward_batch_size=8, mini_batch_size=4, kl_coef=0.1)
     queries, responses, scores = group_batch(2, 4)
     one_each, together = [], []
-    for per_update, steps in ((None, one_each), (lambda c: c.batch_size // c.mini_batch_size, together)):
+    for per_update, steps in ((None, one_each), (whole_batch, together)):
         policy, ref = make_models()
-        trainer = Trainer(dataclasses.replace(GRPO, minibatches_per_update=per_update), policy, ref, cfg)
+        trainer = Trainer(dataclasses.replace(REINFORCE, minibatches_per_update=per_update), policy, ref, cfg)
         recorded = record_optimizer_steps(trainer)
         trainer.step(queries, responses, scores)
         steps.extend(recorded)
