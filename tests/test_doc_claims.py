@@ -3,7 +3,7 @@
 - the adaptive KL controller's largest moves over one horizon (ppo_np/core.py::AdaptiveKLController, docs/ppo.md
   section 10): within [(1 - 0.2 n/H)^(H/n), (1 + 0.2 n/H)^(H/n)], so the fall can exceed 1 - e^-0.2;
 - best-of-n's KL is at most log n - (n - 1)/n, and strictly below it on a discrete reference even when no two
-  responses score alike (docs/ppo.md section 16, minichatgpt/overopt.py::kl_best_of_n);
+  responses score alike (docs/ppo.md section 16, minichatgpt/best_of_n.py::kl_best_of_n);
 - GRPO's loss is 0 at the first step only when the loss covers whole groups (docs/methods.md section 3).
 """
 import itertools
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minichatgpt import overopt
+from minichatgpt import best_of_n
 from ppo_np import grpo
 from ppo_np.core import AdaptiveKLController
 
@@ -58,8 +58,8 @@ def test_best_of_n_kl_is_strictly_below_log_n_minus_n_minus_1_over_n_on_a_discre
     p_bon = best_of_n_distribution(np.array([0.5, 0.5]), np.array([0.0, 1.0]), 2)
     assert np.allclose(p_bon, [0.25, 0.75], atol=1e-15)
     exact = float(np.sum(p_bon * np.log(p_bon / 0.5)))
-    print(f"K=2, n=2: exact {exact:.4f}, formula {overopt.kl_best_of_n(2):.4f}")
-    assert round(exact, 3) == 0.131 and round(overopt.kl_best_of_n(2), 3) == 0.193
+    print(f"K=2, n=2: exact {exact:.4f}, formula {best_of_n.kl_best_of_n(2):.4f}")
+    assert round(exact, 3) == 0.131 and round(best_of_n.kl_best_of_n(2), 3) == 0.193
 
     rng = np.random.default_rng(0)
     for K, n in ((3, 2), (4, 3), (5, 4), (6, 2)):
@@ -68,15 +68,15 @@ def test_best_of_n_kl_is_strictly_below_log_n_minus_n_minus_1_over_n_on_a_discre
         p_bon = best_of_n_distribution(p, reward, n)
         exact = float(np.sum(p_bon * np.log(p_bon / p)))
         assert abs(p_bon.sum() - 1) < 1e-12
-        assert 0 < exact < overopt.kl_best_of_n(n) - 1e-3, (K, n, exact)
+        assert 0 < exact < best_of_n.kl_best_of_n(n) - 1e-3, (K, n, exact)
     # n = 1 moves nothing, and the gap closes as the reference's mass spreads over more responses (K uniform
     # responses, n = 4): the formula is the limit of a continuous score
     gaps = []
     for K in (4, 16, 64, 256):
         cdf = np.arange(1, K + 1) / K
         p_bon = cdf ** 4 - np.concatenate([[0.0], cdf[:-1]]) ** 4
-        gaps.append(overopt.kl_best_of_n(4) - float(np.sum(p_bon * np.log(p_bon * K))))
-    assert overopt.kl_best_of_n(1) == 0.0
+        gaps.append(best_of_n.kl_best_of_n(4) - float(np.sum(p_bon * np.log(p_bon * K))))
+    assert best_of_n.kl_best_of_n(1) == 0.0
     assert all(a > b > 0 for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 0.01, gaps
 
 
