@@ -35,8 +35,8 @@ from .finished_run import FinishedRun
 from .options import Parser, UsageError, add_arguments, checked, dest, replace_fields
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
-from .run_folder import Lock, check_name, path, write_json, writing
-from .stages import STAGE_ORDER
+from .run_folder import Lock, check_name, path, refuse_links, write_json, writing
+from .stages import RUN_FILES, STAGE_ORDER
 
 
 def run_cli(prog, body, argv):
@@ -221,6 +221,7 @@ def _pretrained(config, out_dir, train, val, data, progress):
     that a tokenizer or checkpoint built from another corpus or other options is refused, not reused
     -> (tokenizer, model, validation characters per token, pretraining metrics)."""
     elsewhere = f"use a new --out-dir, or delete {out_dir}"
+    refuse_links(out_dir, RUN_FILES)
     s = pipeline.Stages(config, out_dir, None, data, advice=lambda stage: elsewhere, elsewhere=elsewhere)
     build_tokenizer = lambda: stages.tokenizer_stage(config, out_dir, train)   # noqa: E731 - builds, or loads
     tokenizer = s.run("tokenizer", {}, build_tokenizer, build_tokenizer)

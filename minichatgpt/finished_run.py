@@ -30,8 +30,6 @@ from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links
 
 BUILT_ON = ("tokenizer", "pretrain", "reward", "gold")   # the stages an experiment on a run starts from
 FINISHED = (*stages.STAGE_ORDER, "report")              # what a finished run has finished
-# each experiment on a run: its folder is run_dir/<name>, and it writes these results beside the run's files
-EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overopt": ("overopt.json", "overopt.png")}
 
 
 def main_job(run_dir, *flags):
@@ -61,12 +59,12 @@ class FinishedRun:
         the default corpus is cached.
         """
         manifest = Manifest(run_dir, elsewhere="build the run again under a new --name")
-        refuse_links(run_dir)
         missing = [s for s in needs if not manifest.stages.get(s, {}).get("finished")]
         if missing:
             what = f"its {', '.join(missing)} stage{'s are' if len(missing) > 1 else ' is'} not finished"
             raise Refused(f"{run_dir} is not a finished run ({what}); run {main_job(run_dir)} first, with the "
                           "options it was started with")
+        refuse_links(run_dir, stages.RUN_FILES)
         for stage, record in manifest.stages.items():
             if record.get("finished"):
                 manifest.verify(stage, f"run {main_job(run_dir)} to write it again" if stage == "report" else
@@ -206,12 +204,12 @@ class Experiment:
         self.name, self.folder = name, path(run_dir, name)
         again = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} again"
         self.manifest = Manifest(self.folder, elsewhere=again)
-        self.manifest.check(name, built_from, [], f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} with "
-                                                  "these settings")
-        if name in self.manifest.stages:
-            self.manifest.verify(name, f"restore it, or {again}")
-        else:
+        finished = self.manifest.check(name, built_from, [], f"delete {shlex.quote(self.folder)} to run "
+                                                             f"minichatgpt-{name} with these settings")
+        if name not in self.manifest.stages:
             self.manifest.start(name, built_from)
+        elif not finished:    # what an interrupted experiment recorded is checked too
+            self.manifest.verify(name, f"restore it, or {again}")
         self.again = again
 
     def file(self, name):

@@ -18,10 +18,10 @@ from minigpt_np.resume import FingerprintMismatch, sha256_of_file
 
 from . import corpus, stages
 from .config import OPTIONS, default_of
-from .finished_run import EXPERIMENTS, FinishedRun
+from .finished_run import FinishedRun
 from .report import write_curves, write_samples
-from .run_folder import DamagedFile, Lock, Manifest, Refused, path, write_json
-from .stages import ARTIFACTS, REPORT, STAGE_ORDER
+from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links, write_json
+from .stages import ARTIFACTS, BUILT_ON_RUN, REPORT, RUN_FILES, STAGE_ORDER
 from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ def affected(stage):
         if s not in rebuilt and any(d in rebuilt for d in stages.DEPENDS_ON[s]):
             rebuilt.append(s)
     return rebuilt
-
-
-# what is built on a run besides its stages, deleted with any stage: the experiments' folders and results, the sweep
-BUILT_ON_RUN = tuple(f for name, results in EXPERIMENTS.items() for f in (name, *results)) + ("sweep.jsonl",)
 
 
 def restart_hint(stage):
@@ -68,6 +64,7 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
     make, or is in use by another process.
     """
     with Lock(run_dir):
+        refuse_links(run_dir, RUN_FILES)
         timings, t_start = {}, time.perf_counter()
         data, policy, history, metrics = _build(config, run_dir, progress, cache_dir, restart, timings)
         t = time.perf_counter()

@@ -3,8 +3,8 @@
 Every file goes through `minigpt_np.checkpoint.atomic_write`, the logs included: the PPO log is rewritten
 whole after each step (a few dozen lines), so a kill at any moment leaves it complete up to some step.
 atomic_write replaces a name, so it never writes through a symbolic link to a file; a linked folder would still
-send the writes elsewhere, so a run folder holds no links at all (`refuse_links`, checked whenever the lock is
-taken).
+send the writes elsewhere, so nothing the project reads or writes in a run folder may be a link (`refuse_links`,
+checked by every command that works in one).
 """
 import contextlib
 import errno
@@ -105,12 +105,18 @@ def check_name(name):
     return name
 
 
-def refuse_links(folder):
-    """Refuse (Refused) a symbolic link anywhere inside a run folder: a linked file would be read as the run's own,
-    and a linked folder would receive the run's writes wherever it points."""
-    for root, folders, files in os.walk(folder):
-        for name in folders + files:
-            file = os.path.join(root, name)
+def refuse_links(folder, names):
+    """Refuse (Refused) a symbolic link among what the project reads and writes in a folder: the files and folders
+    `names`, their temporary files (<name>.<pid>.tmp) and everything inside those folders. A linked file would be
+    read as the run's own, and a linked folder would receive the run's writes wherever it points. Other entries
+    (a user's own, in a shared --out-dir) are not looked at."""
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not any(name == n or name.startswith(n + ".") for n in names):
+            continue
+        top = os.path.join(folder, name)
+        inside = [] if os.path.islink(top) or not os.path.isdir(top) else \
+            [os.path.join(root, n) for root, folders, files in os.walk(top) for n in folders + files]
+        for file in (top, *inside):
             if os.path.islink(file):
                 raise Refused(f"{file} is a symbolic link; a run folder holds only plain files and folders, so that "
                               "nothing is read or written through a link: put a copy of what it points to there, or "
@@ -126,7 +132,7 @@ class Lock:
     It is an flock on run_dir/.lock, which the operating system releases when the process ends, however it
     ends: the lock of a killed process is simply taken over. The file holds the owner's pid for the message. It is
     opened without following a symbolic link, and must be a plain file with no other name (a hard link), since it
-    is truncated. Once the lock is held, the folder is checked to hold no links (`refuse_links`).
+    is truncated.
     """
 
     def __init__(self, run_dir):
@@ -144,11 +150,6 @@ class Lock:
             os.close(fd)
             raise Refused(f"{self.run_dir} is in use by another minichatgpt process (pid {owner}); "
                           "wait for it to finish, or use another --name") from None
-        try:
-            refuse_links(self.run_dir)
-        except Refused:
-            os.close(fd)
-            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

@@ -36,6 +36,12 @@ DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": 
 # The report, made last from every stage: the evaluation and what shows it. The manifest records it as the stage
 # "report", with the whole config of the run, which every command that builds on the run reads from there.
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")
+# each experiment on a run: its folder is run_dir/<name>, and it writes these results beside the run's files
+EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overopt": ("overopt.json", "overopt.png")}
+# what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
+BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
+# every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
+RUN_FILES = (".lock", "manifest.json", *(a for stage in STAGE_ORDER for a in ARTIFACTS[stage]), *REPORT, *BUILT_ON_RUN)
 
 
 def tokenizer_stage(config, run_dir, train):

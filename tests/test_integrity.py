@@ -116,6 +116,18 @@ def test_a_link_inside_the_run_folder_is_refused_and_nothing_is_written_through_
     assert precious.read_text() == "a user's own file\n" and snapshot(run_dir) == before
 
 
+def test_a_users_own_link_beside_what_pretraining_writes_is_left_alone(tmp_path, capsys):
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "data").symlink_to(tmp_path, target_is_directory=True)     # not a name the project reads or writes
+    status, err = run_cli(capsys, ["--corpus", str(corpus), "--out-dir", str(out), "--vocab-size", "300", "--n-layer",
+                                   "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32", "--pretrain-steps",
+                                   "2", "--samples", "0", "--quiet"], cli.pretrain_main)
+    assert status == 0, err
+    assert (out / "data").is_symlink() and (out / "gpt_pretrained.npz").is_file()
+
+
 # ---------------------------------------------------------------------------------------------- 3. replaced files
 
 
