@@ -204,8 +204,8 @@ class Experiment:
         self.name, self.folder = name, path(run_dir, name)
         again = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} again"
         self.manifest = Manifest(self.folder, elsewhere=again)
-        finished = self.manifest.check(name, built_from, [], f"delete {shlex.quote(self.folder)} to run "
-                                                             f"minichatgpt-{name} with these settings")
+        settings = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} with these settings"
+        finished = self.manifest.check(name, built_from, [], settings, changed_file=f"restore it, or {again}")
         if name not in self.manifest.stages:
             self.manifest.start(name, built_from)
         elif not finished:    # what an interrupted experiment recorded is checked too

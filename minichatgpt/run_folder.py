@@ -210,13 +210,14 @@ class Manifest:
     def save(self):
         write_json(self.file, {"stages": self.stages})
 
-    def check(self, stage, built_from, artifacts, advice, partial=False):
+    def check(self, stage, built_from, artifacts, advice, partial=False, changed_file=None):
         """Is `stage` done? Refuse if its record differs from built_from, or if its artifacts are foreign.
 
         -> True when it finished with this very record and its artifacts are the ones it wrote; False when it must
         run (fresh, or resuming an interrupted run of the same record). partial: compare only the keys of
         built_from (the options, before the input hashes are known) and say nothing of done. advice: what a
-        refusal says to do ("use a new --name, or --restart ...").
+        refusal says to do ("use a new --name, or --restart ..."); changed_file: what the refusal of a changed file
+        says instead, if it differs.
         """
         record = self.stages.get(stage)
         present = [a for a in artifacts if os.path.exists(os.path.join(self.run_dir, a))]
@@ -232,7 +233,7 @@ class Manifest:
                           f"{'; '.join(changes)}; {advice}")
         if partial or not record.get("finished"):
             return False
-        self.verify(stage, advice)
+        self.verify(stage, changed_file or advice)
         return True
 
     def verify(self, stage, hint):
