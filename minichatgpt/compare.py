@@ -19,22 +19,25 @@ Each training method also makes the same number of gradient updates of the same 
 each step's batch_size responses, in mini-batches of the run's mini_batch_size responses (DPO: half as many
 pairs, two responses each).
 
-Every eval_every steps the policy answers P held-out prompts, one sample each from its own generator, measured
-as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward" and "gold" scores, KL, collapse, length,
-reference NLL). Best-of-n is
-measured on its picks; its KL is the formula log n - (n - 1)/n (an upper bound). Wall time is the logged time
+Every eval_every steps, and after the last step, the policy answers P held-out prompts, one sample each from its
+own generator, measured as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward" and "gold"
+scores, KL, collapse, length, reference NLL), with the exact KL: at each position of each answer, the KL between
+the policy's and the reference's next-token distributions over the whole vocabulary, summed over the answer
+(`evaluate.exact_kl`). Unlike the sampled sum of log-ratios the main job reports, it is never negative, and it is
+what compare.json, the table and the plot call kl_to_reference. Best-of-n is measured on its picks; its KL is the
+formula log n - (n - 1)/n (an upper bound). Wall time is the logged time
 of the training steps and of the up-front sampling and scoring (evaluations excluded); memory is one step's
 working memory (`measured`). A Bradley-Terry reward model is fitted on DPO's pairs and its agreement with the
 gold scorer is reported beside the classifier reward model's.
 
 Everything is written under run_dir/compare/ (one checkpoint and JSON-lines log per method, DPO's pairs, the
-best-of-n samples' results), so a killed comparison started again resumes; compare.json, compare.png and
-compare.md go into the run folder.
+best-of-n samples' results), whose manifest records the sha256 of each file once it is finished, so a killed
+comparison started again resumes, and a file changed since is refused; compare.json, compare.png and compare.md go
+into the run folder.
 """
 import dataclasses
 import functools
 import logging
-import os
 import time
 import tracemalloc
 
@@ -50,11 +53,11 @@ from .best_of_n import curve as best_of_n_curve
 from .best_of_n import kl_best_of_n
 from .evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
 from .finished_run import experiment
-from .options import multiple_of
+from .options import UsageError, multiple_of
 from .report import format_table as format_metrics
 from .report import write_compare_plot
 from .rlhf import PromptStream, fingerprint, rollout_step, train_loop, train_ppo
-from .run_folder import path, read_json, write_json
+from .run_folder import path, read_json, write_json, writing
 from .sampling import sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,10 @@ def trainer_configs(cfg, ppo):
     sizes = {"--batch-size": cfg.batch_size, "the run's forward_batch_size": ppo.forward_batch_size,
              "the run's mini_batch_size": ppo.mini_batch_size}
     for of in ("the run's forward_batch_size", "the run's mini_batch_size"):   # the main job's rule, on the run's
-        multiple_of(sizes.get, str, "--batch-size", of)
+        try:
+            multiple_of(sizes.get, str, "--batch-size", of)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     shared = dict(lr=cfg.lr, batch_size=cfg.batch_size, forward_batch_size=ppo.forward_batch_size,
                   mini_batch_size=ppo.mini_batch_size, seed=ppo.seed)
     return {
@@ -138,10 +144,10 @@ def measured(step, responses_per_step):
 
 @dataclasses.dataclass
 class Setup:
-    """One comparison: the finished run every method starts from, the folder its files go to (run_dir/compare),
-    the held-out prompts every method answers, and their evaluation."""
+    """One comparison: the finished run every method starts from, the experiment whose folder its files go to
+    (run_dir/compare), the held-out prompts every method answers, and their evaluation."""
     run: object                   # a FinishedRun
-    folder: str
+    experiment: object            # its finished_run.Experiment
     eval_queries: list
     evaluate: object              # evaluate(policy) -> {"eval/<metric>": value} on eval_queries
 
@@ -150,10 +156,21 @@ class Setup:
         return dataclasses.replace(self.run.config.rlhf, steps=cfg.steps, max_seconds=None)
 
 
+def trained(setup, name, train):
+    """train(checkpoint, log) -> (policy, history), run or resumed, then its two files recorded as finished."""
+    ex = setup.experiment
+    policy, history = train(ex.file(f"{name}.npz"), ex.file(f"{name}.jsonl"))
+    ex.wrote(f"{name}.npz", f"{name}.jsonl")
+    return policy, history
+
+
 def train_rl(name, setup, trainer_config, cfg, progress):
     """PPO (through train_ppo), RLOO or GRPO from the pretrained model against the proxy -> (policy, history)."""
+    return trained(setup, name, lambda *files: _train_rl(name, setup, trainer_config, cfg, progress, files))
+
+
+def _train_rl(name, setup, trainer_config, cfg, progress, files):
     s, run, rlhf, task = setup, setup.run, setup.loop_config(cfg), setup.run.task()
-    files = path(s.folder, f"{name}.npz"), path(s.folder, f"{name}.jsonl")
     if name == "ppo":
         policy = run.policy_start()
         history = train_ppo(policy, task, trainer_config, rlhf, *files, progress=progress, evaluate=s.evaluate,
@@ -175,11 +192,9 @@ def dpo_pairs(setup, cfg, progress):
     """DPO's data, made once and kept in compare/dpo_pairs.json: two reference samples for each of budget / 2
     training prompts (the first ones PPO's prompt stream draws), scored by the proxy, which chooses the winner
     (ppo_np.dpo.make_pairs); the gold scorer's verdict is kept for the reward models' agreement."""
-    file = path(setup.folder, "dpo_pairs.json")
-    try:
+    file = setup.experiment.file("dpo_pairs.json")
+    if setup.experiment.kept("dpo_pairs.json"):
         return read_json(file)
-    except FileNotFoundError:
-        pass
     run, rlhf, sampling = setup.run, setup.run.config.rlhf, setup.run.config.sampling
     t0 = time.perf_counter()
     prompts = PromptStream(run.prompts[0], np.random.default_rng(rlhf.seed)).next_batch(cfg.budget // 2)
@@ -196,6 +211,7 @@ def dpo_pairs(setup, cfg, progress):
                         "texts": texts[2 * p:2 * p + 2], "proxy": proxy[p].tolist(), "gold": gold[p].tolist(),
                         "chosen": int(chosen[p])} for p in range(len(prompts))]}
     write_json(file, pairs)
+    setup.experiment.wrote("dpo_pairs.json")
     return pairs
 
 
@@ -210,6 +226,10 @@ def dpo_step(trainer, pairs):
 
 def train_dpo(setup, trainer_config, cfg, pairs, progress):
     """DPO from the pretrained model on the fixed pairs, one pass in budget / batch_size steps -> (policy, history)."""
+    return trained(setup, "dpo", lambda *files: _train_dpo(setup, trainer_config, cfg, pairs, progress, files))
+
+
+def _train_dpo(setup, trainer_config, cfg, pairs, progress, files):
     run, rlhf = setup.run, setup.loop_config(cfg)
     items = [tuple(np.asarray(a, dtype=np.int64) for a in (p["query"], p["responses"][p["chosen"]],
                                                            p["responses"][1 - p["chosen"]])) for p in pairs["pairs"]]
@@ -217,8 +237,8 @@ def train_dpo(setup, trainer_config, cfg, pairs, progress):
     trainer = DPOTrainer(policy, run.ref_model, trainer_config, pad_token_id=run.tokenizer.eos_token_id)
     fp = fingerprint(trainer_config, rlhf, run.task(), key="dpo", items=[np.concatenate(item) for item in items])
     history = train_loop(trainer, measured(lambda stream, rng: dpo_step(trainer, stream), cfg.batch_size), items, rlhf,
-                         path(setup.folder, "dpo.npz"), path(setup.folder, "dpo.jsonl"), fp, name="DPO",
-                         progress=progress, evaluate=setup.evaluate, evaluate_every=cfg.eval_every)
+                         *files, fp, name="DPO", progress=progress, evaluate=setup.evaluate,
+                         evaluate_every=cfg.eval_every)
     return policy, history
 
 
@@ -226,11 +246,9 @@ def run_best_of_n(setup, cfg, progress):
     """Best-of-n on the held-out prompts, n = budget / P, made once and kept in compare/best_of_n.json -> its record:
     the picks' metrics, the curve over n = 1, 2, 4, ..., n (best_of_n.curve), its cost, and each prompt's first two
     samples with their gold scores (the held-out pairs on which the reward models' agreement is measured)."""
-    file = path(setup.folder, "best_of_n.json")
-    try:
+    file = setup.experiment.file("best_of_n.json")
+    if setup.experiment.kept("best_of_n.json"):
         return read_json(file)
-    except FileNotFoundError:
-        pass
     run, queries, sampling = setup.run, setup.eval_queries, setup.run.config.sampling
     P, n = len(queries), cfg.budget // len(queries)
     t0 = time.perf_counter()
@@ -250,6 +268,7 @@ def run_best_of_n(setup, cfg, progress):
                         for r in best_of_n_curve(proxy, {"reward": proxy, "gold": gold}, n)],
               "held_out_pairs": [{"texts": texts[i * n:i * n + 2], "gold": gold[i, :2].tolist()} for i in range(P)]}
     write_json(file, record)
+    setup.experiment.wrote("best_of_n.json")
     return record
 
 
@@ -268,7 +287,7 @@ def rl_summary(history, final, batch_size, extra_seconds=0.0):
     """One trained method's record: final metrics, its curve (evaluated steps), generated responses, wall time and
     memory. final: the metrics of the final policy. extra_seconds: up-front work (DPO's sampling and scoring)."""
     def point(step, metrics):
-        return {"step": step, "generated": step * batch_size, "kl": max(metrics["kl_to_reference"], 0.0),
+        return {"step": step, "generated": step * batch_size, "kl": metrics["kl_to_reference"],
                 **{k: metrics[k] for k in CURVE_KEYS}}
 
     curve = [point(h["step"], measured_in(h)) for h in history if measured_in(h)]
@@ -294,7 +313,9 @@ def reward_model_agreement(setup, pairs, bon):
     run = setup.run
     train = [(p["texts"][p["chosen"]], p["texts"][1 - p["chosen"]]) for p in pairs["pairs"]]
     bradley_terry = fit_bradley_terry(train, run.proxy.featurizer)
-    bradley_terry.save(path(setup.folder, "bradley_terry.npz"))
+    with writing(setup.experiment.file("bradley_terry.npz")):
+        bradley_terry.save(setup.experiment.file("bradley_terry.npz"))
+    setup.experiment.wrote("bradley_terry.npz")
     out = {"fitted_on_pairs": len(train),
            "bradley_terry_fit": {k: bradley_terry.info[k] for k in ("n_iter", "train_loss")}}
     for split, rows in (("dpo_pairs", pairs["pairs"]), ("held_out_pairs", bon["held_out_pairs"])):
@@ -315,31 +336,28 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
     Refuses when the run is not finished, when compare/ holds results of other settings (its manifest), or while
     another process works in the run folder. Resumes from the files under compare/ after a kill.
     """
-    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir) as (run, folder):
+    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir) as (run, ex):
         eval_queries = run.held_out(cfg.eval_prompts)
-        setup = Setup(run, folder, eval_queries, run.evaluator(run.scorers, eval_queries))
+        setup = Setup(run, ex, eval_queries, run.evaluator(run.scorers, eval_queries, kl="exact"))
         results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo), progress)
         write_json(path(run_dir, "compare.json"), results)
         write_compare_plot(results, path(run_dir, "compare.png"))
-        with atomic_write(path(run_dir, "compare.md"), "w") as f:
+        with writing(path(run_dir, "compare.md")), atomic_write(path(run_dir, "compare.md"), "w") as f:
             f.write(format_report(results))
         return results
 
 
 def built_from(cfg, run):
-    """What the comparison is built from besides the run's files: its settings and the run's own settings of PPO,
-    the loop and sampling. Refuses settings that do not fit the run (a batch its chunks do not divide, more held-out
-    prompts than it has) before anything is written."""
+    """What the comparison is built from besides the run's files: its settings, the run's own settings that shape it
+    (FinishedRun.shaping) and the KL it measures. Refuses settings that do not fit the run (a batch its chunks do
+    not divide, more held-out prompts than it has) before anything is written."""
     trainer_configs(cfg, run.config.ppo)
     run.held_out(cfg.eval_prompts, "--eval-prompts")
-    return {**dataclasses.asdict(cfg), "run ppo": dataclasses.asdict(run.config.ppo),
-            "run rlhf": dataclasses.asdict(run.config.rlhf), "run sampling": dataclasses.asdict(run.config.sampling),
-            "run seed": run.config.seed}
+    return {**dataclasses.asdict(cfg), **run.shaping(), "kl_to_reference": "exact"}
 
 
 def compare_methods(setup, cfg, configs, progress):
     """Every method in turn, each resuming from its files -> results (the dict compare.json holds)."""
-    os.makedirs(setup.folder, exist_ok=True)
     methods, reference = {}, None
     for name in ("ppo", "rloo", "grpo"):
         log.info("compare: %s", LABELS[name])
@@ -366,6 +384,8 @@ def compare_methods(setup, cfg, configs, progress):
 
 # ---------------------------------------------------------------------------------------------- the table
 
+# the KL row says which KL it is: the exact one (evaluate.exact_kl), and best-of-n's formula
+LABELS_OF_METRICS = {"kl_to_reference": "KL to reference (exact; best-of-n: bound)"}
 COSTS = (("generated responses", "generated", "{:,d}"), ("training steps", "steps", "{:d}"),
          ("wall time (s)", "wall_seconds", "{:.1f}"), ("step memory (MB)", "peak_mb", "{:.1f}"))
 
@@ -377,7 +397,7 @@ def format_table(results):
     columns = {LABELS[c]: results["reference"] if c == "reference" else results["methods"][c]["metrics"]
                for c in cost}
     return format_metrics(columns, [(label, [fmt.format(cost[c][key]) if cost[c].get(key) is not None else "-"
-                                             for c in cost]) for label, key, fmt in COSTS])
+                                             for c in cost]) for label, key, fmt in COSTS], labels=LABELS_OF_METRICS)
 
 
 def format_agreement(results):

@@ -122,20 +122,25 @@ def sha256_of_snippets(snippets):
 
 
 # The fewest labelled snippets each split must hold: both classes to fit the reward model on, a validation
-# set to choose it on, and test snippets for at least one evaluation prompt and a few PPO prompts.
+# set to choose it on, and test snippets for at least one evaluation prompt and a few PPO prompts. Pretraining
+# alone needs text to train on and text to validate on.
 MIN_LABELLED = {"train": 2, "val": 4, "test": 8}
+MIN_TEXTS = {"train": 1, "val": 1, "test": 0}
 
 
-def check_size(train, val, test, fractions=(0.8, 0.1, 0.1)):
-    """Refuse (ValueError) a corpus too small for the reward model, the PPO prompts and the evaluation."""
+def check_size(train, val, test, fractions=(0.8, 0.1, 0.1), duplicates=0, labelled=True):
+    """Refuse (ValueError) a corpus too small for the reward model, the PPO prompts and the evaluation (labelled), or
+    for pretraining alone. duplicates: how many rows were removed as duplicates before the split, said if any."""
+    least, what = (MIN_LABELLED, "labelled snippets") if labelled else (MIN_TEXTS, "snippets")
     for name, part, fraction in zip(("train", "val", "test"), (train, val, test), fractions):
-        n = sum(s.label is not None for s in part)
-        if n < MIN_LABELLED[name]:
-            needed = int(np.ceil(max(MIN_LABELLED[k] / f for k, f in zip(MIN_LABELLED, fractions)) * 1.5))
-            raise ValueError(f"the corpus is too small: its {name} split holds {n} labelled snippets and needs at "
-                             f"least {MIN_LABELLED[name]} (splits are {', '.join(f'{f:.0%}' for f in fractions)} "
-                             f"by movie); give a corpus of at least {needed} labelled rows")
-    if len({s.label for s in train if s.label is not None}) < 2:
+        n = sum(s.label is not None or not labelled for s in part)
+        if n < least[name]:
+            needed = int(np.ceil(max(least[k] / f for k, f in zip(least, fractions)) * 1.5))
+            removed = f", after {duplicates:,} duplicate rows were removed" if duplicates else ""
+            raise ValueError(f"the corpus is too small: its {name} split holds {n} {what} and needs at least "
+                             f"{least[name]} (splits are {', '.join(f'{f:.0%}' for f in fractions)} by movie{removed}); "
+                             f"give a corpus of at least {needed} {'labelled ' if labelled else ''}rows that differ")
+    if labelled and len({s.label for s in train if s.label is not None}) < 2:
         raise ValueError("the corpus's training split holds only one class; the reward model needs positive and "
                          "negative snippets: give a corpus with both labels")
 
@@ -149,8 +154,7 @@ def load_data(config, cache_dir=None, labelled=True):
     info = {"corpus_sha256": sha256_of_snippets(snippets), "snippets": len(snippets)}
     snippets, info["duplicates_removed"] = deduplicate(snippets)
     train, val, test = split(snippets, seed=config.seed)
-    if labelled:
-        check_size(train, val, test)
+    check_size(train, val, test, duplicates=info["duplicates_removed"], labelled=labelled)
     log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
              info["duplicates_removed"], len(train), len(val), len(test))
     return train, val, test, info

@@ -1,66 +1,113 @@
-"""A finished run of the main job, opened to build on: the one way the pipeline's evaluation, compare, overopt and
-scripts/sweep_ppo.py get at a run's parts.
+"""A finished run of the main job, opened to build on: the one way the pipeline's evaluation, compare, overopt,
+minichatgpt-sample given a run folder and scripts/sweep_ppo.py get at a run's parts.
 
-    run = FinishedRun.open("runs/default")   # refuses a run whose stages are not finished, or whose files changed
+    run = FinishedRun.open("runs/default")   # refuses a run that is not finished, or whose files changed
     run.config  run.tokenizer  run.ref_model  run.proxy  run.gold  run.prompts  run.data
     run.policy_start()  run.task()  run.evaluate(policy)
 
-Opening checks the run before anything is read: the stages it needs are finished, and every file a finished stage
-wrote still has the sha256 the manifest recorded, so a replaced reward.npz is refused, not used. The parts are
-loaded when first asked for. `experiment` gives an experiment on a run (compare, overopt) the run's lock and a
-folder of its own, whose manifest refuses other settings.
+Opening checks the run before anything is read: the stages it needs are finished, every file a finished stage
+wrote still has the sha256 the manifest recorded (a replaced reward.npz is refused, not used), and the folder holds
+no symbolic link. The config is the one the manifest recorded with the report, not summary.json's copy, which only
+reports it. The corpus is read again when first needed, and refused unless it hashes as the run recorded it. The
+parts are loaded when first asked for. `experiment` gives an experiment on a run (compare, overopt) the run's lock
+and a folder of its own (`Experiment`), whose manifest refuses other settings and records every file it writes.
 """
 import contextlib
+import dataclasses
 import functools
 import os
+import shlex
 
 import minigpt_np as mg
 
 from . import corpus, stages
 from .config import from_dict
 from .evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
+from .options import UsageError
 from .rlhf import Task
-from .run_folder import Lock, Manifest, Refused, path, read_json
+from .rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
+from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links
 
 BUILT_ON = ("tokenizer", "pretrain", "reward", "gold")   # the stages an experiment on a run starts from
+FINISHED = (*stages.STAGE_ORDER, "report")              # what a finished run has finished
+
+
+def main_job(run_dir, *flags):
+    """The minichatgpt command line that works on run_dir, quoted for a shell: "minichatgpt --runs-dir R --name N"."""
+    runs_dir, name = os.path.split(os.path.normpath(run_dir))
+    where = ["--runs-dir", runs_dir or "."] if os.path.normpath(runs_dir or ".") != "runs" else []
+    return " ".join(shlex.quote(word) for word in ["minichatgpt", *where, "--name", name, *flags])
 
 
 class FinishedRun:
     """A run folder whose stages are finished, and its parts."""
 
-    def __init__(self, run_dir, config, manifest, cache_dir=None, data=None):
-        self.run_dir, self.config, self.manifest, self.cache_dir = run_dir, config, manifest, cache_dir
+    def __init__(self, run_dir, manifest, config=None, cache_dir=None, data=None):
+        self.run_dir, self.manifest, self.cache_dir = run_dir, manifest, cache_dir
+        if config is not None:
+            self.config = config
         if data is not None:
             self.data = data
 
     @classmethod
-    def open(cls, run_dir, cache_dir=None, needs=BUILT_ON, config=None, data=None):
-        """Check a run folder and open it -> FinishedRun; Refused if a stage in `needs` is not finished or a file
-        changed.
+    def open(cls, run_dir, cache_dir=None, needs=FINISHED, config=None, data=None):
+        """Check a run folder and open it -> FinishedRun; Refused if a stage in `needs` is not finished, a file
+        changed, or the folder holds a link.
 
-        config: the RunConfig it was built with (the pipeline, which has it); by default the one the run's
-        summary.json records. data: the corpus's (train, val, test, info), if already loaded. cache_dir: where the
-        default corpus is cached.
+        config: the RunConfig it was built with (the pipeline, which has it); by default the one the manifest
+        recorded with the report. data: the corpus's (train, val, test, info), if already loaded. cache_dir: where
+        the default corpus is cached.
         """
-        manifest = Manifest(run_dir)
+        manifest = Manifest(run_dir, elsewhere="build the run again under a new --name")
         missing = [s for s in needs if not manifest.stages.get(s, {}).get("finished")]
-        summary = path(run_dir, "summary.json")
-        if missing or (config is None and not os.path.exists(summary)):
-            what = f"its {', '.join(missing)} stages are not finished" if missing else "it has no summary.json"
-            raise Refused(f"{run_dir} is not a finished run ({what}); run minichatgpt --name "
-                          f"{os.path.basename(run_dir)} first")
+        if missing:
+            what = f"its {', '.join(missing)} stage{'s are' if len(missing) > 1 else ' is'} not finished"
+            raise Refused(f"{run_dir} is not a finished run ({what}); run {main_job(run_dir)} first, with the "
+                          "options it was started with")
+        refuse_links(run_dir, stages.RUN_FILES)
         for stage, record in manifest.stages.items():
             if record.get("finished"):
-                manifest.verify(stage, f"restore it, or rebuild it with minichatgpt --name "
-                                       f"{os.path.basename(run_dir)} --restart {stage}")
-        return cls(run_dir, config or from_dict(read_json(summary)["config"]), manifest, cache_dir, data)
+                manifest.verify(stage, f"run {main_job(run_dir)} to write it again" if stage == "report" else
+                                f"restore it, or rebuild it with {main_job(run_dir, '--restart', stage)}")
+        run = cls(run_dir, manifest, config, cache_dir, data)
+        if "report" in needs:
+            run.config    # read, and checked, now
+        return run
+
+    @functools.cached_property
+    def config(self):
+        """The RunConfig the run was built and evaluated with, as the manifest recorded it with the report."""
+        try:
+            return from_dict(self.manifest.stages["report"]["built_from"]["config"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Refused(f"{self.manifest.file} holds no readable config of the run (it is damaged); run "
+                          f"{main_job(self.run_dir)} to record it again") from None
 
     # ------------------------------------------------------------------------------------------ its parts
 
     @functools.cached_property
     def data(self):
-        """The corpus split as the run split it -> (train, val, test, info)."""
-        return corpus.load_data(self.config, self.cache_dir)
+        """The corpus split as the run split it -> (train, val, test, info); Refused unless the corpus, read again,
+        hashes as the manifest recorded it."""
+        spec = self.config.corpus
+        try:
+            data = corpus.load_data(self.config, self.cache_dir)
+        except (OSError, ValueError) as e:   # said with the options of the command that opened the run
+            reason = "it is not cached, and pip could not fetch it" if isinstance(e, CorpusUnavailableError) else \
+                "it is missing" if spec != "rotten_tomatoes" and not os.path.exists(spec) else str(e).split("; ")[0]
+            if spec == "rotten_tomatoes":
+                raise Refused(f"{self.run_dir} was built from the default corpus, which cannot be read now ({reason}); "
+                              "point --cache-dir (or MINICHATGPT_CACHE) at the folder that holds "
+                              f"{ROTTEN_TOMATOES_CSV}, or at one it can be fetched into "
+                              f"(now {self.cache_dir or default_cache_dir()})") from None
+            raise Refused(f"{self.run_dir} was built from the corpus {spec}, which no longer loads as it did "
+                          f"({reason}); put the run's corpus back at that path") from None
+        recorded = self.manifest.stages["tokenizer"]["built_from"].get("corpus sha256")
+        if data[3]["corpus_sha256"] != recorded:
+            raise Refused(f"the corpus {spec} changed since {self.run_dir} was built from it (its snippets hash to "
+                          f"{data[3]['corpus_sha256'][:12]}..., the run recorded {str(recorded)[:12]}...); put the "
+                          "run's corpus back at that path")
+        return data
 
     @functools.cached_property
     def tokenizer(self):
@@ -92,12 +139,19 @@ class FinishedRun:
         return stages.prompts(self.config, self.tokenizer, self.data[2])
 
     def held_out(self, n=None, flag=None):
-        """The first n held-out prompts (all by default). With flag, refuse (ValueError) more than the run has."""
+        """The first n held-out prompts (all by default). With flag, refuse (UsageError) more than the run has."""
         queries = self.prompts[1]
         if flag is not None and n > len(queries):
-            raise ValueError(f"the run has {len(queries)} held-out prompts, fewer than {flag} {n}; use {flag} "
+            raise UsageError(f"{flag} {n} is more than the run's {len(queries)} held-out prompts; use {flag} "
                              f"{len(queries)} or fewer")
         return queries[:n]
+
+    def shaping(self):
+        """What of the run's config an experiment on it is built from besides its files: PPO's, the loop's and
+        sampling's settings, the seed, and the number of held-out prompts (which sets the training prompts too)."""
+        c = self.config
+        return {"run ppo": dataclasses.asdict(c.ppo), "run rlhf": dataclasses.asdict(c.rlhf),
+                "run sampling": dataclasses.asdict(c.sampling), "run seed": c.seed, "run eval_prompts": c.eval_prompts}
 
     @property
     def input_hashes(self):
@@ -121,37 +175,70 @@ class FinishedRun:
 
     # ------------------------------------------------------------------------------------------ its evaluation
 
-    def evaluate(self, model, scorers=None, queries=None, sampling=None):
+    def evaluate(self, model, scorers=None, queries=None, sampling=None, kl="sampled"):
         """The model's answers to the held-out prompts, measured (evaluate.evaluate_policy) -> (metrics, samples).
 
         Every evaluation of a run samples with the same generator, seeded with its seed + EVAL_SEED_OFFSET, so the
         reference and every policy answer alike where they agree. Defaults: the run's scorers, every held-out
-        prompt, the run's sampling settings."""
+        prompt, the run's sampling settings. kl: "sampled" or "exact" (evaluate.measure_responses)."""
         return evaluate_policy(model, self.ref_model, self.tokenizer, scorers or self.scorers,
                                self.held_out() if queries is None else queries, sampling or self.config.sampling,
-                               self.config.seed + EVAL_SEED_OFFSET)
+                               self.config.seed + EVAL_SEED_OFFSET, kl=kl)
 
-    def evaluator(self, scorers=None, queries=None):
+    def evaluator(self, scorers=None, queries=None, kl="sampled"):
         """evaluate(policy) -> {"eval/<metric>": value}, what a training loop logs at its evaluated steps."""
-        return lambda policy: logged(self.evaluate(policy, scorers, queries)[0])
+        return lambda policy: logged(self.evaluate(policy, scorers, queries, kl=kl)[0])
+
+
+class Experiment:
+    """An experiment's own folder, run_dir/<name>, and its record in the folder's manifest.json: the settings and run
+    files it is built from, and the sha256 of every file it has finished writing there.
+
+    Opening it refuses other settings, and a recorded file that changed or went missing. A file found without a
+    record (a kill came between writing and recording it, or it was put there by hand) is made again; a training
+    checkpoint without one is resumed only if its fingerprint matches, and its log only if it hashes as the
+    checkpoint recorded it (`rlhf.LoopState`).
+    """
+
+    def __init__(self, run_dir, name, built_from):
+        self.name, self.folder = name, path(run_dir, name)
+        again = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} again"
+        self.manifest = Manifest(self.folder, elsewhere=again)
+        settings = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} with these settings"
+        finished = self.manifest.check(name, built_from, [], settings, changed_file=f"restore it, or {again}")
+        if name not in self.manifest.stages:
+            self.manifest.start(name, built_from)
+        elif not finished:    # what an interrupted experiment recorded is checked too
+            self.manifest.verify(name, f"restore it, or {again}")
+        self.again = again
+
+    def file(self, name):
+        return path(self.folder, name)
+
+    def kept(self, *names):
+        """Did the experiment finish writing these files before (recorded, and checked when it was opened)?"""
+        return all(name in self.manifest.stages[self.name].get("outputs", {}) for name in names)
+
+    def wrote(self, *names):
+        """Record the sha256 of files the experiment has finished writing."""
+        self.manifest.record(self.name, names)
 
 
 @contextlib.contextmanager
 def experiment(run_dir, name, settings, cache_dir=None):
-    """An experiment on a finished run, in the run's lock -> yields (run, its folder run_dir/<name>).
+    """An experiment on a finished run, in the run's lock -> yields (run, its Experiment).
 
-    settings(run) -> {key: value}: what the experiment is built from besides the run's files; it may refuse
-    (ValueError) settings that do not fit the run, before anything is written. The folder's manifest records them
+    settings(run) -> {key: value}: what the experiment is built from besides the run's files; it refuses
+    (UsageError) settings that do not fit the run, before anything is written. The folder's manifest records them
     with the run's input hashes, refuses other ones, and marks the experiment finished when the block ends.
     """
     FinishedRun.open(run_dir)                  # refuse before the lock, which would create the folder
     with Lock(run_dir):
         run = FinishedRun.open(run_dir, cache_dir)
-        folder = path(run_dir, name)
         built_from = {**{k: str(v) for k, v in settings(run).items()}, **run.input_hashes}
-        own = Manifest(folder)
-        own.check(name, built_from, [], f"delete {folder} to run minichatgpt-{name} with these settings")
-        if name not in own.stages:
-            own.start(name, built_from)
-        yield run, folder
-        own.finish(name, [])
+        ex = Experiment(run_dir, name, built_from)
+        try:
+            yield run, ex
+        except DamagedFile as e:
+            raise Refused(f"{e}; {ex.again}") from e
+        ex.manifest.finish(name, [])

@@ -13,11 +13,11 @@ split. Two ways to buy proxy score with distance d = sqrt(KL) from the reference
 
 The proxy score keeps rising with d; the gold score rises, flattens and, if the proxy is exploitable enough,
 falls. The distance between the two curves is what the policy merely got the scorer to say. Best-of-n's curve is
-`best_of_n.curve`; the run is opened, and evaluated, through `finished_run`.
+`best_of_n.curve`; the run is opened, and evaluated, through `finished_run`. Every file the experiment writes
+under run_dir/overopt/ is recorded in its manifest once finished, and checked before it is used again.
 """
 import dataclasses
 import logging
-import os
 
 import numpy as np
 
@@ -27,9 +27,10 @@ from reward import load_scorer, train_scorer
 from .best_of_n import curve
 from .evaluate import EVAL_SEED_OFFSET, measured_in
 from .finished_run import experiment
+from .options import UsageError
 from .report import write_overopt_plot
 from .rlhf import train_ppo
-from .run_folder import path, write_json
+from .run_folder import path, write_json, writing
 from .sampling import sample_n, score, texts_of
 from .stages import labelled
 
@@ -54,17 +55,18 @@ def train_proxies(train, val, sizes, seed):
     return proxies
 
 
-def scorers_of(run, folder, cfg):
+def scorers_of(run, ex, cfg):
     """The run's reward model ("full") and gold scorer, and a smaller proxy per size (fitted once, then kept as
     overopt/proxy_<size>.npz) -> ({name: scorer}, {name: labelled training snippets it was fitted on})."""
     train, val, _, _ = run.data
     scorers = {"full": run.proxy, "gold": run.gold}
-    os.makedirs(folder, exist_ok=True)
     for size in cfg.proxy_sizes:
-        file = path(folder, f"proxy_{size}.npz")
-        if not os.path.exists(file):
-            train_proxies(train, val, [size], cfg.seed)[str(size)].save(file)
-        scorers[str(size)] = load_scorer(file)
+        name = f"proxy_{size}.npz"
+        if not ex.kept(name):
+            with writing(ex.file(name)):
+                train_proxies(train, val, [size], cfg.seed)[str(size)].save(ex.file(name))
+            ex.wrote(name)
+        scorers[str(size)] = load_scorer(ex.file(name))
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
     return scorers, {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val}
 
@@ -72,32 +74,43 @@ def scorers_of(run, folder, cfg):
 # ---------------------------------------------------------------------------------------------- the two curves
 
 
-def best_of_n_rows(run, folder, cfg, scorers, queries, progress):
+def best_of_n_rows(run, ex, cfg, scorers, queries, progress):
     """Best-of-n for every proxy, judged by the gold: n_max reference samples per held-out prompt, scored by every
     scorer once and kept in overopt/best_of_n_scores.npz -> [{"proxy", "n", "kl", "proxy_score", "gold_score"}]."""
-    file = path(folder, "best_of_n_scores.npz")
-    if not os.path.exists(file):
+    file = ex.file("best_of_n_scores.npz")
+    if not ex.kept("best_of_n_scores.npz"):
         sampling = dataclasses.replace(run.config.sampling, forward_batch_size=cfg.n_max)   # a prompt's n_max a pass
         rng = np.random.default_rng(run.config.seed + EVAL_SEED_OFFSET)
         repeated, responses = sample_n(run.ref_model, run.tokenizer, queries, cfg.n_max, sampling, rng, progress)
         texts = texts_of(run.tokenizer, repeated, responses)
-        save_npz(file, {name: score(scorer, texts, sampling).reshape(len(queries), cfg.n_max)
-                        for name, scorer in scorers.items()}, {"texts_per_prompt": cfg.n_max})
+        with writing(file):
+            save_npz(file, {name: score(scorer, texts, sampling).reshape(len(queries), cfg.n_max)
+                            for name, scorer in scorers.items()}, {"texts_per_prompt": cfg.n_max})
+        ex.wrote("best_of_n_scores.npz")
     scores, _ = load_npz(file)
     return [{"proxy": name, "n": r["n"], "kl": r["kl"], "proxy_score": r["reward_mean"], "gold_score": r["gold_mean"]}
             for name in scorers if name != "gold"
             for r in curve(scores[name], {"reward": scores[name], "gold": scores["gold"]}, cfg.n_max)]
 
 
-def rl_rows(run, folder, cfg, name, scorers, queries, progress):
+def rl_configs(run, cfg):
+    """The PPO runs' settings: the run's PPO with a fixed KL coefficient, and its loop for rl_steps steps, without
+    the main job's time budget (each runs to its end, so that its files are finished when recorded)
+    -> (PPOConfig, RLHFConfig)."""
+    return (dataclasses.replace(run.config.ppo, adap_kl_ctrl=False, init_kl_coef=cfg.rl_kl_coef),
+            dataclasses.replace(run.config.rlhf, steps=cfg.rl_steps, checkpoint_every=cfg.eval_every,
+                                max_seconds=None))
+
+
+def rl_rows(run, ex, cfg, name, scorers, queries, progress):
     """PPO from the run's policy start against one proxy, with a small fixed KL penalty, evaluated by that proxy and
-    the gold every eval_every steps; resumes from overopt/rl_<name>.npz -> its curve (rl_curve)."""
-    ppo_config = dataclasses.replace(run.config.ppo, adap_kl_ctrl=False, init_kl_coef=cfg.rl_kl_coef)
-    loop = dataclasses.replace(run.config.rlhf, steps=cfg.rl_steps, checkpoint_every=cfg.eval_every)
+    the gold every eval_every steps and after the last; resumes from overopt/rl_<name>.npz -> its curve (rl_curve)."""
+    ppo_config, loop = rl_configs(run, cfg)
     evaluate = run.evaluator({"reward": scorers[name], "gold": scorers["gold"]}, queries)
-    history = train_ppo(run.policy_start(), run.task(scorers[name]), ppo_config, loop, path(folder, f"rl_{name}.npz"),
-                        path(folder, f"rl_{name}.jsonl"), progress=progress, evaluate=evaluate,
-                        evaluate_every=cfg.eval_every)
+    files = f"rl_{name}.npz", f"rl_{name}.jsonl"
+    history = train_ppo(run.policy_start(), run.task(scorers[name]), ppo_config, loop, *map(ex.file, files),
+                        progress=progress, evaluate=evaluate, evaluate_every=cfg.eval_every)
+    ex.wrote(*files)
     return rl_curve(history, name)
 
 
@@ -134,13 +147,16 @@ def gains(rows, key):
 
 
 def fits(bon, rl):
-    """Each curve's fitted functional form, gold's and the proxy's own -> {"<kind>/<proxy>/<score>": alpha, beta}."""
+    """Each curve's fitted functional form, gold's and the proxy's own -> {"<kind>/<proxy>/<score>": alpha, beta}.
+
+    Two parameters need two points past d = 0: a curve with fewer has no fit (alpha and beta None)."""
     out = {}
     for kind, rows, fit in (("best_of_n", bon, fit_bon), ("rl", rl, fit_rl)):
         for name in sorted({r["proxy"] for r in rows}):
             rows_of = [r for r in rows if r["proxy"] == name]
             for key in ("gold_score", "proxy_score"):
-                alpha, beta = fit(*gains(rows_of, key))
+                d, gain = gains(rows_of, key)
+                alpha, beta = fit(d, gain) if np.sum(d > 0) >= 2 else (None, None)
                 out[f"{kind}/{name}/{key}"] = {"alpha": alpha, "beta": beta}
     return out
 
@@ -155,14 +171,14 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
     gold scorer; trains the smaller proxies; writes its own files under run_dir/overopt/ and resumes from them
     after a kill. Refuses when the run is not finished, or when overopt/ holds results of other settings.
     """
-    with experiment(run_dir, "overopt", lambda run: dataclasses.asdict(cfg), cache_dir) as (run, folder):
-        scorers, sizes = scorers_of(run, folder, cfg)
+    with experiment(run_dir, "overopt", lambda run: built_from(cfg, run), cache_dir) as (run, ex):
+        scorers, sizes = scorers_of(run, ex, cfg)
         test_texts, test_labels = labelled(run.data[2])
         accuracy = {name: scorer.metrics(test_texts, test_labels)["accuracy"] for name, scorer in scorers.items()}
         queries = run.held_out(cfg.prompts)
-        bon = best_of_n_rows(run, folder, cfg, scorers, queries, progress)
+        bon = best_of_n_rows(run, ex, cfg, scorers, queries, progress)
         rl = [row for name in (str(min(cfg.proxy_sizes)), "full")     # PPO against the smallest proxy and the largest
-              for row in rl_rows(run, folder, cfg, name, scorers, queries, progress)]
+              for row in rl_rows(run, ex, cfg, name, scorers, queries, progress)]
         results = {"settings": dataclasses.asdict(cfg),
                    "scorers": {name: {"train_snippets": sizes[name], "test_accuracy": accuracy[name]}
                                for name in scorers},
@@ -170,6 +186,23 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
         write_json(path(run_dir, "overopt.json"), results)
         write_overopt_plot(results, path(run_dir, "overopt.png"))
         return results
+
+
+def built_from(cfg, run):
+    """What the experiment is built from besides the run's files: its settings and the run's own that shape it
+    (FinishedRun.shaping). Refuses settings that do not fit the run (a proxy as large as the run's labelled training
+    split, more prompts than it holds out) before anything is written."""
+    n_train = len(labelled(run.data[0])[0])
+    too_large = [size for size in cfg.proxy_sizes if size >= n_train]
+    if too_large:
+        raise UsageError(f"--proxy-sizes {too_large[0]} is too large: the run has {n_train} labelled training "
+                         f"snippets, and a smaller proxy is fitted on fewer; use sizes below {n_train}")
+    run.held_out(cfg.prompts, "--prompts")
+    try:
+        rl_configs(run, cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return {**dataclasses.asdict(cfg), **run.shaping()}
 
 
 def format_results(results):
@@ -184,6 +217,7 @@ def format_results(results):
             points = [f"{r.get('n', r.get('step'))}: {r['kl']:.1f} {r['proxy_score'] - curve[0]['proxy_score']:+.2f}"
                       f"/{r['gold_score'] - curve[0]['gold_score']:+.2f}" for r in curve]
             fit = results["fits"][f"{kind}/{name}/gold_score"]
-            lines.append(f"  proxy {name:5s} gold fit alpha {fit['alpha']:+.3f} beta {fit['beta']:+.3f} | "
-                         + ", ".join(points))
+            fitted = (f"gold fit alpha {fit['alpha']:+.3f} beta {fit['beta']:+.3f}" if fit["alpha"] is not None
+                      else "no gold fit (fewer than 2 points past d = 0)")
+            lines.append(f"  proxy {name:5s} {fitted} | " + ", ".join(points))
     return "\n".join(lines)

@@ -3,8 +3,10 @@
 Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_ppo.npz, ppo_log.jsonl,
 curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built
 from. Run again, it skips the finished stages and resumes an interrupted one; if an option or an input of a stage
-changed, it refuses and names the change, so a run folder never mixes two runs. The evaluation and the report
-read the finished run as every other command does, through `finished_run.FinishedRun`.
+changed, it refuses and names the change, so a run folder never mixes two runs. --restart STAGE checks every
+other stage first, then deletes STAGE, the stages built on it, the report and the experiments built on the run.
+The evaluation and the report read the finished run as every other command does, through
+`finished_run.FinishedRun`; the manifest records the report last, with the run's whole config.
 """
 import dataclasses
 import functools
@@ -18,8 +20,8 @@ from . import corpus, stages
 from .config import OPTIONS, default_of
 from .finished_run import FinishedRun
 from .report import write_curves, write_samples
-from .run_folder import DamagedFile, Lock, Manifest, Refused, path, write_json
-from .stages import ARTIFACTS, STAGE_ORDER
+from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links, write_json
+from .stages import ARTIFACTS, BUILT_ON_RUN, REPORT, RUN_FILES, STAGE_ORDER
 from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,11 @@ def affected(stage):
 
 def restart_hint(stage):
     rebuilt = ", ".join(a for s in affected(stage) for a in ARTIFACTS[s])
-    return f"--restart {stage} to rebuild it (deletes {rebuilt})"
+    return f"--restart {stage} to rebuild it (deletes {rebuilt}, and the report and experiments built on them)"
+
+
+def advice(stage):
+    return f"use a new --name, or {restart_hint(stage)}"
 
 
 def hashes(run_dir, names):
@@ -57,45 +63,58 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
     Raises Refused when the run folder holds a stage built from other options or inputs, or a file it did not
     make, or is in use by another process.
     """
-    os.makedirs(run_dir, exist_ok=True)
     with Lock(run_dir):
+        refuse_links(run_dir, RUN_FILES)
         timings, t_start = {}, time.perf_counter()
         data, policy, history, metrics = _build(config, run_dir, progress, cache_dir, restart, timings)
         t = time.perf_counter()
         run = FinishedRun.open(run_dir, cache_dir, needs=STAGE_ORDER, config=config, data=data)
+        run.manifest.forget("report", REPORT)   # a kill before the new report is recorded leaves none
+        run.manifest.start("report", {"config": dataclasses.asdict(config)})
         before, after = run.evaluate(run.ref_model), run.evaluate(policy)
         timings["evaluate"] = time.perf_counter() - t
         wrote = _write_report(run, policy, history, before, after)
         timings["total"] = time.perf_counter() - t_start
         summary = _summary(run, history, before, after, metrics, timings, wrote)
         write_json(path(run_dir, "summary.json"), summary)
+        run.manifest.finish("report", [name for name in REPORT if name in wrote])
         return summary
 
 
 class Stages:
     """The manifest's side of the main job: run a stage, skip it when it is finished, refuse it when it was built
-    from other options or inputs. Every stage's options are checked up front, before any work."""
+    from other options or inputs. Every stage's options, and the files of every finished stage, are checked up
+    front, before any work; only then does a restart delete anything.
 
-    def __init__(self, config, run_dir, restart, data):
-        self.manifest = Manifest(run_dir)
-        if restart:
-            for stage in affected(restart):
-                self.manifest.forget(stage, ARTIFACTS[stage])
+    advice(stage): what a refusal of other options says to do; elsewhere: how to start afresh (Manifest).
+    """
+
+    def __init__(self, config, run_dir, restart, data, advice=advice, elsewhere="use a new --name"):
+        self.manifest, self.advice = Manifest(run_dir, elsewhere), advice
         self.records = {stage: built_from(config, stage, data) for stage in STAGE_ORDER}
+        rebuilt = affected(restart) if restart else []
         for stage in STAGE_ORDER:
-            self.manifest.check(stage, self.records[stage], ARTIFACTS[stage], restart_hint(stage), partial=True)
+            if stage in rebuilt:
+                continue
+            self.manifest.check(stage, self.records[stage], ARTIFACTS[stage], advice(stage), partial=True)
+            if self.manifest.stages.get(stage, {}).get("finished"):
+                self.manifest.verify(stage, advice(stage))
+        for stage in rebuilt:
+            self.manifest.forget(stage, ARTIFACTS[stage])
+        if rebuilt:
+            self.manifest.forget("report", REPORT + BUILT_ON_RUN)
 
     def run(self, stage, inputs, build, load):
         """build() the stage, or load() it if it is finished with these options and inputs ({name: sha256})."""
         record = {**self.records[stage], **{f"{name} sha256": digest for name, digest in inputs.items()}}
-        if self.manifest.check(stage, record, ARTIFACTS[stage], restart_hint(stage)):
+        if self.manifest.check(stage, record, ARTIFACTS[stage], self.advice(stage)):
             log.info("%s: done already", stage)
             return load()
         self.manifest.start(stage, record)
         try:
             result = build()
         except (FingerprintMismatch, DamagedFile) as e:
-            raise Refused(f"{e}; or {restart_hint(stage)}") from e
+            raise Refused(f"{e}; {self.advice(stage)}") from e
         self.manifest.finish(stage, ARTIFACTS[stage])
         return result
 

@@ -5,6 +5,8 @@ import numpy as np
 
 from minigpt_np.checkpoint import atomic_write
 
+from .run_folder import writing
+
 log = logging.getLogger(__name__)
 
 TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold only judges
@@ -32,17 +34,18 @@ CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the prox
 ]
 
 
-def format_table(columns, extra_rows=()):
+def format_table(columns, extra_rows=(), labels=None):
     """The evaluation as a Markdown table, aligned so that it also reads as plain text: one column per model
     (columns: {label: metrics}, the reference first), one row per measure of TABLE and the top word, then
-    extra_rows [(label, [one cell per column])]."""
+    extra_rows [(label, [one cell per column])]. labels: {metrics key: label} replacing TABLE's."""
     def cell(metrics, key, fmt):
         keys = key if isinstance(key, tuple) else (key,)
         return " / ".join(fmt.format(metrics[k]) for k in keys if k in metrics) or "-"
 
     first = next(iter(columns.values()))
     rows = [[f"held-out prompts (n={first['n']})", *columns]]
-    rows += [[label, *(cell(m, key, fmt) for m in columns.values())] for label, key, fmt in TABLE]
+    rows += [[(labels or {}).get(key, label), *(cell(m, key, fmt) for m in columns.values())]
+             for label, key, fmt in TABLE]
     rows.append(["the top word", *(m.get("top_word") or "-" for m in columns.values())])
     rows += [[label, *cells] for label, cells in extra_rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns) + 1)]
@@ -66,7 +69,7 @@ def _pyplot(path):
 
 def _save(fig, path):
     """Write the figure as a PNG through atomic_write."""
-    with atomic_write(path, "wb") as f:
+    with writing(path), atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
 
 
@@ -103,7 +106,7 @@ def write_samples(path, prompts, before, after, n=12):
             r, g = samples["scores"]["reward"][i], samples["scores"]["gold"][i]
             lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}): {samples['texts'][i]}")
         lines.append("")
-    with atomic_write(path, "w") as f:
+    with writing(path), atomic_write(path, "w") as f:
         f.write("\n".join(lines))
 
 
@@ -127,7 +130,7 @@ def write_overopt_plot(results, path):
                         alpha=1.0 if score == "gold_score" else 0.6)
             fit = results["fits"][f"{kind}/{name}/gold_score"]
             x = np.linspace(0.0, d.max(), 101)[1:]
-            if len(x) and x[0] > 0:
+            if fit["alpha"] is not None and len(x) and x[0] > 0:
                 ax.plot(x, x * (fit["alpha"] - fit["beta"] * (x if kind == "best_of_n" else np.log(x))), ":",
                         color=color)
         ax.axhline(0, color="grey", lw=0.8)

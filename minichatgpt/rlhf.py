@@ -23,7 +23,7 @@ from minigpt_np.resume import resume, save_training_checkpoint, sha256_of_array
 from ppo_np.trainer import PPOTrainer
 
 from .collapse import collapse_metrics
-from .run_folder import read_jsonl, write_jsonl
+from .run_folder import DamagedFile, read_jsonl, sha256_of_records, write_jsonl, writing
 from .sampling import sample, score, texts_of
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ def train_ppo(policy, task, ppo_config, config, checkpoint_path, log_path, *, pr
 
     checkpoint_path: the policy and everything the next step depends on, every config.checkpoint_every steps
     and at the end; resumed if it exists, when its fingerprint (settings, prompts, task.inputs) matches. log_path:
-    rewritten whole after every step. evaluate(policy) -> dict: measured after step 0 and every evaluate_every
-    steps and stored in that step's stats (step 0 as its own record); it must draw from its own generator.
+    rewritten whole after every step. evaluate(policy) -> dict: measured after step 0, every evaluate_every
+    steps and the last, and stored in that step's stats (step 0 as its own record); it must draw from its own generator.
     measure(step) -> step: wraps each step of the loop, e.g. to trace its memory (minichatgpt.compare does).
     """
     trainer = PPOTrainer(policy, task.ref_model, ppo_config, pad_token_id=task.tokenizer.eos_token_id)
@@ -137,7 +137,8 @@ def train_ppo(policy, task, ppo_config, config, checkpoint_path, log_path, *, pr
 class LoopState:
     """What the loop carries from step to step and keeps in its checkpoint beside the policy and the optimizer: the
     step, the prompt stream's position, every generator ("shuffle" the trainer's mini-batches, "prompts" the
-    stream's, "sampling" the rollouts') and the trainer's own state (save_state() -> dict / load_state(dict))."""
+    stream's, "sampling" the rollouts'), the trainer's own state (save_state() -> dict / load_state(dict)), and the
+    sha256 of the log up to the step, so that a resumed run trusts no log but the one it wrote."""
 
     def __init__(self, trainer, items, config, checkpoint_path, fp, save_state=None, load_state=None):
         self.trainer, self.config, self.checkpoint_path, self.fp = trainer, config, checkpoint_path, fp
@@ -146,6 +147,7 @@ class LoopState:
                      "sampling": np.random.default_rng(config.seed + 1)}
         self.stream = PromptStream(items, self.rngs["prompts"])
         self.step, self.saved_step = 0, None     # saved_step: the step of the last checkpoint written or resumed
+        self.log_sha256 = None                   # of the log the resumed checkpoint was written with
 
     def resume(self):
         """Load the checkpoint if there is one (it must match the fingerprint) -> True if the loop resumed."""
@@ -154,6 +156,7 @@ class LoopState:
         if state is None:
             return False
         self.step = self.saved_step = state["step"]
+        self.log_sha256 = state.get("log_sha256")    # checkpoints written before it was recorded have none
         if self.load_state is not None:
             self.load_state(state)
         self.stream.order, self.stream.pos = np.array(state["prompts_order"]), state["prompts_pos"]
@@ -166,6 +169,9 @@ class LoopState:
         to there, and the step-0 record when the loop evaluates."""
         if self.resume():
             history = read_jsonl(log_path, expect=self.step + (evaluate is not None))
+            if self.log_sha256 not in (None, sha256_of_records(history)):
+                raise DamagedFile(f"{log_path} is not the log {self.checkpoint_path} was written with (its first "
+                                  f"{len(history)} records changed): it was edited or replaced")
             log.info("%s: %s at step %d (%s)", name, "done already" if self.step >= self.config.steps else "resuming",
                      self.step, self.checkpoint_path)
             write_jsonl(log_path, history)
@@ -173,12 +179,15 @@ class LoopState:
         write_jsonl(log_path, [])
         return [{"step": 0, **evaluate(self.trainer.model)}] if evaluate is not None else []
 
-    def save(self):
+    def save(self, history):
+        """Checkpoint the loop at its step; history: the log's records so far, as the log file holds them."""
         loop_state = {"step": self.step, "finished": self.step >= self.config.steps,
                       **(self.save_state() if self.save_state else {}),
-                      "prompts_order": self.stream.order.tolist(), "prompts_pos": self.stream.pos}
-        save_training_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer, fingerprint=self.fp,
-                                 state=loop_state, rngs=self.rngs)
+                      "prompts_order": self.stream.order.tolist(), "prompts_pos": self.stream.pos,
+                      "log_sha256": sha256_of_records(history)}
+        with writing(self.checkpoint_path):
+            save_training_checkpoint(self.checkpoint_path, self.trainer.model, self.trainer.optimizer,
+                                     fingerprint=self.fp, state=loop_state, rngs=self.rngs)
         self.saved_step = self.step
 
     def failed(self, name, err):
@@ -214,17 +223,17 @@ def train_loop(trainer, step, items, config, checkpoint_path, log_path, fp, *, n
             raise loop.failed(name, err) from err
         loop.step += 1
         stats["step"] = loop.step
-        if evaluated and loop.step % evaluate_every == 0:
+        if evaluated and (loop.step % evaluate_every == 0 or loop.step == config.steps):   # the last step always
             stats.update(evaluate(trainer.model))
         history.append(stats)
         write_jsonl(log_path, history)
         _show(bar, stats)
         if loop.step % config.checkpoint_every == 0 or loop.step == config.steps:
-            loop.save()
+            loop.save(history)
     if bar is not None:
         bar.close()
     if loop.saved_step != loop.step:   # stopped by the time budget between checkpoints
-        loop.save()
+        loop.save(history)
     return history
 
 

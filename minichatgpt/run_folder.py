@@ -2,19 +2,42 @@
 
 Every file goes through `minigpt_np.checkpoint.atomic_write`, the logs included: the PPO log is rewritten
 whole after each step (a few dozen lines), so a kill at any moment leaves it complete up to some step.
+atomic_write replaces a name, so it never writes through a symbolic link to a file; a linked folder would still
+send the writes elsewhere, so nothing the project reads or writes in a run folder may be a link (`refuse_links`,
+checked by every command that works in one).
 """
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import shutil
+import stat
 
 from minigpt_np.checkpoint import atomic_write
 from minigpt_np.resume import sha256_of_file
+
+NAME_MAX = 255   # bytes in one folder name on Linux, macOS and Windows file systems
+
 
 def path(run_dir, name):
     return os.path.join(run_dir, name)
 
 
+@contextlib.contextmanager
+def writing(file):
+    """Name `file` in an OSError raised without a file name (a full disk fails the write or the fsync, and says only
+    "No space left on device")."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, os.fspath(file)) from e
+        raise
+
+
 def write_json(file, obj):
-    with atomic_write(file, "w") as f:
+    with writing(file), atomic_write(file, "w") as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
 
@@ -25,8 +48,14 @@ def read_json(file):
 
 
 def write_jsonl(file, records):
-    with atomic_write(file, "w") as f:
+    with writing(file), atomic_write(file, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def sha256_of_records(records):
+    """sha256 of the JSON-lines file write_jsonl makes of records (JSON reads back to the same text, so records read
+    from a file hash as the file's bytes do): what a training checkpoint records of its log."""
+    return hashlib.sha256("".join(json.dumps(r) + "\n" for r in records).encode()).hexdigest()
 
 
 class DamagedFile(ValueError):
@@ -41,14 +70,16 @@ def read_jsonl(file, expect=None):
     if not os.path.isfile(file):
         raise DamagedFile(f"{file} is missing")
     records = []
-    with open(file) as f:
+    with open(file, "rb") as f:
         for number, line in enumerate(f, start=1):
             if expect is not None and len(records) == expect:
                 break
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DamagedFile(f"{file}, line {number}: not a JSON record (the file is damaged)") from None
+            except (ValueError, UnicodeDecodeError):   # JSONDecodeError is a ValueError
+                records.append(None)
+            if not isinstance(records[-1], dict):
+                raise DamagedFile(f"{file}, line {number}: not a JSON record (the file is damaged)")
     if expect is not None and len(records) < expect:
         raise DamagedFile(f"{file} holds {len(records)} records, but its checkpoint is at step {expect}: the log "
                          "was truncated or replaced")
@@ -63,12 +94,33 @@ class Refused(Exception):
 
 
 def check_name(name):
-    """A run name is one path component: not empty, no separator, not "." or ".."."""
+    """A run name is one path component: not empty, no separator, not "." or "..", at most NAME_MAX bytes."""
     seps = [s for s in (os.sep, os.altsep, "/") if s]
     if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
         raise ValueError(f"--name must be one folder name (letters, digits, '-', '_', '.'), not {name!r}: "
                          "the run folder is --runs-dir/--name, and nothing is written outside it")
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise ValueError(f"--name is {len(os.fsencode(name))} bytes long, but a folder name holds at most {NAME_MAX}; "
+                         "use a shorter one")
     return name
+
+
+def refuse_links(folder, names):
+    """Refuse (Refused) a symbolic link among what the project reads and writes in a folder: the files and folders
+    `names`, their temporary files (<name>.<pid>.tmp) and everything inside those folders. A linked file would be
+    read as the run's own, and a linked folder would receive the run's writes wherever it points. Other entries
+    (a user's own, in a shared --out-dir) are not looked at."""
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not any(name == n or name.startswith(n + ".") for n in names):
+            continue
+        top = os.path.join(folder, name)
+        inside = [] if os.path.islink(top) or not os.path.isdir(top) else \
+            [os.path.join(root, n) for root, folders, files in os.walk(top) for n in folders + files]
+        for file in (top, *inside):
+            if os.path.islink(file):
+                raise Refused(f"{file} is a symbolic link; a run folder holds only plain files and folders, so that "
+                              "nothing is read or written through a link: put a copy of what it points to there, or "
+                              "remove it")
 
 
 # ---------------------------------------------------------------------------------------------- the lock
@@ -78,28 +130,47 @@ class Lock:
     """An exclusive lock on a run folder while a process works in it: `with Lock(run_dir): ...`.
 
     It is an flock on run_dir/.lock, which the operating system releases when the process ends, however it
-    ends: the lock of a killed process is simply taken over. The file holds the owner's pid for the message.
+    ends: the lock of a killed process is simply taken over. The file holds the owner's pid for the message. It is
+    opened without following a symbolic link, and must be a plain file with no other name (a hard link), since it
+    is truncated.
     """
 
     def __init__(self, run_dir):
-        self.file = os.path.join(run_dir, ".lock")
+        self.run_dir, self.file = run_dir, os.path.join(run_dir, ".lock")
         self.fd = None
 
     def __enter__(self):
         import fcntl
-        os.makedirs(os.path.dirname(self.file), exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        os.makedirs(self.run_dir, exist_ok=True)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise Refused(f"{os.path.dirname(self.file)} is in use by another minichatgpt process (pid {owner}); "
+            raise Refused(f"{self.run_dir} is in use by another minichatgpt process (pid {owner}); "
                           "wait for it to finish, or use another --name") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
+
+    def _open(self):
+        """The lock file's descriptor; Refused if it is a link or not a plain file of its own."""
+        try:   # O_NONBLOCK: a FIFO planted as .lock must not hang the open
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise Refused(f"{self.file} is a symbolic link; the lock is never followed through one (it would "
+                          "overwrite what the link points to): remove the link") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "has another name (a hard link)" if stat.S_ISREG(st.st_mode) else "is not a plain file"
+            raise Refused(f"{self.file} {what}; the lock file is overwritten, so it must be a plain file of its own: "
+                          "remove it")
+        return fd
 
     def __exit__(self, *exc):
         os.close(self.fd)     # closing the descriptor releases the flock
@@ -111,46 +182,63 @@ class Lock:
 
 class Manifest:
     """manifest.json: for each stage, what it was built from (options, data, input hashes), whether it finished,
-    and the hashes of what it wrote. A stage runs only on a matching record: it never mixes two runs."""
+    and the hashes of what it wrote. A stage runs only on a matching record: it never mixes two runs.
 
-    def __init__(self, run_dir):
-        self.run_dir, self.file = run_dir, os.path.join(run_dir, "manifest.json")
+    elsewhere: what a refusal advises when the folder cannot be used as it is ("use a new --name").
+    """
+
+    def __init__(self, run_dir, elsewhere="use a new --name"):
+        self.run_dir, self.file, self.elsewhere = run_dir, os.path.join(run_dir, "manifest.json"), elsewhere
+        self.stages = self._read() if os.path.exists(self.file) else {}
+
+    def _read(self):
+        """The stages of manifest.json -> {stage: record}; Refused naming the file if it is not what save() writes."""
         try:
-            self.stages = json.load(open(self.file))["stages"] if os.path.exists(self.file) else {}
-        except (ValueError, KeyError, TypeError):
-            raise Refused(f"{self.file} is damaged, so what this run folder holds is unknown; "
-                          "use a new --name") from None
+            with open(self.file) as f:
+                stages = json.load(f)["stages"]
+            sound = isinstance(stages, dict) and all(
+                isinstance(r, dict) and isinstance(r.get("built_from"), dict)
+                and isinstance(r.get("finished", False), bool) and isinstance(r.get("outputs", {}), dict)
+                and all(isinstance(d, str) for d in r.get("outputs", {}).values()) for r in stages.values())
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, IsADirectoryError):
+            sound = False
+        if not sound:
+            raise Refused(f"{self.file} is damaged (not the record of stages this project writes), so what this "
+                          f"folder holds is unknown; {self.elsewhere}")
+        return stages
 
     def save(self):
         write_json(self.file, {"stages": self.stages})
 
-    def check(self, stage, built_from, artifacts, restart_hint, partial=False):
+    def check(self, stage, built_from, artifacts, advice, partial=False, changed_file=None):
         """Is `stage` done? Refuse if its record differs from built_from, or if its artifacts are foreign.
 
         -> True when it finished with this very record and its artifacts are the ones it wrote; False when it must
         run (fresh, or resuming an interrupted run of the same record). partial: compare only the keys of
-        built_from (the options, before the input hashes are known) and say nothing of done.
+        built_from (the options, before the input hashes are known) and say nothing of done. advice: what a
+        refusal says to do ("use a new --name, or --restart ..."); changed_file: what the refusal of a changed file
+        says instead, if it differs.
         """
         record = self.stages.get(stage)
         present = [a for a in artifacts if os.path.exists(os.path.join(self.run_dir, a))]
         if record is None:
             if present:
                 raise Refused(f"{os.path.join(self.run_dir, present[0])} was not made by this run (the manifest has "
-                              f"no record of the {stage} stage); move it away, or use a new --name")
+                              f"no record of the {stage} stage); move it away, or {self.elsewhere}")
             return False
         stored = record["built_from"]
         changes = changed({k: stored.get(k) for k in built_from} if partial else stored, built_from)
         if changes:
             raise Refused(f"{self.run_dir} was built with other options or inputs for its {stage} stage: "
-                          f"{'; '.join(changes)}. Use a new --name, or {restart_hint}")
+                          f"{'; '.join(changes)}; {advice}")
         if partial or not record.get("finished"):
             return False
-        self.verify(stage, restart_hint)
+        self.verify(stage, changed_file or advice)
         return True
 
     def verify(self, stage, hint):
-        """Refuse if a file the finished stage wrote is missing or no longer has the sha256 recorded for it."""
-        for name, digest in self.stages[stage]["outputs"].items():
+        """Refuse if a file the stage recorded is missing or no longer has the sha256 recorded for it."""
+        for name, digest in self.stages[stage].get("outputs", {}).items():
             file = os.path.join(self.run_dir, name)
             if not os.path.exists(file) or sha256_of_file(file) != digest:
                 state = "is missing" if not os.path.exists(file) else "changed since this run wrote it"
@@ -160,20 +248,30 @@ class Manifest:
         self.stages[stage] = {"built_from": built_from, "finished": False}
         self.save()
 
+    def record(self, stage, names):
+        """Record the sha256 of files the stage has finished writing (the rest of it may still be to come)."""
+        outputs = self.stages[stage].setdefault("outputs", {})
+        digests = {name: sha256_of_file(os.path.join(self.run_dir, name)) for name in names}
+        if any(outputs.get(name) != digest for name, digest in digests.items()):
+            outputs.update(digests)
+            self.save()
+
     def finish(self, stage, outputs):
-        record = self.stages[stage]
-        record.update(finished=True,
-                      outputs={name: sha256_of_file(os.path.join(self.run_dir, name)) for name in outputs})
+        """Mark the stage finished, with the sha256 of `outputs` (and of what it recorded before)."""
+        self.stages[stage]["finished"] = True
+        self.record(stage, outputs)
         self.save()
 
     def forget(self, stage, artifacts):
-        """--restart: delete a stage's artifacts and its record."""
+        """--restart: delete a stage's artifacts (files or folders) and its record."""
         for name in artifacts:
             file = os.path.join(self.run_dir, name)
-            if os.path.exists(file):
+            if os.path.isdir(file) and not os.path.islink(file):
+                shutil.rmtree(file)
+            elif os.path.lexists(file):
                 os.unlink(file)
-        self.stages.pop(stage, None)
-        self.save()
+        if self.stages.pop(stage, None) is not None:
+            self.save()
 
 
 def changed(stored, current):

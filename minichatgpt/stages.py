@@ -19,7 +19,7 @@ from reward import load_scorer, train_scorer
 from reward.train import refit_scorer
 
 from .rlhf import Task, make_queries, train_ppo
-from .run_folder import Refused, path, read_jsonl
+from .run_folder import Refused, path, read_jsonl, writing
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,22 @@ ARTIFACTS = {  # what each stage writes into the run folder
 }
 DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
               "ppo": ["tokenizer", "pretrain", "reward"]}
+# The report, made last from every stage: the evaluation and what shows it. The manifest records it as the stage
+# "report", with the whole config of the run, which every command that builds on the run reads from there.
+REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")
+# each experiment on a run: its folder is run_dir/<name>, and it writes these results beside the run's files
+EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overopt": ("overopt.json", "overopt.png")}
+# what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
+BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
+# every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
+RUN_FILES = (".lock", "manifest.json", *(a for stage in STAGE_ORDER for a in ARTIFACTS[stage]), *REPORT, *BUILT_ON_RUN)
 
 
 def tokenizer_stage(config, run_dir, train):
     """Train the byte-level BPE on the training split (or load the run's tokenizer.json)."""
-    return load_or_build_tokenizer(path(run_dir, "tokenizer.json"), [s.text for s in train],
-                                   default_vocab_size=config.model.vocab_size)
+    with writing(path(run_dir, "tokenizer.json")):
+        return load_or_build_tokenizer(path(run_dir, "tokenizer.json"), [s.text for s in train],
+                                       default_vocab_size=config.model.vocab_size)
 
 
 def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True):
@@ -49,8 +59,9 @@ def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True):
     model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
     log.info("pretraining %.2f M parameters on %d tokens (unigram entropy %.2f nats/token)",
              model.num_parameters() / 1e6, len(train_ids), unigram_entropy(train_ids, tokenizer.vocab_size))
-    metrics = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=path(run_dir, "gpt_pretrained.npz"),
-                       progress=progress)
+    checkpoint = path(run_dir, "gpt_pretrained.npz")
+    with writing(checkpoint):
+        metrics = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=progress)
     return model, metrics
 
 
@@ -103,7 +114,8 @@ def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15):
 def reward_stage(run_dir, train, val, test):
     """Train the reward model and write reward.npz -> (scorer, metrics)."""
     scorer, metrics = train_reward_model(train, val, test)
-    scorer.save(path(run_dir, "reward.npz"))
+    with writing(path(run_dir, "reward.npz")):
+        scorer.save(path(run_dir, "reward.npz"))
     log.info("reward model: test accuracy %.3f", metrics["test"]["accuracy"])
     return scorer, metrics
 
@@ -113,7 +125,8 @@ def gold_stage(run_dir, train, val, test, reward_model):
     and validation snippet; it judges and never drives training -> (scorer, its metrics on the test split)."""
     texts, labels = labelled(list(train) + list(val))
     gold = refit_scorer(texts, labels, reward_model)
-    gold.save(path(run_dir, "gold.npz"))
+    with writing(path(run_dir, "gold.npz")):
+        gold.save(path(run_dir, "gold.npz"))
     metrics = gold.metrics(*labelled(test))
     log.info("gold scorer: test accuracy %.3f", metrics["accuracy"])
     return gold, metrics

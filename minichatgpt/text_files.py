@@ -63,6 +63,10 @@ def _csv_rows(text: str, source, required: Sequence[str]) -> list:
         raise ValueError(f"{source}, line {reader.line_num}: unreadable CSV header: {e}") from None
     header = [h.strip() for h in header]
     missing = [c for c in required if c not in header]
+    separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+    if missing and separator:
+        raise ValueError(f"{source}: the header is one field, {header[0]!r}: the file looks separated by "
+                         f"{separator!r}, but a .csv is read with commas; save it with commas (or as .jsonl)")
     if missing:
         raise ValueError(f"{source}: no column {', '.join(map(repr, missing))}; the header has "
                          f"{', '.join(map(repr, header))}. Name the right columns: text_column= and label_column= in "

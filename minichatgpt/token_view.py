@@ -19,6 +19,7 @@ from ppo_np import core
 from ppo_np.batch import layout, response_logprobs, response_logprobs_and_values
 
 from .evaluate import EVAL_SEED_OFFSET
+from .run_folder import writing
 from .sampling import sample, texts_of
 
 
@@ -71,7 +72,7 @@ def write_token_view(path, run, policy, kl_coef, n=6):
                          f"{logratio[i].sum():+.2f}</small></td><td>{kl}</td><td>{adv}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>\n")
-    with atomic_write(path, "w", encoding="utf-8") as f:
+    with writing(path), atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
 
 

@@ -124,7 +124,7 @@ def test_kl_best_of_n_values():
 # ---------------------------------------------------------------------------------------------- the command
 
 
-TINY = ["--proxy-sizes", "10", "30", "--prompts", "4", "--n-max", "4", "--rl-steps", "4", "--eval-every", "2",
+TINY = ["--proxy-sizes", "10", "30", "--prompts", "3", "--n-max", "4", "--rl-steps", "4", "--eval-every", "2",
         "--quiet"]
 
 

@@ -17,39 +17,7 @@ import pytest
 from minichatgpt import cli
 from minigpt_np.resume import training_state
 from ppo_np import trainer as trainer_module
-from tiny_run import fixture_corpus, kill_ppo_in_step, tiny_args
-
-
-def run_cli(capsys, argv, main=cli.main):
-    """-> (exit status, stderr) of a console entry point."""
-    try:
-        main(argv)
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    err = capsys.readouterr().err
-    return status, err
-
-
-def assert_one_line_refusal(status, err, expected_status, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert status == expected_status, f"exit status {status}, expected {expected_status}: {err}"
-    assert len(lines) == 1 and "Traceback" not in err, f"not one line on stderr:\n{err}"
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-
-
-def snapshot(folder):
-    """{relative path: (size, mtime_ns)} of every file under folder but the lock, which each process rewrites."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name == ".lock":
-                continue
-            file = os.path.join(root, name)
-            st = os.stat(file)
-            out[os.path.relpath(file, folder)] = (st.st_size, st.st_mtime_ns)
-    return out
+from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """A tiny run of the main job for the tests: a labelled fixture corpus of 120 rows and options that make the
-whole pipeline take a few seconds."""
+whole pipeline take a few seconds; and how the tests run a command and read its refusal."""
+import hashlib
+import os
 
 GOOD = ["a warm , funny and moving film", "the cast is wonderful and the script is smart",
         "a beautiful , heartfelt story told with grace", "one of the best films of the year",
@@ -46,3 +48,38 @@ def kill_in_step(monkeypatch, trainer_class, n, error=KeyboardInterrupt):
         return real_step(self, *args, **kwargs)
     monkeypatch.setattr(trainer_class, "step", dies)
     return real_step
+
+
+def run_cli(capsys, argv, main=None):
+    """-> (exit status, stderr) of a console entry point (default: minichatgpt's)."""
+    from minichatgpt import cli
+    try:
+        (main or cli.main)(argv)
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_refusal(status, err, expected_status, *fragments):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == expected_status, f"exit status {status}, expected {expected_status}: {err}"
+    assert len(lines) == 1 and "Traceback" not in err, f"not one line on stderr:\n{err}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def snapshot(folder):
+    """{relative path: (sha256, mtime_ns)} of every file under folder, and {relative path: "folder"} of every folder,
+    but the lock, whose pid each process rewrites: equal snapshots mean a byte-identical, untouched folder."""
+    out = {}
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            out[os.path.relpath(os.path.join(root, name), folder)] = "folder"
+        for name in files:
+            if name == ".lock":
+                continue
+            file = os.path.join(root, name)
+            with open(file, "rb") as f:
+                out[os.path.relpath(file, folder)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(file).st_mtime_ns)
+    return out
