@@ -91,7 +91,9 @@ OPTIONS = [
     Option("--stop-at-eos", "sampling.stop_at_eos", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
            "fixed-length responses, which allow a reward hack)", "ppo"),
     Option("--checkpoint-every", "rlhf.checkpoint_every", "PPO steps between checkpoints"),
-    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "evaluate"),
+    # recorded with PPO: the held-out prompts are cut from the same shuffled reviews as the training prompts, so
+    # another count would evaluate on prompts PPO trained on (or train on prompts it is evaluated on)
+    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "ppo"),
 ]
 
 
