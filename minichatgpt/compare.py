@@ -1,11 +1,12 @@
-"""PPO, RLOO, GRPO, DPO and best-of-n on one finished run, each given the same budget of generated responses.
+"""PPO, RLOO, GRPO, REINFORCE, DPO and best-of-n on one finished run, each given the same budget of generated
+responses.
 
 Every method starts from the run's pretrained model and buys proxy reward (the run's reward model) with distance
 from it; the gold scorer only judges. The budget is the number of responses a method may generate and have the
 proxy score, N = budget:
 
-    PPO, RLOO, GRPO  N / batch_size steps of batch_size policy samples, each scored once: PPO one response per
-                     prompt, RLOO k and GRPO G consecutive responses per prompt (so N / k prompts, not N)
+    PPO, RLOO, GRPO, N / batch_size steps of batch_size policy samples, each scored once: PPO and REINFORCE one
+    REINFORCE        response per prompt, RLOO k and GRPO G consecutive responses per prompt (so N / k prompts, not N)
     DPO              N reference samples, two per prompt for N / 2 training prompts, scored once to choose each
                      pair's winner; then N / batch_size steps of batch_size / 2 pairs: one pass over the pairs
     best-of-n        no training: n = N / P reference samples for each of the P held-out prompts, at answer time,
@@ -15,9 +16,11 @@ So every method asks the proxy exactly N questions (evaluation aside, which only
 DPO spend them before they answer and then answer each prompt with one sample; best-of-n spends them on the
 prompts it answers, and would spend them again on every new prompt. That is its real price, which a budget of
 training samples cannot show; what the budget does hold equal is the proxy's information about the task.
-Each training method also makes the same number of gradient updates of the same size: `epochs` passes over
-each step's batch_size responses, in mini-batches of the run's mini_batch_size responses (DPO: half as many
-pairs, two responses each).
+What it does not hold equal is the number of optimizer steps, since each method steps as its trainer steps
+(minichatgpt.methods, the driving the main job's --method uses too): PPO and RLOO one AdamW step per mini-batch,
+`epochs` passes over each batch (N / mini_batch_size x epochs steps); GRPO one per pass over the batch, whole groups
+in each (N / batch_size x epochs); REINFORCE, on-policy, one per batch (N / batch_size); DPO one per mini-batch of
+pairs, `epochs` passes over them. The rule is the budget of generated and scored responses, not the updates.
 
 Every eval_every steps, and after the last step, the policy answers P held-out prompts, one sample each from its
 own generator, measured as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward" and "gold"
@@ -44,9 +47,6 @@ import tracemalloc
 import numpy as np
 
 from minigpt_np.checkpoint import atomic_write
-from ppo_np.dpo import DPOConfig, DPOTrainer, make_pairs
-from ppo_np.grpo import GRPOConfig, GRPOTrainer
-from ppo_np.rloo import RLOOConfig, RLOOTrainer
 from reward.bradley_terry import agreement, fit_bradley_terry
 
 from .best_of_n import curve as best_of_n_curve
@@ -56,23 +56,24 @@ from .finished_run import experiment
 from .options import UsageError, multiple_of
 from .report import format_table as format_metrics
 from .report import write_compare_plot
-from .rlhf import PromptStream, fingerprint, rollout_step, train_loop, train_ppo
+from . import methods
+from .methods import DRIVING
 from .run_folder import path, read_json, write_json, writing
 from .sampling import sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ppo", "rloo", "grpo", "dpo", "best_of_n")
-LABELS = {"reference": "reference", "ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "dpo": "DPO",
-          "best_of_n": "best-of-n"}
-PAIRS_SEED_OFFSET = 2          # DPO's reference samples: rlhf.seed + 2 (the loop draws from seed and seed + 1)
+TRAINED = ("ppo", "rloo", "grpo", "reinforce")   # the methods that sample in their loop; then DPO, then best-of-n
+METHODS = (*TRAINED, "dpo", "best_of_n")
+LABELS = {"reference": "reference", **{name: d.label for name, d in DRIVING.items()}, "best_of_n": "best-of-n"}
 BEST_OF_N_SEED_OFFSET = EVAL_SEED_OFFSET + 1   # best-of-n's samples differ from the evaluation's one per prompt
 CURVE_KEYS = ("reward_mean", "gold_mean", "reward_positive", "gold_positive")   # what a method's curve plots
 
 
-def trainer_configs(cfg, ppo):
-    """Each training method's config: the comparison's lr, batch and epochs, the run's forward and mini-batch sizes,
-    clip range and seed, and the method's own coefficients -> {method: config}. ppo: the run's PPOConfig."""
+def trainer_configs(cfg, ppo, response_tokens):
+    """Each training method's config (methods.trainer_config): the comparison's lr, batch and epochs, the run's
+    forward and mini-batch sizes, clip range, response length and seed, and the method's own coefficients
+    -> {method: config}. ppo: the run's PPOConfig; response_tokens: its sampling's."""
     sizes = {"--batch-size": cfg.batch_size, "the run's forward_batch_size": ppo.forward_batch_size,
              "the run's mini_batch_size": ppo.mini_batch_size}
     for of in ("the run's forward_batch_size", "the run's mini_batch_size"):   # the main job's rule, on the run's
@@ -80,19 +81,9 @@ def trainer_configs(cfg, ppo):
             multiple_of(sizes.get, str, "--batch-size", of)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    shared = dict(lr=cfg.lr, batch_size=cfg.batch_size, forward_batch_size=ppo.forward_batch_size,
-                  mini_batch_size=ppo.mini_batch_size, seed=ppo.seed)
-    return {
-        "ppo": dataclasses.replace(ppo, ppo_epochs=cfg.epochs, **shared),
-        "rloo": RLOOConfig(ppo_epochs=cfg.epochs, rloo_k=cfg.rloo_k, kl_coef=cfg.rloo_kl_coef,
-                           cliprange=ppo.cliprange, **shared),
-        "grpo": GRPOConfig(num_iterations=cfg.epochs, group_size=cfg.grpo_group_size, beta=cfg.grpo_beta,
-                           epsilon=ppo.cliprange, **shared),
-        # a pair is two rows: half as many pairs per step, per forward pass and per gradient update
-        "dpo": DPOConfig(lr=cfg.lr, beta=cfg.dpo_beta, batch_size=cfg.batch_size // 2,
-                         forward_batch_size=max(1, ppo.forward_batch_size // 2),
-                         mini_batch_size=max(1, ppo.mini_batch_size // 2), epochs=cfg.epochs, seed=ppo.seed),
-    }
+    return {name: methods.trainer_config(name, ppo, cfg, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                                         response_tokens=response_tokens)
+            for name in (*TRAINED, "dpo")}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -165,46 +156,34 @@ def trained(setup, name, train):
 
 
 def train_rl(name, setup, trainer_config, cfg, progress):
-    """PPO (through train_ppo), RLOO or GRPO from the pretrained model against the proxy -> (policy, history)."""
-    return trained(setup, name, lambda *files: _train_rl(name, setup, trainer_config, cfg, progress, files))
+    """PPO, RLOO, GRPO or REINFORCE from the pretrained model against the proxy -> (policy, history)."""
+    return trained(setup, name, lambda *files: _train(name, setup, trainer_config, cfg, progress, files))
 
 
-def _train_rl(name, setup, trainer_config, cfg, progress, files):
-    s, run, rlhf, task = setup, setup.run, setup.loop_config(cfg), setup.run.task()
-    if name == "ppo":
-        policy = run.policy_start()
-        history = train_ppo(policy, task, trainer_config, rlhf, *files, progress=progress, evaluate=s.evaluate,
-                            evaluate_every=cfg.eval_every, measure=lambda step: measured(step, cfg.batch_size))
-        return policy, history
-    trainer_class, group_size = {"rloo": (RLOOTrainer, cfg.rloo_k), "grpo": (GRPOTrainer, cfg.grpo_group_size)}[name]
-    policy = run.pretrained()
-    trainer = trainer_class(policy, run.ref_model, trainer_config, pad_token_id=run.tokenizer.eos_token_id)
-
-    def step(prompts, rng):
-        return rollout_step(trainer, task, prompts, rng, group_size=group_size)
-
-    fp = fingerprint(trainer_config, rlhf, task, key=name)
-    return policy, train_loop(trainer, measured(step, cfg.batch_size), task.queries, rlhf, *files, fp,
-                              name=LABELS[name], progress=progress, evaluate=s.evaluate, evaluate_every=cfg.eval_every)
+def _train(name, setup, trainer_config, cfg, progress, files, pairs=None):
+    """Method `name` as the main job drives it (methods.train), each step measured, evaluated every eval_every."""
+    run = setup.run
+    policy = run.policy_start() if DRIVING[name].value_head else run.pretrained()
+    history = methods.train(name, policy, run.task(), trainer_config, cfg, setup.loop_config(cfg), *files, pairs=pairs,
+                            progress=progress, evaluate=setup.evaluate, evaluate_every=cfg.eval_every,
+                            measure=lambda step: measured(step, cfg.batch_size))
+    return policy, history
 
 
 def dpo_pairs(setup, cfg, progress):
     """DPO's data, made once and kept in compare/dpo_pairs.json: two reference samples for each of budget / 2
     training prompts (the first ones PPO's prompt stream draws), scored by the proxy, which chooses the winner
-    (ppo_np.dpo.make_pairs); the gold scorer's verdict is kept for the reward models' agreement."""
+    (methods.sample_pairs, as the main job's --method dpo makes them); the gold scorer's verdict is kept for the
+    reward models' agreement."""
     file = setup.experiment.file("dpo_pairs.json")
     if setup.experiment.kept("dpo_pairs.json"):
         return read_json(file)
-    run, rlhf, sampling = setup.run, setup.run.config.rlhf, setup.run.config.sampling
+    run = setup.run
     t0 = time.perf_counter()
-    prompts = PromptStream(run.prompts[0], np.random.default_rng(rlhf.seed)).next_batch(cfg.budget // 2)
-    rng = np.random.default_rng(rlhf.seed + PAIRS_SEED_OFFSET)
-    queries, responses = sample_n(run.ref_model, run.tokenizer, prompts, 2, sampling, rng, progress)
-    texts = texts_of(run.tokenizer, queries, responses)
-    proxy = score(run.proxy, texts, sampling).reshape(-1, 2)
-    chosen = make_pairs(proxy, rng)
+    prompts, responses, texts, proxy, chosen = methods.sample_pairs(run.task(), cfg.budget // 2, run.config.rlhf.seed,
+                                                                    progress)
     seconds = time.perf_counter() - t0
-    gold = score(run.gold, texts, sampling).reshape(-1, 2)
+    gold = score(run.gold, texts, run.config.sampling).reshape(-1, 2)
     pairs = {"generated": len(responses), "seconds": seconds,
              "pairs": [{"query": prompts[p].tolist(), "responses": [responses[2 * p].tolist(),
                                                                       responses[2 * p + 1].tolist()],
@@ -215,31 +194,12 @@ def dpo_pairs(setup, cfg, progress):
     return pairs
 
 
-def dpo_step(trainer, pairs):
-    """One DPO step on the next batch_size fixed pairs of the stream -> stats (with time/step, as rollout_step's)."""
-    t0 = time.perf_counter()
-    queries, chosen, rejected = (list(column) for column in zip(*pairs.next_batch(trainer.config.batch_size)))
-    stats = trainer.step(queries, chosen, rejected)
-    stats["time/step"] = time.perf_counter() - t0
-    return stats
-
-
 def train_dpo(setup, trainer_config, cfg, pairs, progress):
     """DPO from the pretrained model on the fixed pairs, one pass in budget / batch_size steps -> (policy, history)."""
-    return trained(setup, "dpo", lambda *files: _train_dpo(setup, trainer_config, cfg, pairs, progress, files))
-
-
-def _train_dpo(setup, trainer_config, cfg, pairs, progress, files):
-    run, rlhf = setup.run, setup.loop_config(cfg)
-    items = [tuple(np.asarray(a, dtype=np.int64) for a in (p["query"], p["responses"][p["chosen"]],
-                                                           p["responses"][1 - p["chosen"]])) for p in pairs["pairs"]]
-    policy = run.pretrained()
-    trainer = DPOTrainer(policy, run.ref_model, trainer_config, pad_token_id=run.tokenizer.eos_token_id)
-    fp = fingerprint(trainer_config, rlhf, run.task(), key="dpo", items=[np.concatenate(item) for item in items])
-    history = train_loop(trainer, measured(lambda stream, rng: dpo_step(trainer, stream), cfg.batch_size), items, rlhf,
-                         *files, fp, name="DPO", progress=progress, evaluate=setup.evaluate,
-                         evaluate_every=cfg.eval_every)
-    return policy, history
+    items = methods.pair_items([p["query"] for p in pairs["pairs"]],
+                               [r for p in pairs["pairs"] for r in p["responses"]],
+                               [p["chosen"] for p in pairs["pairs"]])
+    return trained(setup, "dpo", lambda *files: _train("dpo", setup, trainer_config, cfg, progress, files, items))
 
 
 def run_best_of_n(setup, cfg, progress):
@@ -339,7 +299,8 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
     with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir) as (run, ex):
         eval_queries = run.held_out(cfg.eval_prompts)
         setup = Setup(run, ex, eval_queries, run.evaluator(run.scorers, eval_queries, kl="exact"))
-        results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo), progress)
+        results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens),
+                                  progress)
         write_json(path(run_dir, "compare.json"), results)
         write_compare_plot(results, path(run_dir, "compare.png"))
         with writing(path(run_dir, "compare.md")), atomic_write(path(run_dir, "compare.md"), "w") as f:
@@ -351,7 +312,7 @@ def built_from(cfg, run):
     """What the comparison is built from besides the run's files: its settings, the run's own settings that shape it
     (FinishedRun.shaping) and the KL it measures. Refuses settings that do not fit the run (a batch its chunks do
     not divide, more held-out prompts than it has) before anything is written."""
-    trainer_configs(cfg, run.config.ppo)
+    trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens)
     run.held_out(cfg.eval_prompts, "--eval-prompts")
     return {**dataclasses.asdict(cfg), **run.shaping(), "kl_to_reference": "exact"}
 
@@ -359,7 +320,7 @@ def built_from(cfg, run):
 def compare_methods(setup, cfg, configs, progress):
     """Every method in turn, each resuming from its files -> results (the dict compare.json holds)."""
     methods, reference = {}, None
-    for name in ("ppo", "rloo", "grpo"):
+    for name in TRAINED:
         log.info("compare: %s", LABELS[name])
         policy, history = train_rl(name, setup, configs[name], cfg, progress)
         reference = reference or measured_in(history[0])
@@ -418,12 +379,12 @@ def format_report(results):
     """compare.md: what was compared and how, the table and the reward models' agreement."""
     s, bon = results["settings"], results["methods"]["best_of_n"]
     return "\n".join([
-        "# PPO, RLOO, GRPO, DPO and best-of-n with the same budget", "",
+        "# PPO, RLOO, GRPO, REINFORCE, DPO and best-of-n with the same budget", "",
         f"Every method generated {s['budget']:,} responses, each scored once by the proxy (the run's reward model): "
-        f"PPO, RLOO (k={s['rloo_k']}) and GRPO (G={s['grpo_group_size']}) in {s['budget'] // s['batch_size']} steps of "
-        f"{s['batch_size']}; DPO as two reference samples for each of {s['budget'] // 2:,} prompts, the proxy choosing "
-        f"each pair's winner; best-of-n as n={bon['n']} reference samples for each held-out prompt. The gold scorer "
-        "only judges. Metrics are measured on the held-out prompts, one response each (best-of-n: the proxy's pick); "
+        f"PPO, RLOO (k={s['rloo_k']}), GRPO (G={s['grpo_group_size']}) and REINFORCE in "
+        f"{s['budget'] // s['batch_size']} steps of {s['batch_size']}; DPO as two reference samples for each of "
+        f"{s['budget'] // 2:,} prompts, the proxy choosing each pair's winner; best-of-n as n={bon['n']} reference "
+        "samples for each held-out prompt. The gold scorer only judges. Metrics are measured on the held-out prompts, one response each (best-of-n: the proxy's pick); "
         "best-of-n's KL is the bound log n - (n-1)/n. Wall time: training steps and up-front sampling and scoring, "
         "without evaluations. Step memory: tracemalloc's high-water mark of one step's allocations (best-of-n: "
         "sampling and scoring one prompt's n responses).", "",

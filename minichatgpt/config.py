@@ -12,6 +12,7 @@ from typing import Optional
 
 from minigpt_np.model import GPTConfig
 from minigpt_np.pretrain import PretrainConfig
+from ppo_np import METHODS
 from ppo_np.trainer import PPOConfig
 from reward.features import FEATURE_PRESETS
 
@@ -32,6 +33,64 @@ SAMPLING = SamplingConfig()
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodOptions:
+    """Each method's own coefficients, for the main job (--method) and the comparison alike. Measured on the default
+    run (README, "Beyond PPO"): RLOO's beta is PPO's, so both optimise one objective; GRPO's and DPO's replace TRL's
+    defaults, which ran far from the reference here. REINFORCE's beta is PPO's for the same reason as RLOO's (not
+    measured apart). GRPO's loss, clip and KL options default to what those measurements ran with: loss "grpo", no
+    clip-higher, a ratio per token and plain k3 (trl 1.16.0's defaults are "dapo" and the bias-corrected k3 with beta
+    0; docs/methods.md, section 3)."""
+    rloo_k: int = 4                     # RLOO: responses per prompt
+    rloo_kl_coef: float = PPO.init_kl_coef   # RLOO: beta of the sequence KL in the reward; PPO's: one objective
+    grpo_group_size: int = 4            # GRPO: responses per prompt, G
+    grpo_beta: float = 0.2              # GRPO: weight of the k3 KL in the loss. TRL 0.14.0's 0.04 let the run reach
+                                        # 35.6 nats with "smart" in 76% of the answers (measured); 0.2 keeps it near 8
+    grpo_loss_type: str = "grpo"        # GRPO: how the loss normalises its token sum (trl 1.16.0: "dapo")
+    grpo_epsilon_high: Optional[float] = None   # GRPO: the clip's upper range (DAPO's clip-higher); None: the lower
+    grpo_importance_sampling: str = "token"     # GRPO: the ratio per token, or one per response ("sequence": GSPO)
+    grpo_bias_correction_kl: bool = False       # GRPO: k3 times the ratio (trl 1.16.0's default: on)
+    dpo_beta: float = 0.5               # DPO: beta of the implicit reward. TRL's 0.1 drifted to 23.8 nats and raised
+                                        # the reference's NLL of the answers from 5.15 to 6.61 (measured); 0.5: 8.2, 5.63
+    reinforce_kl_coef: float = PPO.init_kl_coef   # REINFORCE: beta of the sequence KL in the reward, as RLOO's
+
+
+METHOD = MethodOptions()
+BASELINE = "the baseline is the other responses to a prompt"
+
+
+def method_options(prefix=""):
+    """The methods' own rows, one table for every command that takes them: fields prefix + name (the main job's are
+    in RunConfig.methods, compare's in CompareConfig), each shaping its method's stage of the main job."""
+    rows = [
+        ("--rloo-k", "rloo_k", "RLOO: responses per prompt", "rloo", dict(at_least=2, why=BASELINE)),
+        ("--rloo-kl-coef", "rloo_kl_coef", "RLOO: beta of the sequence KL in the reward", "rloo", dict(at_least=0)),
+        ("--grpo-group-size", "grpo_group_size", "GRPO: responses per prompt", "grpo", dict(at_least=2, why=BASELINE)),
+        ("--grpo-beta", "grpo_beta", "GRPO: weight of the k3 KL in the loss", "grpo", dict(at_least=0)),
+        ("--grpo-loss-type", "grpo_loss_type", "GRPO: the loss's normalisation (dapo: trl 1.16.0's default)", "grpo",
+         dict(choices=("grpo", "bnpo", "dr_grpo", "dapo"))),
+        ("--grpo-epsilon-high", "grpo_epsilon_high", "GRPO: the clip's upper range (DAPO: 0.28); none: the lower "
+         "range", "grpo", dict(above=0, kind=float)),
+        ("--grpo-importance-sampling", "grpo_importance_sampling", "GRPO: the ratio per token, or per response "
+         "(sequence: GSPO)", "grpo", dict(choices=("token", "sequence"))),
+        ("--grpo-bias-correction-kl", "grpo_bias_correction_kl", "GRPO: multiply the k3 KL by the ratio (trl "
+         "1.16.0's default)", "grpo", {}),
+        ("--dpo-beta", "dpo_beta", "DPO: beta", "dpo", dict(above=0)),
+        ("--reinforce-kl-coef", "reinforce_kl_coef", "REINFORCE: beta of the sequence KL in the reward", "reinforce",
+         dict(at_least=0)),
+    ]
+    return [Option(flag, prefix + field, text, stage, **bounds) for flag, field, text, stage, bounds in rows]
+
+
+def method_rules(value, name, method, batch, prefix=""):
+    """A step of `method` takes whole groups (RLOO's k, GRPO's G) or whole DPO pairs: batch (a field) must split."""
+    group = {"rloo": "rloo_k", "grpo": "grpo_group_size"}.get(method)
+    if group:
+        multiple_of(value, name, batch, prefix + group)
+    if method == "dpo" and value(batch) % 2:
+        raise ValueError(f"{name(batch)} must be even: DPO takes batch_size / 2 pairs per step, got {value(batch)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What one run of the main job is built from."""
     corpus: str = "rotten_tomatoes"   # the default corpus, or a path to the user's data
@@ -44,6 +103,8 @@ class RunConfig:
     rlhf: RLHFConfig = dataclasses.field(default_factory=lambda: RLHF)
     sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SAMPLING)
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
+    method: str = "ppo"               # what the RL stage trains with: a name of ppo_np.METHODS
+    methods: MethodOptions = dataclasses.field(default_factory=lambda: METHOD)   # their own options
 
     def __post_init__(self):
         check_config(self, OPTIONS, run_rules)
@@ -71,29 +132,32 @@ OPTIONS = [
     Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
     Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a plain stop, "
            "recorded in the summary (the run then depends on the machine's speed)", above=0, kind=float),
-    Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "ppo"),
+    Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "rl"),
     Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for PPO: a plain stop, resumable", above=0,
            kind=float),
-    Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "ppo"),
+    Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "rl"),
     Option("--forward-batch-size", "sampling.forward_batch_size", "rows per forward pass in generation, scoring and "
-           "the trainer; bounds memory; --batch-size must be a multiple of it", "ppo"),
+           "the trainer; bounds memory; --batch-size must be a multiple of it", "rl"),
     Option("--mini-batch-size", "ppo.mini_batch_size", "rows per gradient update (TRL 0.1 used 1); --batch-size must "
-           "be a multiple of it", "ppo"),
-    Option("--ppo-epochs", "ppo.ppo_epochs", "passes over each batch of rollouts", "ppo"),
-    Option("--lr", "ppo.lr", "PPO learning rate", "ppo", above=0),
+           "be a multiple of it", "rl"),
+    Option("--ppo-epochs", "ppo.ppo_epochs", "passes over each batch of rollouts", "rl"),
+    Option("--lr", "ppo.lr", "PPO learning rate", "rl", above=0),
     Option("--init-kl-coef", "ppo.init_kl_coef", "beta of the per-token KL penalty (its start with --adaptive-kl)",
            "ppo", at_least=0),
     Option("--target-kl", "ppo.target", "KL (nats/response) the adaptive controller aims at", "ppo", above=0),
     Option("--horizon", "ppo.horizon", "adaptive KL controller horizon, in samples", "ppo", above=0),
     Option("--adaptive-kl", "ppo.adap_kl_ctrl", "adapt the KL coefficient towards --target-kl (--no-adaptive-kl "
            "keeps it fixed at --init-kl-coef)", "ppo"),
-    Option("--response-tokens", "sampling.response_tokens", "new tokens per response (at most)", "ppo"),
+    Option("--response-tokens", "sampling.response_tokens", "new tokens per response (at most)", "rl"),
     Option("--stop-at-eos", "sampling.stop_at_eos", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
-           "fixed-length responses, which allow a reward hack)", "ppo"),
+           "fixed-length responses, which allow a reward hack)", "rl"),
     Option("--checkpoint-every", "rlhf.checkpoint_every", "PPO steps between checkpoints"),
-    # recorded with PPO: the held-out prompts are cut from the same shuffled reviews as the training prompts, so
-    # another count would evaluate on prompts PPO trained on (or train on prompts it is evaluated on)
-    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "ppo"),
+    # recorded with the RL stage: the held-out prompts are cut from the same shuffled reviews as the training
+    # prompts, so another count would evaluate on prompts the policy trained on
+    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "rl"),
+    Option("--method", "method", "what the RL stage trains with; its files are gpt_<method>.npz and "
+           "<method>_log.jsonl, one method per run folder", choices=tuple(METHODS)),
+    *method_options("methods."),
 ]
 
 
@@ -103,6 +167,7 @@ def run_rules(value, name):
     for field in ("sampling.forward_batch_size", "ppo.mini_batch_size"):
         multiple_of(value, name, "ppo.batch_size", field, hint=True)
     multiple_of(value, name, "model.n_embd", "model.n_head")
+    method_rules(value, name, value("method"), "ppo.batch_size", "methods.")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
                                                   "model.block_size"))
     if prompt + response > block:
@@ -141,7 +206,7 @@ def from_dict(d):
         d = {**d, "rlhf": rlhf, "sampling": {"forward_batch_size": d["ppo"]["forward_batch_size"],
                                              **{k: rlhf.pop(k) for k in ("response_tokens", "stop_at_eos")}}}
     sections = {"model": GPTConfig, "pretrain": PretrainConfig, "ppo": PPOConfig, "rlhf": RLHFConfig,
-                "sampling": SamplingConfig}
+                "sampling": SamplingConfig, "methods": MethodOptions}
     return RunConfig(**{k: sections[k](**v) if k in sections else v for k, v in d.items()})
 
 
@@ -151,21 +216,23 @@ def from_dict(d):
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """What the comparison is built from: the main job's PPO settings for every method, and each method's own
-    coefficient. Those were measured on the default run (README, "Beyond PPO"): RLOO's beta is PPO's, so both
-    optimise one objective; GRPO's and DPO's replace TRL's defaults, which ran far from the reference here."""
+    options, whose defaults are the main job's (MethodOptions)."""
     # generated responses per method, each scored once by the proxy: the main job's RLHF.steps x PPO.batch_size
     # rounded up to a multiple of eval_prompts (3,584 = 56 x 64 = 14 x 256: best-of-n's n = 14)
     budget: int = math.ceil(RLHF.steps * PPO.batch_size / RunConfig.eval_prompts) * RunConfig.eval_prompts
     batch_size: int = PPO.batch_size    # responses per training step, every method (DPO: batch_size / 2 pairs)
     epochs: int = PPO.ppo_epochs        # passes over each step's batch (PPO ppo_epochs, GRPO num_iterations, ...)
     lr: float = PPO.lr                  # Adam learning rate of every method
-    rloo_k: int = 4                     # RLOO: responses per prompt
-    rloo_kl_coef: float = PPO.init_kl_coef   # RLOO: beta of the sequence KL in the reward; PPO's: one objective
-    grpo_group_size: int = 4            # GRPO: responses per prompt, G
-    grpo_beta: float = 0.2              # GRPO: weight of the k3 KL in the loss. TRL 0.14.0's 0.04 let the run reach
-                                        # 35.6 nats with "smart" in 76% of the answers (measured); 0.2 keeps it near 8
-    dpo_beta: float = 0.5               # DPO: beta of the implicit reward. TRL's 0.1 drifted to 23.8 nats and raised
-                                        # the reference's NLL of the answers from 5.15 to 6.61 (measured); 0.5: 8.2, 5.63
+    rloo_k: int = METHOD.rloo_k         # the methods' own options: MethodOptions, the main job's too
+    rloo_kl_coef: float = METHOD.rloo_kl_coef
+    grpo_group_size: int = METHOD.grpo_group_size
+    grpo_beta: float = METHOD.grpo_beta
+    grpo_loss_type: str = METHOD.grpo_loss_type
+    grpo_epsilon_high: Optional[float] = METHOD.grpo_epsilon_high
+    grpo_importance_sampling: str = METHOD.grpo_importance_sampling
+    grpo_bias_correction_kl: bool = METHOD.grpo_bias_correction_kl
+    dpo_beta: float = METHOD.dpo_beta
+    reinforce_kl_coef: float = METHOD.reinforce_kl_coef
     eval_prompts: int = RunConfig.eval_prompts   # held-out prompts per evaluation; best-of-n's n = budget / them
     eval_every: int = 5                 # training steps between evaluations
 
@@ -178,7 +245,6 @@ class CompareConfig:
         return self.budget // self.batch_size
 
 
-BASELINE = "the baseline is the other responses to a prompt"
 COMPARE_OPTIONS = [
     Option("--budget", "budget", "generated responses per method, each scored once by the proxy"),
     Option("--batch-size", "batch_size", "responses per training step of every method (DPO: half as many pairs); a "
@@ -186,11 +252,7 @@ COMPARE_OPTIONS = [
     Option("--epochs", "epochs", "passes over each step's batch (PPO's ppo_epochs, RLOO's, GRPO's num_iterations, "
            "DPO's)"),
     Option("--lr", "lr", "Adam learning rate of every method", above=0),
-    Option("--rloo-k", "rloo_k", "RLOO: responses per prompt", at_least=2, why=BASELINE),
-    Option("--rloo-kl-coef", "rloo_kl_coef", "RLOO: beta of the sequence KL in the reward", at_least=0),
-    Option("--grpo-group-size", "grpo_group_size", "GRPO: responses per prompt", at_least=2, why=BASELINE),
-    Option("--grpo-beta", "grpo_beta", "GRPO: weight of the k3 KL in the loss", at_least=0),
-    Option("--dpo-beta", "dpo_beta", "DPO: beta", above=0),
+    *method_options(),
     Option("--eval-prompts", "eval_prompts", "held-out prompts per evaluation; best-of-n takes n = budget / "
            "eval_prompts samples of each"),
     Option("--eval-every", "eval_every", "training steps between evaluations"),
@@ -200,11 +262,8 @@ COMPARE_OPTIONS = [
 def compare_rules(value, name):
     """Every method's step takes whole groups (RLOO's k, GRPO's G) and whole DPO pairs, the budget is whole steps,
     and best-of-n's n = budget / eval_prompts is a whole number >= 2."""
-    for field in ("rloo_k", "grpo_group_size"):
-        multiple_of(value, name, "batch_size", field)
-    if value("batch_size") % 2:
-        raise ValueError(f"{name('batch_size')} must be even: DPO takes batch_size / 2 pairs per step, got "
-                         f"{value('batch_size')}")
+    for method in ("rloo", "grpo", "dpo"):
+        method_rules(value, name, method, "batch_size")
     multiple_of(value, name, "budget", "batch_size")
     budget, prompts = value("budget"), value("eval_prompts")
     if budget % prompts or budget < 2 * prompts:

@@ -28,8 +28,12 @@ from .rlhf import Task
 from .rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
 from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links
 
-BUILT_ON = ("tokenizer", "pretrain", "reward", "gold")   # the stages an experiment on a run starts from
-FINISHED = (*stages.STAGE_ORDER, "report")              # what a finished run has finished
+BUILT_ON = stages.BASE_STAGES   # the stages an experiment on a run starts from
+
+
+def trained_method(manifest):
+    """The method whose RL stage a run folder holds (one per folder; "ppo" while it holds none)."""
+    return next((method for method in stages.METHODS if method in manifest.stages), "ppo")
 
 
 def main_job(run_dir, *flags):
@@ -50,15 +54,17 @@ class FinishedRun:
             self.data = data
 
     @classmethod
-    def open(cls, run_dir, cache_dir=None, needs=FINISHED, config=None, data=None):
-        """Check a run folder and open it -> FinishedRun; Refused if a stage in `needs` is not finished, a file
-        changed, or the folder holds a link.
+    def open(cls, run_dir, cache_dir=None, needs=None, config=None, data=None):
+        """Check a run folder and open it -> FinishedRun; Refused if a stage in `needs` (default: every stage of the
+        run's method, and the report) is not finished, a file changed, or the folder holds a link.
 
         config: the RunConfig it was built with (the pipeline, which has it); by default the one the manifest
         recorded with the report. data: the corpus's (train, val, test, info), if already loaded. cache_dir: where
         the default corpus is cached.
         """
         manifest = Manifest(run_dir, elsewhere="build the run again under a new --name")
+        if needs is None:
+            needs = (*stages.stage_order(trained_method(manifest)), "report")
         missing = [s for s in needs if not manifest.stages.get(s, {}).get("finished")]
         if missing:
             what = f"its {', '.join(missing)} stage{'s are' if len(missing) > 1 else ' is'} not finished"
@@ -162,6 +168,11 @@ class FinishedRun:
     def pretrained(self):
         """A fresh copy of the pretrained GPT, to train."""
         return mg.load_checkpoint(path(self.run_dir, "gpt_pretrained.npz"))
+
+    @property
+    def policy_file(self):
+        """The trained policy's checkpoint, gpt_<method>.npz, whatever the run's method."""
+        return path(self.run_dir, stages.ARTIFACTS[trained_method(self.manifest)][0])
 
     def policy_start(self):
         """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""

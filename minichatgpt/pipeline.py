@@ -1,9 +1,12 @@
-"""The main job: corpus -> tokenizer -> pretrained GPT -> reward model -> PPO -> evaluation -> report.
+"""The main job: corpus -> tokenizer -> pretrained GPT -> reward model -> RL (--method, PPO by default) ->
+evaluation -> report.
 
-Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_ppo.npz, ppo_log.jsonl,
-curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built
-from. Run again, it skips the finished stages and resumes an interrupted one; if an option or an input of a stage
-changed, it refuses and names the change, so a run folder never mixes two runs. --restart STAGE checks every
+Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_<method>.npz, <method>_log.jsonl
+(gpt_ppo.npz and ppo_log.jsonl for PPO), curves.png, samples.md, tokens.html, summary.json, and manifest.json, the
+record of what each stage was built from. A run folder holds one method's RL stage, and its report describes that
+method's policy (each report file names it); another method is another --name. Run again, it skips the finished
+stages and resumes an interrupted one; if an option or an input of a stage changed, it refuses and names the change,
+so a run folder never mixes two runs. --restart STAGE checks every
 other stage first, then deletes STAGE, the stages built on it, the report and the experiments built on the run.
 The evaluation and the report read the finished run as every other command does, through
 `finished_run.FinishedRun`; the manifest records the report last, with the run's whole config.
@@ -14,29 +17,34 @@ import logging
 import os
 import time
 
+import minigpt_np as mg
 from minigpt_np.resume import FingerprintMismatch, sha256_of_file
 
-from . import corpus, stages
+from . import corpus, methods, stages
 from .config import OPTIONS, default_of
 from .finished_run import FinishedRun
+from .methods import DRIVING
 from .report import write_curves, write_samples
+from .rlhf import Task
 from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links, write_json
-from .stages import ARTIFACTS, BUILT_ON_RUN, REPORT, RUN_FILES, STAGE_ORDER
+from .stages import ARTIFACTS, BASE_STAGES, BUILT_ON_RUN, METHODS, REPORT, RUN_FILES, stage_order
 from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
 
 
 def built_from(config, stage, data):
-    """What the manifest records for a stage: the corpus fingerprint and the options that shape the stage."""
-    options = {o.flag: default_of(o, config) for o in OPTIONS if o.stage in ("data", stage)}
+    """What the manifest records for a stage: the corpus fingerprint and the options that shape the stage (an RL
+    stage, named after its method: the options every method shares and the method's own)."""
+    options = {o.flag: default_of(o, config) for o in OPTIONS
+               if o.stage in ("data", stage) or (o.stage == "rl" and stage in METHODS)}
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
 def affected(stage):
-    """A stage and every stage built on it: what --restart STAGE rebuilds (STAGE_ORDER lists builders first)."""
+    """A stage and every stage built on it: what --restart STAGE rebuilds (stage_order lists builders first)."""
     rebuilt = [stage]
-    for s in STAGE_ORDER:
+    for s in (*BASE_STAGES, *METHODS):
         if s not in rebuilt and any(d in rebuilt for d in stages.DEPENDS_ON[s]):
             rebuilt.append(s)
     return rebuilt
@@ -68,7 +76,7 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
         timings, t_start = {}, time.perf_counter()
         data, policy, history, metrics = _build(config, run_dir, progress, cache_dir, restart, timings)
         t = time.perf_counter()
-        run = FinishedRun.open(run_dir, cache_dir, needs=STAGE_ORDER, config=config, data=data)
+        run = FinishedRun.open(run_dir, cache_dir, needs=stage_order(config.method), config=config, data=data)
         run.manifest.forget("report", REPORT)   # a kill before the new report is recorded leaves none
         run.manifest.start("report", {"config": dataclasses.asdict(config)})
         before, after = run.evaluate(run.ref_model), run.evaluate(policy)
@@ -91,9 +99,13 @@ class Stages:
 
     def __init__(self, config, run_dir, restart, data, advice=advice, elsewhere="use a new --name"):
         self.manifest, self.advice = Manifest(run_dir, elsewhere), advice
-        self.records = {stage: built_from(config, stage, data) for stage in STAGE_ORDER}
+        others = [m for m in METHODS if m != config.method and m in self.manifest.stages]
+        if others:
+            raise Refused(f"{run_dir} holds a {DRIVING[others[0]].label} run, and a run folder holds one method; "
+                          f"{elsewhere} for --method {config.method}")
+        self.records = {stage: built_from(config, stage, data) for stage in stage_order(config.method)}
         rebuilt = affected(restart) if restart else []
-        for stage in STAGE_ORDER:
+        for stage in stage_order(config.method):
             if stage in rebuilt:
                 continue
             self.manifest.check(stage, self.records[stage], ARTIFACTS[stage], advice(stage), partial=True)
@@ -120,7 +132,7 @@ class Stages:
 
 
 def _build(config, run_dir, progress, cache_dir, restart, timings):
-    """Every stage, run or loaded -> (the corpus's data, the policy, PPO's history, the metrics of the stages run)."""
+    """Every stage, run or loaded -> (the corpus's data, the policy, its RL history, the metrics of the stages run)."""
     t = time.perf_counter()
     train, val, test, data = corpus.load_data(config, cache_dir)
     s = Stages(config, run_dir, restart, data)
@@ -139,22 +151,51 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
     timings["reward"], t = time.perf_counter() - t, time.perf_counter()
     train_queries, _ = stages.prompts(config, tokenizer, test)
     inputs = hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz", "reward.npz"])
-    policy, history = s.run("ppo", inputs, lambda: stages.ppo_stage(config, run_dir, tokenizer, scorer, train_queries,
-                                                                    inputs, gold, progress),
-                            lambda: stages.load_ppo(run_dir))
-    timings["ppo"] = time.perf_counter() - t
+    policy, history = s.run(config.method, inputs,
+                            lambda: rl_stage(config, run_dir, tokenizer, scorer, train_queries, inputs, gold,
+                                                    progress),
+                            lambda: stages.load_policy(run_dir, config.method))
+    timings[config.method] = time.perf_counter() - t
     return (train, val, test, data), policy, history, {"pretrain": pretrain_metrics, "reward": reward_metrics,
                                                        "gold": gold_metrics}
 
 
+def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
+    """The run's method (config.method) from the pretrained model against the reward model -> (policy, history);
+    resumes if killed. DPO first samples its pairs from the reference (methods.sample_pairs): the same ones again
+    on a resume, from the same seed.
+
+    inputs: {name: sha256} of the files the stage is built from, part of its checkpoint's fingerprint. judge: a
+    scorer that also grades every rollout for the log (the gold scorer); it never drives training.
+    """
+    method, driving = config.method, DRIVING[config.method]
+    ref_model = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
+    policy = stages.policy_start(run_dir, config.seed) if driving.value_head else mg.load_checkpoint(
+        path(run_dir, "gpt_pretrained.npz"))
+    log.info("%s: %d steps of %d rollouts, %d training prompts", driving.label, config.rlhf.steps,
+             config.ppo.batch_size, len(queries))
+    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judge)
+    pairs = None
+    if driving.group is None:
+        prompts, responses, _, _, chosen = methods.sample_pairs(task, config.rlhf.steps * config.ppo.batch_size // 2,
+                                                                config.rlhf.seed, progress)
+        pairs = methods.pair_items(prompts, responses, chosen)
+    checkpoint, log_file = (path(run_dir, name) for name in stages.ARTIFACTS[method])
+    history = methods.train(method, policy, task, methods.run_trainer_config(config), config.methods, config.rlhf,
+                            checkpoint, log_file, pairs=pairs, progress=progress)
+    return policy, history
+
+
 def _write_report(run, policy, history, before, after):
-    """samples.md, tokens.html and curves.png -> the names of the files the report wrote."""
+    """samples.md, tokens.html and curves.png, each naming the run's method -> the names of the files the report
+    wrote."""
+    method = run.config.method
     prompt_texts = [run.tokenizer.decode([int(t) for t in q]) for q in run.held_out()]
-    write_samples(path(run.run_dir, "samples.md"), prompt_texts, before, after)
-    kl_coef = next(h["objective/kl_coef"] for h in reversed(history) if "objective/kl_coef" in h)
-    write_token_view(path(run.run_dir, "tokens.html"), run, policy, kl_coef)
-    curves = write_curves(history, path(run.run_dir, "curves.png"))
-    return sorted(["samples.md", "summary.json", "ppo_log.jsonl", "tokens.html"] + (["curves.png"] if curves else []))
+    write_samples(path(run.run_dir, "samples.md"), prompt_texts, before, after, DRIVING[method].label)
+    write_token_view(path(run.run_dir, "tokens.html"), run, policy, history)
+    curves = write_curves(history, path(run.run_dir, "curves.png"), method)
+    return sorted(["samples.md", "summary.json", ARTIFACTS[method][1], "tokens.html"]
+                  + (["curves.png"] if curves else []))
 
 
 def _summary(run, history, before, after, metrics, timings, wrote):
@@ -163,8 +204,9 @@ def _summary(run, history, before, after, metrics, timings, wrote):
     (before, before_samples), (after, after_samples) = before, after
     prompt_texts = [run.tokenizer.decode([int(t) for t in q]) for q in run.held_out(3)]
     summary = {
-        "reference": before, "policy": after, "ppo_steps": len(history), "timings_s": timings, "data": run.data[3],
-        "built_with": {stage: run.manifest.stages[stage]["built_from"] for stage in STAGE_ORDER},
+        "method": run.config.method, "reference": before, "policy": after, "ppo_steps": len(history),
+        "timings_s": timings, "data": run.data[3],
+        "built_with": {stage: run.manifest.stages[stage]["built_from"] for stage in stage_order(run.config.method)},
         "config": dataclasses.asdict(run.config), "wrote": wrote,
         "examples": [{"prompt": prompt_texts[i], "before": before_samples["texts"][i],
                       "before_score": float(before_samples["scores"]["reward"][i]), "after": after_samples["texts"][i],

@@ -5,6 +5,7 @@ import numpy as np
 
 from minigpt_np.checkpoint import atomic_write
 
+from .methods import DRIVING
 from .run_folder import writing
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,27 @@ CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the prox
     (("ppo/loss/value",), "value loss"),
     (("ppo/policy/clipfrac",), "policy clipfrac"),
 ]
+# the other methods' own stats, in place of PPO's last four panels (DPO, which samples nothing in its loop: all)
+METHOD_CURVES = {
+    "rloo": [(("objective/kl_coef",), "kl_coef"), (("rloo/policy/entropy",), "policy entropy (nats / token)"),
+             (("rloo/loss/policy",), "policy loss"), (("rloo/policy/clipfrac",), "policy clipfrac")],
+    "grpo": [(("grpo/loss/kl",), "k3 KL term of the loss"), (("grpo/policy/entropy",), "policy entropy (nats / token)"),
+             (("grpo/loss/policy",), "policy loss"), (("grpo/policy/clipfrac",), "policy clipfrac")],
+    "reinforce": [(("objective/kl_coef",), "kl_coef"), (("reinforce/policy/entropy",), "policy entropy (nats / token)"),
+                  (("reinforce/loss/policy",), "policy loss"),
+                  (("reinforce/mean_rlhf_reward",), "mean reward with the KL penalty")],
+    "dpo": [(("dpo/rewards_train/chosen", "dpo/rewards_train/rejected"), "implicit rewards beta log(pi / pi_ref)"),
+            (("dpo/rewards_train/margins",), "implicit reward margin"), (("dpo/rewards_train/accuracies",), "accuracy"),
+            (("dpo/logps_train/chosen", "dpo/logps_train/rejected"), "log pi of the responses"),
+            (("dpo/loss/train",), "DPO loss"), (("dpo/identical_pairs",), "identical pairs")],
+}
+
+
+def curves_of(method):
+    """The panels of curves.png for a method's log."""
+    if method in ("ppo", "dpo"):
+        return CURVES if method == "ppo" else METHOD_CURVES["dpo"]
+    return CURVES[:4] + METHOD_CURVES[method]
 
 
 def format_table(columns, extra_rows=(), labels=None):
@@ -73,31 +95,33 @@ def _save(fig, path):
         fig.savefig(f, format="png", dpi=100)
 
 
-def write_curves(history, path):
-    """Eight panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
+def write_curves(history, path, method="ppo"):
+    """Eight panels over the steps of the method's log -> True; False (with a warning) when matplotlib is not
+    installed."""
     plt = _pyplot(path)
     if plt is None:
         return False
     steps = [s["step"] for s in history]
     fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
-    for ax, (keys, title) in zip(axes.flat, CURVES):
+    for ax, (keys, title) in zip(axes.flat, curves_of(method)):
         for key in keys:
             ax.plot(steps, [s.get(key, np.nan) for s in history], lw=1.5, label=key.split("/")[-1])
         if len(keys) > 1:
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel(f"{DRIVING[method].label} step")
         ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
     return True
 
 
-def write_samples(path, prompts, before, after, n=12):
-    """samples.md: the collapse measures, then the same prompts answered by the reference and by the policy,
-    each answer with the reward model's and the gold scorer's log-odds. before/after = (metrics, samples)."""
-    lines = ["# Samples: the same held-out prompts, before (reference) and after PPO (policy)", "",
-             "Scores: r = the reward model's log-odds that the snippet is positive (what PPO optimised), "
+def write_samples(path, prompts, before, after, label="PPO", n=12):
+    """samples.md: the collapse measures, then the same prompts answered by the reference and by the policy (trained
+    with the method `label`), each answer with the reward model's and the gold scorer's log-odds. before/after =
+    (metrics, samples)."""
+    lines = [f"# Samples: the same held-out prompts, before (reference) and after {label} (policy)", "",
+             f"Scores: r = the reward model's log-odds that the snippet is positive (what {label} optimised), "
              "g = the gold scorer's (it only judges).", "",
              format_table({"reference": before[0], "policy": after[0]}), ""]
     for i in range(min(n, len(prompts))):

@@ -1,5 +1,5 @@
-"""The stages of the main job, one function each: tokenizer, pretraining, reward model, gold scorer, prompts, PPO;
-and the loaders of what they wrote.
+"""The stages of the main job, one function each: tokenizer, pretraining, reward model, gold scorer, prompts, and the
+loaders of what they wrote, the RL stage's (pipeline.rl_stage, the run's --method) among them.
 
 Each stage reads what the earlier ones made and writes its artifacts into the run folder. `pipeline` decides,
 with the run folder's manifest, which stages to run, skip or refuse; `finished_run` opens what they left.
@@ -18,21 +18,34 @@ from minigpt_np.resume import training_state
 from reward import load_scorer, train_scorer
 from reward.train import refit_scorer
 
-from .rlhf import Task, make_queries, train_ppo
+from ppo_np import METHODS as TRAINERS
+
+from .rlhf import make_queries
 from .run_folder import Refused, path, read_jsonl, writing
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("tokenizer", "pretrain", "reward", "gold", "ppo")   # each after the stages it is built on
+# The RL stage is named after the run's method (--method), and writes gpt_<method>.npz and <method>_log.jsonl. A run
+# folder holds one method's RL stage: another method is another run folder (its report is then that method's alone).
+METHODS = tuple(TRAINERS)
+BASE_STAGES = ("tokenizer", "pretrain", "reward", "gold")
+
+
+def stage_order(method="ppo"):
+    """The stages of a run of `method`, each after the stages it is built on."""
+    return (*BASE_STAGES, method)
+
+
+STAGE_ORDER = stage_order()
 ARTIFACTS = {  # what each stage writes into the run folder
     "tokenizer": ["tokenizer.json"],
     "pretrain": ["gpt_pretrained.npz"],
     "reward": ["reward.npz"],
     "gold": ["gold.npz"],
-    "ppo": ["gpt_ppo.npz", "ppo_log.jsonl"],
+    **{method: [f"gpt_{method}.npz", f"{method}_log.jsonl"] for method in METHODS},
 }
 DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
-              "ppo": ["tokenizer", "pretrain", "reward"]}
+              **{method: ["tokenizer", "pretrain", "reward"] for method in METHODS}}
 # The report, made last from every stage: the evaluation and what shows it. The manifest records it as the stage
 # "report", with the whole config of the run, which every command that builds on the run reads from there.
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")
@@ -41,7 +54,7 @@ EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overop
 # what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
 BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
 # every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
-RUN_FILES = (".lock", "manifest.json", *(a for stage in STAGE_ORDER for a in ARTIFACTS[stage]), *REPORT, *BUILT_ON_RUN)
+RUN_FILES = (".lock", "manifest.json", *(a for files in ARTIFACTS.values() for a in files), *REPORT, *BUILT_ON_RUN)
 
 
 def tokenizer_stage(config, run_dir, train):
@@ -154,22 +167,7 @@ def policy_start(run_dir, seed):
     return policy
 
 
-def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
-    """PPO from the pretrained model against the reward model -> (policy, history); resumes if killed.
-
-    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint. judge: a
-    scorer that also grades every rollout for the log (the gold scorer); it never drives training.
-    """
-    policy, ref_model = policy_start(run_dir, config.seed), mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
-    log.info("PPO: %d steps of %d rollouts, %d training prompts", config.rlhf.steps, config.ppo.batch_size,
-             len(queries))
-    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judge)
-    history = train_ppo(policy, task, config.ppo, config.rlhf, path(run_dir, "gpt_ppo.npz"),
-                        path(run_dir, "ppo_log.jsonl"), progress=progress)
-    return policy, history
-
-
-def load_ppo(run_dir):
-    """The finished PPO stage -> (policy, history); the log must hold every step."""
-    file = path(run_dir, "gpt_ppo.npz")
-    return mg.load_checkpoint(file), read_jsonl(path(run_dir, "ppo_log.jsonl"), expect=training_state(file)["step"])
+def load_policy(run_dir, method="ppo"):
+    """The finished RL stage of `method` -> (policy, history); the log must hold every step."""
+    file, log_file = (path(run_dir, name) for name in ARTIFACTS[method])
+    return mg.load_checkpoint(file), read_jsonl(log_file, expect=training_state(file)["step"])

@@ -1,11 +1,17 @@
 """tokens.html: where the reward went, token by token, for a handful of held-out prompts.
 
 For each prompt, the reference's sampled response and the policy's, each token coloured twice with the numbers
-PPO's last step would compute for it under the final policy:
+the run's method would compute for it at its last step, under the final policy:
 
-    KL view         log pi(y_t) - log pi_ref(y_t): red where the policy now prefers the token, blue where it avoids it
-    advantage view  GAE advantage A_t from the per-token rewards (KL penalty on every token, the reward model's
-                    score on the last) and the value head: green where the token did better than expected
+    KL view      log pi(y_t) - log pi_ref(y_t): red where the policy now prefers the token, blue where it avoids it
+    credit view  what the method pushes each token by (CREDIT): green up, purple down
+        ppo        the GAE advantage A_t from the per-token rewards (KL penalty on every token, the reward model's
+                   score on the last) and the value head
+        rloo       the response's leave-one-out advantage, on every token: r_i minus the mean r of the other k - 1
+                   responses to its prompt (r = score - beta KL), so each shown response is sampled with k - 1 more
+        grpo       the response's group-relative advantage (its score against the G - 1 others' to its prompt)
+        reinforce  the response's reward minus the mean reward of the responses shown (the batch-mean baseline)
+        dpo        beta log(pi(y_t) / pi_ref(y_t)): the implicit reward, token by token
 
 A collapsed policy shows its exploited word in deep red, and the reference's sentences in blue.
 """
@@ -17,22 +23,68 @@ import numpy as np
 from minigpt_np.checkpoint import atomic_write
 from ppo_np import core
 from ppo_np.batch import layout, response_logprobs, response_logprobs_and_values
+from ppo_np.grpo import grpo_advantages
+from ppo_np.rloo import rloo_advantages, rloo_rewards
 
 from .evaluate import EVAL_SEED_OFFSET
+from .methods import DRIVING, run_trainer_config
 from .run_folder import writing
 from .sampling import sample, texts_of
 
 
-def token_numbers(policy, ref_model, tokenizer, scorer, queries, responses, kl_coef, gamma, lam):
-    """Per-token log-ratio and advantage of each response under the final policy -> (scores (N,), logratio (N, R),
-    advantages (N, R), mask (N, R))."""
+def gae_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    rewards, _ = core.compute_rewards(scores, logprobs, ref_logprobs, cfg.init_kl_coef, mask)
+    return core.compute_advantages(values, rewards, cfg.gamma, cfg.lam, mask)[0]
+
+
+def rloo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    rewards, _ = rloo_rewards(scores, logprobs, ref_logprobs, cfg.kl_coef, mask)
+    return rloo_advantages(rewards, cfg.rloo_k)[:, None] * mask
+
+
+def grpo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    return grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)[:, None] * mask
+
+
+def reinforce_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    rewards, _ = rloo_rewards(scores, logprobs, ref_logprobs, cfg.kl_coef, mask)
+    return (rewards - rewards.mean())[:, None] * mask
+
+
+def dpo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    return cfg.beta * (logprobs - ref_logprobs) * mask
+
+
+# each method's credit: (cfg, scores (N,), logprobs, ref_logprobs, values or None, mask (N, R)) -> (N, R), and what the
+# view's right column says of it. cfg: the method's trainer config (PPO's init_kl_coef: its log's last kl_coef)
+CREDIT = {
+    "ppo": (gae_credit, "the token's GAE advantage from the per-token rewards (KL penalty with &beta;&nbsp;=&nbsp;"
+            "{kl_coef:.3f} on every token, the reward model's score on the last) and the policy's value head"),
+    "rloo": (rloo_credit, "the response's leave-one-out advantage, on every token: its reward (score &minus; "
+             "&beta;&nbsp;=&nbsp;{kl_coef:.3f} times its KL) minus the mean reward of {group_others} more responses "
+             "to its prompt, sampled with it"),
+    "grpo": (grpo_credit, "the response's group-relative advantage, on every token: its score against those of "
+             "{group_others} more responses to its prompt, sampled with it"),
+    "reinforce": (reinforce_credit, "the response's advantage, on every token: its reward (score &minus; &beta;&nbsp;="
+                  "&nbsp;{kl_coef:.3f} times its KL) minus the mean reward of the responses shown (the batch-mean "
+                  "baseline)"),
+    "dpo": (dpo_credit, "the token's implicit reward &beta;&nbsp;log(&pi;/&pi;<sub>ref</sub>), &beta;&nbsp;=&nbsp;"
+            "{beta:.3f}"),
+}
+
+
+def token_numbers(method, cfg, policy, ref_model, tokenizer, scorer, queries, responses):
+    """Per-token log-ratio and the method's credit of each response under the final policy -> (scores (N,),
+    logratio (N, R), credit (N, R), mask (N, R))."""
     batch = layout(queries, responses, tokenizer.eos_token_id)
-    logprobs, values = response_logprobs_and_values(policy, batch, len(queries))
+    if method == "ppo":
+        logprobs, values = response_logprobs_and_values(policy, batch, len(queries))
+    else:
+        logprobs, values = response_logprobs(policy, batch, len(queries)), None
     ref_logprobs = response_logprobs(ref_model, batch, len(queries))
     scores = scorer.score(texts_of(tokenizer, queries, responses))
-    rewards, _ = core.compute_rewards(scores, logprobs, ref_logprobs, kl_coef, batch.mask)
-    advantages, _ = core.compute_advantages(values, rewards, gamma, lam, batch.mask)
-    return scores, (logprobs - ref_logprobs) * batch.mask, advantages, batch.mask
+    credit = CREDIT[method][0](cfg, scores, logprobs, ref_logprobs, values, batch.mask)
+    return scores, (logprobs - ref_logprobs) * batch.mask, credit, batch.mask
 
 
 def _spans(tokenizer, response, values, scale, positive, negative):
@@ -46,21 +98,31 @@ def _spans(tokenizer, response, values, scale, positive, negative):
     return "".join(out)
 
 
-def write_token_view(path, run, policy, kl_coef, n=6):
+def write_token_view(path, run, policy, history, n=6):
     """Write tokens.html for the first n held-out prompts of a finished run: reference and policy samples, in the KL
-    and advantage views, sampled as the evaluation samples them."""
+    and credit views, sampled as the evaluation samples them (with the group's other responses after each, for RLOO
+    and GRPO). history: the method's log (PPO's last kl_coef)."""
+    method = run.config.method
+    cfg = run_trainer_config(run.config)
+    if method == "ppo":
+        cfg = dataclasses.replace(cfg, init_kl_coef=next(h["objective/kl_coef"] for h in reversed(history)
+                                                         if "objective/kl_coef" in h))
+    group = DRIVING[method].group(run.config.methods) if method in ("rloo", "grpo") else 1
     queries = run.held_out(n)
-    sampling = dataclasses.replace(run.config.sampling, forward_batch_size=len(queries))
+    repeated = [q for q in queries for _ in range(group)]
+    sampling = dataclasses.replace(run.config.sampling, forward_batch_size=len(repeated))
     rows = []
     for who, model in (("reference", run.ref_model), ("policy", policy)):
-        responses = sample(model, run.tokenizer, queries, sampling,
+        responses = sample(model, run.tokenizer, repeated, sampling,
                            np.random.default_rng(run.config.seed + EVAL_SEED_OFFSET))
-        numbers = token_numbers(policy, run.ref_model, run.tokenizer, run.proxy, queries, responses, kl_coef,
-                                run.config.ppo.gamma, run.config.ppo.lam)
-        rows.append((who, responses, numbers))
+        numbers = token_numbers(method, cfg, policy, run.ref_model, run.tokenizer, run.proxy, repeated, responses)
+        shown = slice(None, None, group)     # the first response of each group
+        rows.append((who, responses[shown], tuple(x[shown] for x in numbers)))
     kl_scale = max(float(np.abs(r[2][1]).max()) for r in rows)
     adv_scale = max(float(np.abs(r[2][2]).max()) for r in rows)
-    parts = [_HEAD.format(kl_coef=kl_coef, kl_scale=kl_scale, adv_scale=adv_scale)]
+    kl_coef = cfg.init_kl_coef if method == "ppo" else getattr(cfg, "kl_coef", None)
+    credit = CREDIT[method][1].format(kl_coef=kl_coef, beta=getattr(cfg, "beta", None), group_others=group - 1)
+    parts = [_HEAD.format(label=DRIVING[method].label, credit=credit, kl_scale=kl_scale, adv_scale=adv_scale)]
     tokenizer = run.tokenizer
     for i, q in enumerate(queries):
         parts.append(f"<h3>{html.escape(tokenizer.decode([int(t) for t in q]))}</h3><table>")
@@ -83,12 +145,11 @@ td {{ border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }}
 td.who {{ width: 9em; }} span {{ font-family: monospace; white-space: pre; }}
 </style></head><body>
 <h1>Where the reward went, token by token</h1>
-<p>Each held-out prompt, answered by the reference model and by the PPO policy. Middle column: each token's
+<p>Each held-out prompt, answered by the reference model and by the {label} policy. Middle column: each token's
 log-ratio log&nbsp;&pi;(y) &minus; log&nbsp;&pi;<sub>ref</sub>(y) under the final policy: <b style="color:#c22">red</b>
 where the policy now prefers the token, <b style="color:#25d">blue</b> where it avoids it (full colour at
-{kl_scale:.2f} nats). Right column: the token's GAE advantage from the per-token rewards (KL penalty with
-&beta;&nbsp;=&nbsp;{kl_coef:.3f} on every token, the reward model's score on the last) and the policy's value head:
+{kl_scale:.2f} nats). Right column: {credit}:
 <b style="color:#1a4">green</b> better than expected, <b style="color:#939">purple</b> worse (full colour at
 {adv_scale:.2f}). Hover a token for its number.</p>
-<table><tr><th></th><th>KL view</th><th>advantage view</th></tr></table>
+<table><tr><th></th><th>KL view</th><th>credit view</th></tr></table>
 """

@@ -27,7 +27,7 @@ from minichatgpt.run_folder import check_name, path
 COLUMNS = [("reward_positive", "RM+", "{:.2f}"), ("gold_positive", "gold+", "{:.2f}"), ("gold_mean", "gold", "{:+.2f}"),
            ("kl_to_reference", "KL", "{:.1f}"), ("top_word_share", "top", "{:.2f}"), ("unique_share", "uniq", "{:.2f}"),
            ("distinct_2", "d-2", "{:.2f}"), ("response_tokens", "len", "{:.1f}"), ("reference_nll", "nll", "{:.2f}")]
-SWEPT = [o for o in defaults.OPTIONS if o.stage == "ppo" or o.field in ("seed", "rlhf.max_seconds")]
+SWEPT = [o for o in defaults.OPTIONS if o.stage in ("rl", "ppo") or o.field in ("seed", "rlhf.max_seconds")]
 
 
 def setting_of(text, run_config):

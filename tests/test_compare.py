@@ -1,12 +1,13 @@
-"""The method comparison: the same budget of generated responses for PPO, RLOO, GRPO, DPO and best-of-n, the same
-gradient updates for the trained ones, and the compare command end to end with a resume after a kill."""
+"""The method comparison: the same budget of generated responses for PPO, RLOO, GRPO, REINFORCE, DPO and best-of-n
+(each trained method takes its own optimizer steps), and the compare command end to end with a resume after a kill."""
 import json
 
 import numpy as np
 import pytest
 
-from minichatgpt import cli, compare
-from minichatgpt.config import PPO, CompareConfig
+import ppo_np
+from minichatgpt import cli, compare, methods
+from minichatgpt.config import PPO, SAMPLING, CompareConfig
 from minichatgpt.run_folder import Lock
 from ppo_np.grpo import GRPOTrainer
 from ppo_np.trainer import PPOTrainer
@@ -15,25 +16,31 @@ from tiny_run import fixture_corpus, kill_in_step, tiny_args
 
 # 4 steps of 8 responses; 2 held-out prompts (the tiny run has 3), so best-of-n takes n = 16 samples of each
 TINY = ["--budget", "32", "--batch-size", "8", "--eval-prompts", "2", "--eval-every", "2", "--quiet"]
-TRAINED = ("ppo", "rloo", "grpo", "dpo")
+TRAINED = ("ppo", "rloo", "grpo", "reinforce", "dpo")
 
 
-def test_every_trained_method_makes_the_same_gradient_updates_on_the_same_number_of_responses():
+def test_every_trained_method_generates_and_scores_the_same_responses_though_their_optimizer_steps_differ():
     cfg = CompareConfig()
-    configs = compare.trainer_configs(cfg, PPO)
-    updates = {  # (gradient updates per step, responses per update); a DPO pair is two responses
-        "ppo": (configs["ppo"].batch_size // configs["ppo"].mini_batch_size * configs["ppo"].ppo_epochs,
-                configs["ppo"].mini_batch_size),
-        "rloo": (configs["rloo"].batch_size // configs["rloo"].mini_batch_size * configs["rloo"].ppo_epochs,
-                 configs["rloo"].mini_batch_size),
-        "grpo": (configs["grpo"].batch_size // configs["grpo"].mini_batch_size * configs["grpo"].num_iterations,
-                 configs["grpo"].mini_batch_size),
-        "dpo": (configs["dpo"].batch_size // configs["dpo"].mini_batch_size * configs["dpo"].epochs,
-                2 * configs["dpo"].mini_batch_size),
-    }
-    assert len(set(updates.values())) == 1, updates
-    assert 2 * configs["dpo"].batch_size == cfg.batch_size == configs["ppo"].batch_size == configs["grpo"].batch_size
-    assert cfg.steps * cfg.batch_size == cfg.budget and cfg.budget % cfg.eval_prompts == 0
+    configs = compare.trainer_configs(cfg, PPO, SAMPLING.response_tokens)
+    assert set(configs) == {"ppo", "rloo", "grpo", "reinforce", "dpo"}
+    budget = {}
+    for name, config in configs.items():
+        group = methods.DRIVING[name].group
+        if group is None:      # DPO: batch_size pairs a step, two reference samples each, sampled up front
+            budget[name] = cfg.steps * 2 * config.batch_size
+        else:                  # batch_size / group prompts a step, group responses each
+            prompts = config.batch_size // group(cfg)
+            assert prompts * group(cfg) == config.batch_size, name
+            budget[name] = cfg.steps * prompts * group(cfg)
+    assert set(budget.values()) == {cfg.budget}, budget
+
+    def optimizer_steps(name):   # from the skeleton's own fields: mini-batches per step / mini-batches per AdamW step
+        method, config = ppo_np.METHODS[name], configs[name]
+        epochs = getattr(config, method.epochs) if method.epochs else 1
+        per_update = method.minibatches_per_update(config) if method.minibatches_per_update else 1
+        return cfg.steps * epochs * (config.batch_size // config.mini_batch_size) // per_update
+    steps = {name: optimizer_steps(name) for name in configs}
+    assert steps == {"ppo": 56 * 4 * 4, "rloo": 56 * 4 * 4, "grpo": 56 * 4, "reinforce": 56, "dpo": 56 * 4 * 4}, steps
 
 
 @pytest.mark.parametrize("change, message", [
@@ -95,7 +102,7 @@ def test_compare_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     results = json.loads((run_dir / "compare.json").read_text())
     assert (run_dir / "compare.png").stat().st_size > 10000
     table = (run_dir / "compare.md").read_text()
-    for label in ("reference", "PPO", "RLOO", "GRPO", "DPO", "best-of-n"):
+    for label in ("reference", "PPO", "RLOO", "GRPO", "REINFORCE", "DPO", "best-of-n"):
         assert f" {label} |" in table and f" {label} |" in out, f"the table does not name {label}"
     assert "Bradley-Terry" in out and set(results["methods"]) == set(compare.METHODS)
 
