@@ -1,7 +1,9 @@
 """Before and after: a model answers held-out prompts, and the answers are measured every way the project knows.
 
-    score     each scorer's mean log-odds and share of positive answers: the proxy reward model that PPO
-              optimised ("reward") and the gold scorer that only judges ("gold")
+    score     each scorer's mean score and verdict shares (`sampling.judged`): the proxy reward model that PPO
+              optimised ("reward": mean log-odds, positive share), the gold scorer that only judges ("gold": the
+              same), and the judge of another kind, VADER's lexicon ("lexicon": mean compound, positive, negative
+              and neutral shares at its authors' thresholds)
     KL        sum_t log pi(y_t) - log pi_ref(y_t) per response, on the model's own samples (nats)
     collapse  the share of answers with the most frequent content word, unique answers, distinct-1/2
     fluency   the reference model's mean negative log-likelihood per response token, and the answers' length
@@ -14,7 +16,7 @@ import numpy as np
 from ppo_np.batch import layout, response_logprobs
 
 from .collapse import collapse_metrics
-from .sampling import sample, score, texts_of
+from .sampling import judged, sample, score, texts_of
 
 EVAL_SEED_OFFSET = 12345   # an evaluation samples with its own generator, seeded with the run's seed + this
 PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_mean", "eval/kl_to_reference", ...
@@ -23,7 +25,7 @@ PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_m
 def evaluate_policy(model, ref_model, tokenizer, scorers, queries, sampling, seed):
     """Sample one response per held-out query with a fixed seed and measure it -> (metrics, samples).
 
-    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer}; sampling: the SamplingConfig
+    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer, "lexicon": VADER}; sampling: the SamplingConfig
     (chunk, response length, stop at eos). samples = {"texts": prompt + response, "responses": token arrays,
     "scores": {name: (N,)}, "kl": (N,)}.
     """
@@ -45,8 +47,7 @@ def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, 
     metrics = {}
     scores = {name: score(scorer, texts, sampling) for name, scorer in scorers.items()}
     for name, s in scores.items():
-        metrics[f"{name}_positive"] = float(np.mean(s > 0))
-        metrics[f"{name}_mean"] = float(np.mean(s))
+        metrics.update(judged(name, scorers[name], s))
     metrics.update({
         "kl_to_reference": float(np.mean(kl)),
         "response_tokens": float(np.mean([len(r) for r in responses])),

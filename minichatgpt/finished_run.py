@@ -15,6 +15,7 @@ import functools
 import os
 
 import minigpt_np as mg
+from reward.lexicon import VaderJudge
 
 from . import corpus, stages
 from .config import from_dict
@@ -81,10 +82,15 @@ class FinishedRun:
         """The gold scorer (gold.npz), which only judges."""
         return stages.load_scorer_of(self.run_dir, "gold")
 
+    @functools.cached_property
+    def lexicon(self):
+        """The judge of another kind: VADER's human-built lexicon (reward.lexicon), pinned, nothing to load."""
+        return VaderJudge()
+
     @property
     def scorers(self):
-        """What an evaluation measures with: {"reward": the proxy, "gold": the gold scorer}."""
-        return {"reward": self.proxy, "gold": self.gold}
+        """What an evaluation measures with: {"reward": the proxy, "gold": the gold scorer, "lexicon": VADER}."""
+        return {"reward": self.proxy, "gold": self.gold, "lexicon": self.lexicon}
 
     @functools.cached_property
     def prompts(self):
@@ -113,11 +119,12 @@ class FinishedRun:
         """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""
         return stages.policy_start(self.run_dir, self.config.seed)
 
-    def task(self, scorer=None, judge=None):
+    def task(self, scorer=None, judges=None):
         """What a policy is trained against on this run: its training prompts, a scorer (the proxy by default), the
-        reference, the sampling settings and the hashes of its files -> rlhf.Task."""
+        reference, the sampling settings and the hashes of its files; judges {name: scorer} grade the rollouts for
+        the log -> rlhf.Task."""
         return Task(self.tokenizer, self.ref_model, self.proxy if scorer is None else scorer, self.prompts[0],
-                    self.config.sampling, self.input_hashes, judge)
+                    self.config.sampling, self.input_hashes, judges or {})
 
     # ------------------------------------------------------------------------------------------ its evaluation
 

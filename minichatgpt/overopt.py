@@ -35,6 +35,8 @@ from .stages import labelled
 
 log = logging.getLogger(__name__)
 
+JUDGES = ("gold", "lexicon")   # the scorers that only judge; every other one is a proxy
+
 # ---------------------------------------------------------------------------------------------- scorers
 
 
@@ -55,10 +57,10 @@ def train_proxies(train, val, sizes, seed):
 
 
 def scorers_of(run, folder, cfg):
-    """The run's reward model ("full") and gold scorer, and a smaller proxy per size (fitted once, then kept as
-    overopt/proxy_<size>.npz) -> ({name: scorer}, {name: labelled training snippets it was fitted on})."""
+    """The run's reward model ("full"), its judges (the gold scorer, the VADER lexicon) and a smaller proxy per size
+    (fitted once, then kept as overopt/proxy_<size>.npz) -> ({name: scorer}, {name: labelled training snippets it was fitted on})."""
     train, val, _, _ = run.data
-    scorers = {"full": run.proxy, "gold": run.gold}
+    scorers = {"full": run.proxy, "gold": run.gold, "lexicon": run.lexicon}
     os.makedirs(folder, exist_ok=True)
     for size in cfg.proxy_sizes:
         file = path(folder, f"proxy_{size}.npz")
@@ -66,7 +68,7 @@ def scorers_of(run, folder, cfg):
             train_proxies(train, val, [size], cfg.seed)[str(size)].save(file)
         scorers[str(size)] = load_scorer(file)
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
-    return scorers, {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val}
+    return scorers, {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val, "lexicon": 0}
 
 
 # ---------------------------------------------------------------------------------------------- the two curves
@@ -84,9 +86,9 @@ def best_of_n_rows(run, folder, cfg, scorers, queries, progress):
         save_npz(file, {name: score(scorer, texts, sampling).reshape(len(queries), cfg.n_max)
                         for name, scorer in scorers.items()}, {"texts_per_prompt": cfg.n_max})
     scores, _ = load_npz(file)
-    return [{"proxy": name, "n": r["n"], "kl": r["kl"], "proxy_score": r["reward_mean"], "gold_score": r["gold_mean"]}
-            for name in scorers if name != "gold"
-            for r in curve(scores[name], {"reward": scores[name], "gold": scores["gold"]}, cfg.n_max)]
+    return [{"proxy": name, "n": r["n"], "kl": r["kl"], **judged_row(r)} for name in scorers if name not in JUDGES
+            for r in curve(scores[name], {"reward": scores[name], **{j: scores[j] for j in JUDGES}},
+                           {"reward": scorers[name], **scorers}, cfg.n_max)]
 
 
 def rl_rows(run, folder, cfg, name, scorers, queries, progress):
@@ -94,7 +96,7 @@ def rl_rows(run, folder, cfg, name, scorers, queries, progress):
     the gold every eval_every steps; resumes from overopt/rl_<name>.npz -> its curve (rl_curve)."""
     ppo_config = dataclasses.replace(run.config.ppo, adap_kl_ctrl=False, init_kl_coef=cfg.rl_kl_coef)
     loop = dataclasses.replace(run.config.rlhf, steps=cfg.rl_steps, checkpoint_every=cfg.eval_every)
-    evaluate = run.evaluator({"reward": scorers[name], "gold": scorers["gold"]}, queries)
+    evaluate = run.evaluator({"reward": scorers[name], **{j: scorers[j] for j in JUDGES}}, queries)
     history = train_ppo(run.policy_start(), run.task(scorers[name]), ppo_config, loop, path(folder, f"rl_{name}.npz"),
                         path(folder, f"rl_{name}.jsonl"), progress=progress, evaluate=evaluate,
                         evaluate_every=cfg.eval_every)
@@ -103,9 +105,16 @@ def rl_rows(run, folder, cfg, name, scorers, queries, progress):
 
 def rl_curve(history, proxy_name):
     """The evaluated steps of a PPO log -> [{"proxy", "step", "kl", "proxy_score", "gold_score", ...}]."""
-    return [{"proxy": proxy_name, "step": h["step"], "kl": max(m["kl_to_reference"], 0.0),
-             "proxy_score": m["reward_mean"], "gold_score": m["gold_mean"], "gold_positive": m["gold_positive"],
-             "top_word_share": m["top_word_share"]} for h in history for m in [measured_in(h)] if m]
+    return [{"proxy": proxy_name, "step": h["step"], "kl": max(m["kl_to_reference"], 0.0), **judged_row(m),
+             "gold_positive": m["gold_positive"], "top_word_share": m["top_word_share"]}
+            for h in history for m in [measured_in(h)] if m]
+
+
+def judged_row(m):
+    """A point of a curve as the experiment names it: the proxy's and the gold's mean scores, and the lexicon's mean
+    compound and positive and negative shares, from an evaluation's metrics or a best-of-n curve's row."""
+    return {"proxy_score": m["reward_mean"], "gold_score": m["gold_mean"], "lexicon_score": m["lexicon_mean"],
+            "lexicon_positive": m["lexicon_positive"], "lexicon_negative": m["lexicon_negative"]}
 
 
 # ---------------------------------------------------------------------------------------------- the fits

@@ -13,6 +13,7 @@ import os
 import time
 
 from minigpt_np.resume import FingerprintMismatch, sha256_of_file
+from reward.lexicon import VaderJudge
 
 from . import corpus, stages
 from .config import OPTIONS, default_of
@@ -121,7 +122,7 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
     train_queries, _ = stages.prompts(config, tokenizer, test)
     inputs = hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz", "reward.npz"])
     policy, history = s.run("ppo", inputs, lambda: stages.ppo_stage(config, run_dir, tokenizer, scorer, train_queries,
-                                                                    inputs, gold, progress),
+                                                                    inputs, {"gold": gold, "lexicon": VaderJudge()}, progress),
                             lambda: stages.load_ppo(run_dir))
     timings["ppo"] = time.perf_counter() - t
     return (train, val, test, data), policy, history, {"pretrain": pretrain_metrics, "reward": reward_metrics,
@@ -149,7 +150,9 @@ def _summary(run, history, before, after, metrics, timings, wrote):
         "config": dataclasses.asdict(run.config), "wrote": wrote,
         "examples": [{"prompt": prompt_texts[i], "before": before_samples["texts"][i],
                       "before_score": float(before_samples["scores"]["reward"][i]), "after": after_samples["texts"][i],
-                      "after_score": float(after_samples["scores"]["reward"][i])} for i in range(len(prompt_texts))],
+                      "after_score": float(after_samples["scores"]["reward"][i]),
+                      "before_lexicon": float(before_samples["scores"]["lexicon"][i]),
+                      "after_lexicon": float(after_samples["scores"]["lexicon"][i])} for i in range(len(prompt_texts))],
     }
     if metrics["pretrain"] is not None:
         summary["pretrain"] = {k: metrics["pretrain"].get(k) for k in ("step", "val_loss", "tokens_per_s", "elapsed",

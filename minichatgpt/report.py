@@ -7,11 +7,13 @@ from minigpt_np.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
-TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold only judges
+TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold and the lexicon judge
     ("reward model: positive", "reward_positive", "{:.3f}"),
     ("reward model: mean log-odds", "reward_mean", "{:+.3f}"),
     ("gold scorer: positive", "gold_positive", "{:.3f}"),
     ("gold scorer: mean log-odds", "gold_mean", "{:+.3f}"),
+    ("lexicon (VADER): pos / neg / neutral", ("lexicon_positive", "lexicon_negative", "lexicon_neutral"), "{:.3f}"),
+    ("lexicon (VADER): mean compound", "lexicon_mean", "{:+.3f}"),
     ("KL to reference (nats/response)", "kl_to_reference", "{:.2f}"),
     ("responses with the top word", "top_word_share", "{:.3f}"),
     ("unique responses", "unique_share", "{:.3f}"),
@@ -20,8 +22,10 @@ TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO opt
     ("reference NLL (nats/token)", "reference_nll", "{:.2f}"),
 ]
 
-CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy and judged by the gold
+CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy, judged by the gold and the lexicon
     (("env/reward_mean", "env/gold_mean"), "mean log-odds: reward model, gold"),
+    (("env/reward_positive", "env/gold_positive", "env/lexicon_positive", "env/lexicon_negative"),
+     "positive shares: reward model, gold, lexicon (VADER); lexicon negative"),
     (("objective/kl",), "KL to reference (nats / response)"),
     (("objective/kl_coef",), "kl_coef"),
     (("env/top_word_share", "env/unique_share"), "top-word share, unique share"),
@@ -71,12 +75,12 @@ def _save(fig, path):
 
 
 def write_curves(history, path):
-    """Eight panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
+    """Nine panels over PPO steps -> True; False (with a warning) when matplotlib is not installed."""
     plt = _pyplot(path)
     if plt is None:
         return False
     steps = [s["step"] for s in history]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(15, 9), constrained_layout=True)
     for ax, (keys, title) in zip(axes.flat, CURVES):
         for key in keys:
             ax.plot(steps, [s.get(key, np.nan) for s in history], lw=1.5, label=key.split("/")[-1])
@@ -92,16 +96,18 @@ def write_curves(history, path):
 
 def write_samples(path, prompts, before, after, n=12):
     """samples.md: the collapse measures, then the same prompts answered by the reference and by the policy,
-    each answer with the reward model's and the gold scorer's log-odds. before/after = (metrics, samples)."""
+    each answer with the reward model's and the gold scorer's log-odds and VADER's compound. before/after =
+    (metrics, samples)."""
     lines = ["# Samples: the same held-out prompts, before (reference) and after PPO (policy)", "",
              "Scores: r = the reward model's log-odds that the snippet is positive (what PPO optimised), "
-             "g = the gold scorer's (it only judges).", "",
+             "g = the gold scorer's (it only judges), v = the VADER lexicon's compound in [-1, 1] (it only judges; "
+             ">= 0.05 positive, <= -0.05 negative).", "",
              format_table({"reference": before[0], "policy": after[0]}), ""]
     for i in range(min(n, len(prompts))):
         lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", ""]
         for name, (_, samples) in (("before", before), ("after", after)):
-            r, g = samples["scores"]["reward"][i], samples["scores"]["gold"][i]
-            lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}): {samples['texts'][i]}")
+            r, g, v = (samples["scores"][k][i] for k in ("reward", "gold", "lexicon"))
+            lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}, v {v:+.2f}): {samples['texts'][i]}")
         lines.append("")
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))

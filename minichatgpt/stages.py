@@ -141,16 +141,17 @@ def policy_start(run_dir, seed):
     return policy
 
 
-def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
+def ppo_stage(config, run_dir, tokenizer, scorer, queries, inputs, judges=None, progress=True):
     """PPO from the pretrained model against the reward model -> (policy, history); resumes if killed.
 
-    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint. judge: a
-    scorer that also grades every rollout for the log (the gold scorer); it never drives training.
+    inputs: {name: sha256} of the files PPO is built from, part of its checkpoint's fingerprint. judges:
+    {name: scorer} that also grade every rollout for the log (the gold scorer, the lexicon); they never drive
+    training.
     """
     policy, ref_model = policy_start(run_dir, config.seed), mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
     log.info("PPO: %d steps of %d rollouts, %d training prompts", config.rlhf.steps, config.ppo.batch_size,
              len(queries))
-    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judge)
+    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judges or {})
     history = train_ppo(policy, task, config.ppo, config.rlhf, path(run_dir, "gpt_ppo.npz"),
                         path(run_dir, "ppo_log.jsonl"), progress=progress)
     return policy, history

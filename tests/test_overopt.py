@@ -141,7 +141,9 @@ def test_overopt_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "runs" / "run" / "overopt.json").read_text())
     assert (tmp_path / "runs" / "run" / "overopt.png").stat().st_size > 10000
-    assert set(results["scorers"]) == {"10", "30", "full", "gold"}
+    assert set(results["scorers"]) == {"10", "30", "full", "gold", "lexicon"}
+    for row in results["best_of_n"] + results["rl"]:      # the lexicon judges every point beside the gold
+        assert 0 <= row["lexicon_positive"] + row["lexicon_negative"] <= 1 and -1 <= row["lexicon_score"] <= 1
     assert [r["n"] for r in results["best_of_n"] if r["proxy"] == "10"] == [1, 2, 4]
     assert [r["step"] for r in results["rl"] if r["proxy"] == "10"] == [0, 2, 4]
     assert {"best_of_n/10/gold_score", "rl/full/gold_score"} <= set(results["fits"])
