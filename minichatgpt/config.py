@@ -44,6 +44,8 @@ class RunConfig:
     rlhf: RLHFConfig = dataclasses.field(default_factory=lambda: RLHF)
     sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SAMPLING)
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
+    reward_model: str = "ngram"       # the proxy PPO optimises: "ngram" (logistic regression on n-grams) or "gpt"
+                                      # (the pretrained GPT's trunk + a scalar head, reward.gpt_reward)
 
     def __post_init__(self):
         check_config(self, OPTIONS, run_rules)
@@ -71,6 +73,10 @@ OPTIONS = [
     Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
     Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a plain stop, "
            "recorded in the summary (the run then depends on the machine's speed)", above=0, kind=float),
+    Option("--reward-model", "reward_model", "the proxy PPO optimises: ngram (logistic regression on n-grams, "
+           "seconds to fit) or gpt (the pretrained GPT with a scalar head on the last token, trained on the labels "
+           "with binary cross-entropy, minutes); the gold stays the n-gram model refitted on every label", "reward",
+           choices=("ngram", "gpt")),
     Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "ppo"),
     Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for PPO: a plain stop, resumable", above=0,
            kind=float),
@@ -101,6 +107,8 @@ def run_rules(value, name):
     for field in ("sampling.forward_batch_size", "ppo.mini_batch_size"):
         multiple_of(value, name, "ppo.batch_size", field, hint=True)
     multiple_of(value, name, "model.n_embd", "model.n_head")
+    if value("reward_model") not in ("ngram", "gpt"):
+        raise ValueError(f"{name('reward_model')} must be ngram or gpt, got {value('reward_model')!r}")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
                                                   "model.block_size"))
     if prompt + response > block:

@@ -1,6 +1,7 @@
 """The main job: corpus -> tokenizer -> pretrained GPT -> reward model -> PPO -> evaluation -> report.
 
-Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_ppo.npz, ppo_log.jsonl,
+Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz (the n-gram model, or the GPT reward model with
+--reward-model gpt), gold.npz, gpt_ppo.npz, ppo_log.jsonl,
 curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built
 from. Run again, it skips the finished stages and resumes an interrupted one; if an option or an input of a stage
 changed, it refuses and names the change, so a run folder never mixes two runs. The evaluation and the report
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 def built_from(config, stage, data):
     """What the manifest records for a stage: the corpus fingerprint and the options that shape the stage."""
     options = {o.flag: default_of(o, config) for o in OPTIONS if o.stage in ("data", stage)}
+    if options.get("--reward-model") == "ngram":   # the n-gram proxy is recorded as before the option existed, so
+        del options["--reward-model"]              # runs made then still resume; "gpt" is recorded
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
@@ -113,8 +116,14 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
                                 lambda: stages.pretrain_stage(config, run_dir, tokenizer, train, val, progress),
                                 lambda: stages.load_pretrained(run_dir, tokenizer))
     timings["pretrain"], t = time.perf_counter() - t, time.perf_counter()
-    scorer, reward_metrics = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
-                                   lambda: (stages.load_scorer_of(run_dir, "reward"), None))
+    if config.reward_model == "gpt":     # trained from the pretrained GPT: built on its files
+        scorer, reward_metrics = s.run("reward", hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz"]),
+                                       lambda: stages.gpt_reward_stage(config, run_dir, tokenizer, train, val, test,
+                                                                       progress),
+                                       lambda: (stages.load_scorer_of(run_dir, "reward"), None))
+    else:
+        scorer, reward_metrics = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
+                                       lambda: (stages.load_scorer_of(run_dir, "reward"), None))
     gold, gold_metrics = s.run("gold", hashes(run_dir, ["reward.npz"]),
                                lambda: stages.gold_stage(run_dir, train, val, test, scorer),
                                lambda: (stages.load_scorer_of(run_dir, "gold"), None))

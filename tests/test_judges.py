@@ -81,3 +81,39 @@ def test_the_lexicon_only_judges_training_does_not_read_it(tiny, tmp_path, monke
     assert other["policy"]["lexicon_negative"] == 1.0
     for key in ("reward_mean", "gold_mean", "kl_to_reference", "top_word_share", "reference_nll"):
         assert other["policy"][key] == summary["policy"][key]
+
+
+def test_the_main_job_runs_end_to_end_against_a_gpt_reward_model_and_resumes(tmp_path, monkeypatch, capsys):
+    from minichatgpt import stages
+    from reward.gpt_reward import GPTRewardModel
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    args = tiny_args(tmp_path, "gpt", corpus, "--reward-model", "gpt")
+    real_update = __import__("reward.gpt_reward_train", fromlist=["_update"])._update
+    calls = {"n": 0}
+
+    def dies(*a, **k):          # killed at the reward model's third update, after no checkpoint: it starts again
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_update(*a, **k)
+    monkeypatch.setattr("reward.gpt_reward_train._update", dies)
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    monkeypatch.undo()
+    summary = cli.run_main(args)
+    run_dir = tmp_path / "runs" / "gpt"
+    run = FinishedRun.open(str(run_dir))
+    assert isinstance(run.proxy, GPTRewardModel) and type(run.gold).__name__ == "Scorer"
+    assert not (run_dir / "reward_gpt_train.npz").exists()
+    assert summary["built_with"]["reward"]["--reward-model"] == "gpt"
+    assert 0 <= summary["reward"]["test"]["accuracy"] <= 1
+    # the policy was trained against the GPT: its logged rewards are the GPT's scores of its rollouts
+    assert summary["policy"]["reward_mean"] == pytest.approx(float(np.mean(run.proxy.score(run.evaluate(
+        stages.load_ppo(str(run_dir))[0])[1]["texts"]))))
+    # the default run's manifest does not name the option, so runs made before it existed still resume
+    ngram = cli.run_main(tiny_args(tmp_path, "ngram", corpus))
+    assert "--reward-model" not in ngram["built_with"]["reward"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(tiny_args(tmp_path, "ngram", corpus, "--reward-model", "gpt"))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "its reward stage: --reward-model: " in err and "-> gpt" in err, err
