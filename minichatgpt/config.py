@@ -227,6 +227,7 @@ class OveroptConfig:
     rl_kl_coef: float = 0.02                 # a small fixed KL penalty, so that PPO travels far along the KL axis
     eval_every: int = 5                      # PPO steps between evaluations
     seed: int = 0                            # the proxies' training subsets
+    cross_kind: bool = False                 # an n-gram and a GPT proxy, each judged by a gold of the other kind
 
     def __post_init__(self):
         check_config(self, OVEROPT_OPTIONS, overopt_rules)
@@ -240,6 +241,9 @@ OVEROPT_OPTIONS = [
     Option("--rl-steps", "rl_steps", "PPO steps per proxy"),
     Option("--rl-kl-coef", "rl_kl_coef", "fixed KL coefficient of those PPO runs", at_least=0),
     Option("--eval-every", "eval_every", "PPO steps between evaluations"),
+    Option("--cross-kind", "cross_kind", "instead of proxies of several sizes: the n-gram proxy judged by a GPT reward "
+           "model fitted on every label, and a GPT reward model proxy judged by the n-gram gold (both also by the "
+           "lexicon), into overopt_cross/"),
 ]
 
 

@@ -114,20 +114,27 @@ def write_samples(path, prompts, before, after, n=12):
 
 
 def write_overopt_plot(results, path):
-    """overopt.png: gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
-    with the fitted functional forms (dotted) -> True; False when matplotlib is missing."""
+    """overopt.png: top, gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
+    with the fitted functional forms (dotted); below, the lexicon's positive (solid) and negative (dashed) shares
+    -> True; False when matplotlib is missing."""
     plt = _pyplot(path)
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
-    for ax, kind, title in ((axes[0], "best_of_n", "best-of-n from the reference"), (axes[1], "rl", "PPO")):
+    fig, grid = plt.subplots(2, 2, figsize=(13, 9), constrained_layout=True)
+    golds = results.get("golds", {})
+    for ax, lex, kind, title in ((grid[0, 0], grid[1, 0], "best_of_n", "best-of-n from the reference"),
+                                 (grid[0, 1], grid[1, 1], "rl", "PPO")):
         rows = results[kind]
         for k, name in enumerate(dict.fromkeys(r["proxy"] for r in rows)):
             curve = [r for r in rows if r["proxy"] == name]
             color = f"C{k}"
             label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
+            gold = golds.get(name, "gold")
             d = np.sqrt([r["kl"] for r in curve])
-            for score, style, text in (("gold_score", "o-", f"gold, {label}"),
+            lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")
+            lex.plot(d, [r["lexicon_negative"] for r in curve], "s--", color=color, alpha=0.6,
+                     label=f"lexicon negative, proxy {name}")
+            for score, style, text in (("gold_score", "o-", f"{gold}, {label}"),
                                        ("proxy_score", "s--", f"proxy {name} itself")):
                 ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
                         alpha=1.0 if score == "gold_score" else 0.6)
@@ -140,8 +147,12 @@ def write_overopt_plot(results, path):
         ax.set_title(title)
         ax.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
         ax.set_ylabel("mean score gain over the reference (log-odds)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        lex.set_title(f"{title}: the VADER lexicon's verdicts")
+        lex.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
+        lex.set_ylabel("share of answers")
+        for a in (ax, lex):
+            a.legend(fontsize=7)
+            a.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
     return True
