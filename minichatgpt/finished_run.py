@@ -97,6 +97,12 @@ class FinishedRun:
         """(training prompts, held-out prompts), both from the test split, which the reward model never saw."""
         return stages.prompts(self.config, self.tokenizer, self.data[2])
 
+    @functools.cached_property
+    def validation_prompts(self):
+        """Prompts cut from the validation split's labelled reviews as the held-out ones are from the test split: what a
+        setting is chosen on (scripts/sweep_ppo.py --eval-on validation), so that the held-out prompts only report."""
+        return stages.prompts(self.config, self.tokenizer, self.data[1])[1]
+
     def held_out(self, n=None, flag=None):
         """The first n held-out prompts (all by default). With flag, refuse (ValueError) more than the run has."""
         queries = self.prompts[1]

@@ -117,3 +117,15 @@ def test_the_main_job_runs_end_to_end_against_a_gpt_reward_model_and_resumes(tmp
         cli.main(tiny_args(tmp_path, "ngram", corpus, "--reward-model", "gpt"))
     err = capsys.readouterr().err
     assert e.value.code == 1 and "its reward stage: --reward-model: " in err and "-> gpt" in err, err
+
+
+def test_validation_prompts_come_from_the_validation_split_not_the_held_out_test_prompts(tiny):
+    tmp_path, _, _ = tiny
+    run = FinishedRun.open(str(tmp_path / "runs" / "demo"))
+    decode = run.tokenizer.decode
+    val_texts = [s.text for s in run.data[1]]
+    prompts = [decode([int(t) for t in q]) for q in run.validation_prompts]
+    assert prompts and all(any(t.startswith(p) for t in val_texts) for p in prompts)
+    held_out = {decode([int(t) for t in q]) for q in run.held_out()}
+    test_movies = {s.movie for s in run.data[2]}
+    assert not test_movies & {s.movie for s in run.data[1]} and held_out != set(prompts)
