@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from .sampling import verdicts
+
 
 def kl_best_of_n(n):
     """KL(best-of-n || reference) <= log n - (n - 1) / n nats (the formula Stiennon et al. 2020 and Gao et al. 2022
@@ -35,15 +37,17 @@ def best_of_n(proxy_scores, judge_scores, n):
     return float((ranked @ pick_probabilities(N, n)).mean())
 
 
-def curve(proxy_scores, judges, n_max):
-    """Best-of-n for n = 1, 2, 4, ... and n_max: KL_bon and, for each judge, the expected mean score and share of
-    positive scores of the proxy's pick.
+def curve(proxy_scores, judges, scorers, n_max):
+    """Best-of-n for n = 1, 2, 4, ... and n_max: KL_bon and, for each judge, the expected mean score of the proxy's
+    pick and the expected share of each of its verdicts.
 
-    proxy_scores (P, n_max); judges {name: (P, n_max)} (the proxy itself among them to see its own score)
-    -> [{"n", "kl", "<name>_mean" for each judge, then "<name>_positive" for each}].
+    proxy_scores (P, n_max); judges {name: (P, n_max) scores} (the proxy itself among them to see its own score);
+    scorers {name: the scorer that gave them}, whose verdict bands `sampling.verdicts` applies
+    -> [{"n", "kl", "<name>_mean" for each judge, then "<name>_positive" (and the lexicon's "_negative",
+    "_neutral") for each}].
     """
     ns = sorted({2 ** k for k in range(int(math.log2(n_max)) + 1)} | {n_max})
+    shares = {key: is_it for name, scores in judges.items() for key, is_it in verdicts(name, scorers[name], scores).items()}
     return [{"n": n, "kl": kl_best_of_n(n),
              **{f"{name}_mean": best_of_n(proxy_scores, scores, n) for name, scores in judges.items()},
-             **{f"{name}_positive": best_of_n(proxy_scores, (scores > 0).astype(float), n)
-                for name, scores in judges.items()}} for n in ns]
+             **{key: best_of_n(proxy_scores, is_it, n) for key, is_it in shares.items()}} for n in ns]

@@ -395,13 +395,15 @@ def experiment_args(prog, description, options, config, rules, argv):
 
 def overopt_command(argv):
     """minichatgpt-overopt: how much of the reward gain is real? Best-of-n and PPO against proxies of several
-    sizes, judged by the gold scorer, on a finished run (minichatgpt-overopt --name default)."""
+    sizes, judged by the gold scorer and the VADER lexicon, on a finished run (minichatgpt-overopt --name default);
+    --cross-kind: an n-gram and a GPT proxy, each judged by a gold of the other kind."""
     args, run_dir, cfg = experiment_args("minichatgpt-overopt", overopt_command.__doc__, defaults.OVEROPT_OPTIONS,
                                          defaults.OveroptConfig(), defaults.overopt_rules, argv)
     t0 = time.perf_counter()
     results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
     print(overopt.format_results(results))
-    print(f"\nwrote {run_dir}/overopt.json and overopt.png in {time.perf_counter() - t0:.0f} s")
+    name = "overopt_cross" if cfg.cross_kind else "overopt"
+    print(f"\nwrote {run_dir}/{name}.json and {name}.png in {time.perf_counter() - t0:.0f} s")
 
 
 def overopt_main(argv=None):

@@ -23,11 +23,11 @@ in each (N / batch_size x epochs); REINFORCE, on-policy, one per batch (N / batc
 pairs, `epochs` passes over them. The rule is the budget of generated and scored responses, not the updates.
 
 Every eval_every steps, and after the last step, the policy answers P held-out prompts, one sample each from its
-own generator, measured as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward" and "gold"
-scores, KL, collapse, length, reference NLL), with the exact KL: at each position of each answer, the KL between
-the policy's and the reference's next-token distributions over the whole vocabulary, summed over the answer
-(`evaluate.exact_kl`). Unlike the sampled sum of log-ratios the main job reports, it is never negative, and it is
-what compare.json, the table and the plot call kl_to_reference. Best-of-n is measured on its picks; its KL is the
+own generator, measured as every evaluation of a run is (`FinishedRun.evaluate`: proxy "reward", "gold" and
+"lexicon" (VADER) scores, KL, collapse, length, reference NLL), with the exact KL: at each position of each answer,
+the KL between the policy's and the reference's next-token distributions over the whole vocabulary, summed over the
+answer (`evaluate.exact_kl`). Unlike the sampled sum of log-ratios the main job reports, it is never negative, and it
+is what compare.json, the table and the plot call kl_to_reference. Best-of-n is measured on its picks; its KL is the
 formula log n - (n - 1)/n (an upper bound). Wall time is the logged time
 of the training steps and of the up-front sampling and scoring (evaluations excluded); memory is one step's
 working memory (`measured`). A Bradley-Terry reward model is fitted on DPO's pairs and its agreement with the
@@ -67,7 +67,8 @@ TRAINED = ("ppo", "rloo", "grpo", "reinforce")   # the methods that sample in th
 METHODS = (*TRAINED, "dpo", "best_of_n")
 LABELS = {"reference": "reference", **{name: d.label for name, d in DRIVING.items()}, "best_of_n": "best-of-n"}
 BEST_OF_N_SEED_OFFSET = EVAL_SEED_OFFSET + 1   # best-of-n's samples differ from the evaluation's one per prompt
-CURVE_KEYS = ("reward_mean", "gold_mean", "reward_positive", "gold_positive")   # what a method's curve plots
+CURVE_KEYS = ("reward_mean", "gold_mean", "reward_positive", "gold_positive", "lexicon_positive",
+              "lexicon_negative")   # what a method's curve plots
 
 
 def trainer_configs(cfg, ppo, response_tokens):
@@ -218,6 +219,7 @@ def run_best_of_n(setup, cfg, progress):
     proxy = score(run.proxy, texts, sampling).reshape(P, n)
     seconds = time.perf_counter() - t0
     gold = score(run.gold, texts, sampling).reshape(P, n)
+    lexicon = score(run.lexicon, texts, sampling).reshape(P, n)
     picks = np.argmax(proxy, axis=1) + n * np.arange(P)       # the first of equal maxima, as best_of_n breaks ties
     metrics, _ = measure_responses(run.ref_model, run.ref_model, run.tokenizer, run.scorers, queries,
                                    [responses[i] for i in picks], sampling)
@@ -225,7 +227,8 @@ def run_best_of_n(setup, cfg, progress):
     _, peak = traced_peak_mb(lambda: sample_and_score(run, queries[:1], n))
     record = {"n": n, "generated": len(responses), "seconds": seconds, "peak_mb": peak, "metrics": metrics,
               "curve": [{"n": r["n"], "generated": r["n"] * P, **{k: v for k, v in r.items() if k != "n"}}
-                        for r in best_of_n_curve(proxy, {"reward": proxy, "gold": gold}, n)],
+                        for r in best_of_n_curve(proxy, {"reward": proxy, "gold": gold, "lexicon": lexicon},
+                                                       run.scorers, n)],
               "held_out_pairs": [{"texts": texts[i * n:i * n + 2], "gold": gold[i, :2].tolist()} for i in range(P)]}
     write_json(file, record)
     setup.experiment.wrote("best_of_n.json")

@@ -105,6 +105,8 @@ class RunConfig:
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
     method: str = "ppo"               # what the RL stage trains with: a name of ppo_np.METHODS
     methods: MethodOptions = dataclasses.field(default_factory=lambda: METHOD)   # their own options
+    reward_model: str = "ngram"       # the proxy PPO optimises: "ngram" (logistic regression on n-grams) or "gpt"
+                                      # (the pretrained GPT's trunk + a scalar head, reward.gpt_reward)
 
     def __post_init__(self):
         check_config(self, OPTIONS, run_rules)
@@ -132,6 +134,10 @@ OPTIONS = [
     Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
     Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a plain stop, "
            "recorded in the summary (the run then depends on the machine's speed)", above=0, kind=float),
+    Option("--reward-model", "reward_model", "the proxy PPO optimises: ngram (logistic regression on n-grams, "
+           "seconds to fit) or gpt (the pretrained GPT with a scalar head on the last token, trained on the labels "
+           "with binary cross-entropy, minutes); the gold stays the n-gram model refitted on every label", "reward",
+           choices=("ngram", "gpt")),
     Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "rl"),
     Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for PPO: a plain stop, resumable", above=0,
            kind=float),
@@ -168,6 +174,8 @@ def run_rules(value, name):
         multiple_of(value, name, "ppo.batch_size", field, hint=True)
     multiple_of(value, name, "model.n_embd", "model.n_head")
     method_rules(value, name, value("method"), "ppo.batch_size", "methods.")
+    if value("reward_model") not in ("ngram", "gpt"):
+        raise ValueError(f"{name('reward_model')} must be ngram or gpt, got {value('reward_model')!r}")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
                                                   "model.block_size"))
     if prompt + response > block:
@@ -280,6 +288,7 @@ class OveroptConfig:
     rl_kl_coef: float = 0.02                 # a small fixed KL penalty, so that PPO travels far along the KL axis
     eval_every: int = 5                      # PPO steps between evaluations
     seed: int = 0                            # the proxies' training subsets
+    cross_kind: bool = False                 # an n-gram and a GPT proxy, each judged by a gold of the other kind
 
     def __post_init__(self):
         check_config(self, OVEROPT_OPTIONS, overopt_rules)
@@ -293,6 +302,9 @@ OVEROPT_OPTIONS = [
     Option("--rl-steps", "rl_steps", "PPO steps per proxy"),
     Option("--rl-kl-coef", "rl_kl_coef", "fixed KL coefficient of those PPO runs", at_least=0),
     Option("--eval-every", "eval_every", "PPO steps between evaluations"),
+    Option("--cross-kind", "cross_kind", "instead of proxies of several sizes: the n-gram proxy judged by a GPT reward "
+           "model fitted on every label, and a GPT reward model proxy judged by the n-gram gold (both also by the "
+           "lexicon), into overopt_cross/"),
 ]
 
 

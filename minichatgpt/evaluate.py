@@ -1,7 +1,9 @@
 """Before and after: a model answers held-out prompts, and the answers are measured every way the project knows.
 
-    score     each scorer's mean log-odds and share of positive answers: the proxy reward model that PPO
-              optimised ("reward") and the gold scorer that only judges ("gold")
+    score     each scorer's mean score and verdict shares (`sampling.judged`): the proxy reward model that PPO
+              optimised ("reward": mean log-odds, positive share), the gold scorer that only judges ("gold": the
+              same), and the judge of another kind, VADER's lexicon ("lexicon": mean compound, positive, negative
+              and neutral shares at its authors' thresholds)
     KL        sum_t log pi(y_t) - log pi_ref(y_t) per response, on the model's own samples (nats): an unbiased
               estimate that can come out negative; or, asked for, the exact per-token KL summed over the response
               (`exact_kl`), which cannot
@@ -17,7 +19,7 @@ import minigpt_np as mg
 from ppo_np.batch import forward_chunks, layout, response_logprobs
 
 from .collapse import collapse_metrics
-from .sampling import sample, score, texts_of
+from .sampling import judged, sample, score, texts_of
 
 EVAL_SEED_OFFSET = 12345   # an evaluation samples with its own generator, seeded with the run's seed + this
 PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_mean", "eval/kl_to_reference", ...
@@ -26,9 +28,9 @@ PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_m
 def evaluate_policy(model, ref_model, tokenizer, scorers, queries, sampling, seed, kl="sampled"):
     """Sample one response per held-out query with a fixed seed and measure it -> (metrics, samples).
 
-    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer}; sampling: the SamplingConfig
-    (chunk, response length, stop at eos); kl: as measure_responses. samples = {"texts": prompt + response,
-    "responses": token arrays, "scores": {name: (N,)}, "kl": (N,)}.
+    scorers: {name: scorer}, e.g. {"reward": the proxy, "gold": the gold scorer, "lexicon": VADER}; sampling: the
+    SamplingConfig (chunk, response length, stop at eos); kl: as measure_responses. samples = {"texts": prompt +
+    response, "responses": token arrays, "scores": {name: (N,)}, "kl": (N,)}.
     """
     responses = sample(model, tokenizer, queries, sampling, np.random.default_rng(seed))
     return measure_responses(model, ref_model, tokenizer, scorers, queries, responses, sampling, kl)
@@ -52,8 +54,7 @@ def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, 
     metrics = {}
     scores = {name: score(scorer, texts, sampling) for name, scorer in scorers.items()}
     for name, s in scores.items():
-        metrics[f"{name}_positive"] = float(np.mean(s > 0))
-        metrics[f"{name}_mean"] = float(np.mean(s))
+        metrics.update(judged(name, scorers[name], s))
     metrics.update({
         "kl_to_reference": float(np.mean(kl)),
         "response_tokens": float(np.mean([len(r) for r in responses])),

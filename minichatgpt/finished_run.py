@@ -19,6 +19,7 @@ import os
 import shlex
 
 import minigpt_np as mg
+from reward.lexicon import VaderJudge
 
 from . import corpus, stages
 from .config import from_dict
@@ -134,15 +135,26 @@ class FinishedRun:
         """The gold scorer (gold.npz), which only judges."""
         return stages.load_scorer_of(self.run_dir, "gold")
 
+    @functools.cached_property
+    def lexicon(self):
+        """The judge of another kind: VADER's human-built lexicon (reward.lexicon), pinned, nothing to load."""
+        return VaderJudge()
+
     @property
     def scorers(self):
-        """What an evaluation measures with: {"reward": the proxy, "gold": the gold scorer}."""
-        return {"reward": self.proxy, "gold": self.gold}
+        """What an evaluation measures with: {"reward": the proxy, "gold": the gold scorer, "lexicon": VADER}."""
+        return {"reward": self.proxy, "gold": self.gold, "lexicon": self.lexicon}
 
     @functools.cached_property
     def prompts(self):
         """(training prompts, held-out prompts), both from the test split, which the reward model never saw."""
         return stages.prompts(self.config, self.tokenizer, self.data[2])
+
+    @functools.cached_property
+    def validation_prompts(self):
+        """Prompts cut from the validation split's labelled reviews as the held-out ones are from the test split: what a
+        setting is chosen on (scripts/sweep_ppo.py --eval-on validation), so that the held-out prompts only report."""
+        return stages.prompts(self.config, self.tokenizer, self.data[1])[1]
 
     def held_out(self, n=None, flag=None):
         """The first n held-out prompts (all by default). With flag, refuse (UsageError) more than the run has."""
@@ -178,11 +190,12 @@ class FinishedRun:
         """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""
         return stages.policy_start(self.run_dir, self.config.seed)
 
-    def task(self, scorer=None, judge=None):
+    def task(self, scorer=None, judges=None):
         """What a policy is trained against on this run: its training prompts, a scorer (the proxy by default), the
-        reference, the sampling settings and the hashes of its files -> rlhf.Task."""
+        reference, the sampling settings and the hashes of its files; judges {name: scorer} grade the rollouts for
+        the log -> rlhf.Task."""
         return Task(self.tokenizer, self.ref_model, self.proxy if scorer is None else scorer, self.prompts[0],
-                    self.config.sampling, self.input_hashes, judge)
+                    self.config.sampling, self.input_hashes, judges or {})
 
     # ------------------------------------------------------------------------------------------ its evaluation
 

@@ -1,15 +1,15 @@
 """The main job: corpus -> tokenizer -> pretrained GPT -> reward model -> RL (--method, PPO by default) ->
 evaluation -> report.
 
-Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz, gold.npz, gpt_<method>.npz, <method>_log.jsonl
-(gpt_ppo.npz and ppo_log.jsonl for PPO), curves.png, samples.md, tokens.html, summary.json, and manifest.json, the
-record of what each stage was built from. A run folder holds one method's RL stage, and its report describes that
-method's policy (each report file names it); another method is another --name. Run again, it skips the finished
-stages and resumes an interrupted one; if an option or an input of a stage changed, it refuses and names the change,
-so a run folder never mixes two runs. --restart STAGE checks every
-other stage first, then deletes STAGE, the stages built on it, the report and the experiments built on the run.
-The evaluation and the report read the finished run as every other command does, through
-`finished_run.FinishedRun`; the manifest records the report last, with the run's whole config.
+Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz (the n-gram model, or the GPT reward model with
+--reward-model gpt), gold.npz, gpt_<method>.npz, <method>_log.jsonl (gpt_ppo.npz and ppo_log.jsonl for PPO),
+curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built from.
+A run folder holds one method's RL stage, and its report describes that method's policy (each report file names
+it); another method is another --name. Run again, it skips the finished stages and resumes an interrupted one; if
+an option or an input of a stage changed, it refuses and names the change, so a run folder never mixes two runs.
+--restart STAGE checks every other stage first, then deletes STAGE, the stages built on it, the report and the
+experiments built on the run. The evaluation and the report read the finished run as every other command does,
+through `finished_run.FinishedRun`; the manifest records the report last, with the run's whole config.
 """
 import dataclasses
 import functools
@@ -19,6 +19,7 @@ import time
 
 import minigpt_np as mg
 from minigpt_np.resume import FingerprintMismatch, sha256_of_file
+from reward.lexicon import VaderJudge
 
 from . import corpus, methods, stages
 from .config import OPTIONS, default_of
@@ -38,6 +39,8 @@ def built_from(config, stage, data):
     stage, named after its method: the options every method shares and the method's own)."""
     options = {o.flag: default_of(o, config) for o in OPTIONS
                if o.stage in ("data", stage) or (o.stage == "rl" and stage in METHODS)}
+    if options.get("--reward-model") == "ngram":   # the n-gram proxy is recorded as before the option existed, so
+        del options["--reward-model"]              # runs made then still resume; "gpt" is recorded
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
@@ -143,8 +146,14 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
                                 lambda: stages.pretrain_stage(config, run_dir, tokenizer, train, val, progress),
                                 lambda: stages.load_pretrained(run_dir, tokenizer))
     timings["pretrain"], t = time.perf_counter() - t, time.perf_counter()
-    scorer, reward_metrics = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
-                                   lambda: (stages.load_scorer_of(run_dir, "reward"), None))
+    if config.reward_model == "gpt":     # trained from the pretrained GPT: built on its files
+        scorer, reward_metrics = s.run("reward", hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz"]),
+                                       lambda: stages.gpt_reward_stage(config, run_dir, tokenizer, train, val, test,
+                                                                       progress),
+                                       lambda: (stages.load_scorer_of(run_dir, "reward"), None))
+    else:
+        scorer, reward_metrics = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
+                                       lambda: (stages.load_scorer_of(run_dir, "reward"), None))
     gold, gold_metrics = s.run("gold", hashes(run_dir, ["reward.npz"]),
                                lambda: stages.gold_stage(run_dir, train, val, test, scorer),
                                lambda: (stages.load_scorer_of(run_dir, "gold"), None))
@@ -152,15 +161,15 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
     train_queries, _ = stages.prompts(config, tokenizer, test)
     inputs = hashes(run_dir, ["tokenizer.json", "gpt_pretrained.npz", "reward.npz"])
     policy, history = s.run(config.method, inputs,
-                            lambda: rl_stage(config, run_dir, tokenizer, scorer, train_queries, inputs, gold,
-                                                    progress),
+                            lambda: rl_stage(config, run_dir, tokenizer, scorer, train_queries, inputs,
+                                             {"gold": gold, "lexicon": VaderJudge()}, progress),
                             lambda: stages.load_policy(run_dir, config.method))
     timings[config.method] = time.perf_counter() - t
     return (train, val, test, data), policy, history, {"pretrain": pretrain_metrics, "reward": reward_metrics,
                                                        "gold": gold_metrics}
 
 
-def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, progress=True):
+def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judges=None, progress=True):
     """The run's method (config.method) from the pretrained model against the reward model -> (policy, history);
     resumes if killed. DPO first samples its pairs from the reference (methods.sample_pairs): the same ones again
     on a resume, from the same seed.
@@ -174,7 +183,7 @@ def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judge=None, pr
         path(run_dir, "gpt_pretrained.npz"))
     log.info("%s: %d steps of %d rollouts, %d training prompts", driving.label, config.rlhf.steps,
              config.ppo.batch_size, len(queries))
-    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judge)
+    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judges or {})
     pairs = None
     if driving.group is None:
         prompts, responses, _, _, chosen = methods.sample_pairs(task, config.rlhf.steps * config.ppo.batch_size // 2,
@@ -210,7 +219,9 @@ def _summary(run, history, before, after, metrics, timings, wrote):
         "config": dataclasses.asdict(run.config), "wrote": wrote,
         "examples": [{"prompt": prompt_texts[i], "before": before_samples["texts"][i],
                       "before_score": float(before_samples["scores"]["reward"][i]), "after": after_samples["texts"][i],
-                      "after_score": float(after_samples["scores"]["reward"][i])} for i in range(len(prompt_texts))],
+                      "after_score": float(after_samples["scores"]["reward"][i]),
+                      "before_lexicon": float(before_samples["scores"]["lexicon"][i]),
+                      "after_lexicon": float(after_samples["scores"]["lexicon"][i])} for i in range(len(prompt_texts))],
     }
     if metrics["pretrain"] is not None:
         summary["pretrain"] = {k: metrics["pretrain"].get(k) for k in ("step", "val_loss", "tokens_per_s", "elapsed",

@@ -10,11 +10,13 @@ from .run_folder import writing
 
 log = logging.getLogger(__name__)
 
-TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold only judges
+TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold and the lexicon judge
     ("reward model: positive", "reward_positive", "{:.3f}"),
     ("reward model: mean log-odds", "reward_mean", "{:+.3f}"),
     ("gold scorer: positive", "gold_positive", "{:.3f}"),
     ("gold scorer: mean log-odds", "gold_mean", "{:+.3f}"),
+    ("lexicon (VADER): pos / neg / neutral", ("lexicon_positive", "lexicon_negative", "lexicon_neutral"), "{:.3f}"),
+    ("lexicon (VADER): mean compound", "lexicon_mean", "{:+.3f}"),
     ("KL to reference (nats/response)", "kl_to_reference", "{:.2f}"),
     ("responses with the top word", "top_word_share", "{:.3f}"),
     ("unique responses", "unique_share", "{:.3f}"),
@@ -23,8 +25,10 @@ TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO opt
     ("reference NLL (nats/token)", "reference_nll", "{:.2f}"),
 ]
 
-CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy and judged by the gold
+CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy, judged by the gold and the lexicon
     (("env/reward_mean", "env/gold_mean"), "mean log-odds: reward model, gold"),
+    (("env/reward_positive", "env/gold_positive", "env/lexicon_positive", "env/lexicon_negative"),
+     "positive shares: reward model, gold, lexicon (VADER); lexicon negative"),
     (("objective/kl",), "KL to reference (nats / response)"),
     (("objective/kl_coef",), "kl_coef"),
     (("env/top_word_share", "env/unique_share"), "top-word share, unique share"),
@@ -53,7 +57,7 @@ def curves_of(method):
     """The panels of curves.png for a method's log."""
     if method in ("ppo", "dpo"):
         return CURVES if method == "ppo" else METHOD_CURVES["dpo"]
-    return CURVES[:4] + METHOD_CURVES[method]
+    return CURVES[:3] + CURVES[4:6] + METHOD_CURVES[method]     # scores, shares, KL, collapse, length, its own
 
 
 def format_table(columns, extra_rows=(), labels=None):
@@ -96,14 +100,17 @@ def _save(fig, path):
 
 
 def write_curves(history, path, method="ppo"):
-    """Eight panels over the steps of the method's log -> True; False (with a warning) when matplotlib is not
+    """Nine panels over the steps of the method's log -> True; False (with a warning) when matplotlib is not
     installed."""
     plt = _pyplot(path)
     if plt is None:
         return False
     steps = [s["step"] for s in history]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
-    for ax, (keys, title) in zip(axes.flat, curves_of(method)):
+    fig, axes = plt.subplots(3, 3, figsize=(15, 9), constrained_layout=True)
+    panels = curves_of(method)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (keys, title) in zip(axes.flat, panels):
         for key in keys:
             ax.plot(steps, [s.get(key, np.nan) for s in history], lw=1.5, label=key.split("/")[-1])
         if len(keys) > 1:
@@ -118,37 +125,45 @@ def write_curves(history, path, method="ppo"):
 
 def write_samples(path, prompts, before, after, label="PPO", n=12):
     """samples.md: the collapse measures, then the same prompts answered by the reference and by the policy (trained
-    with the method `label`), each answer with the reward model's and the gold scorer's log-odds. before/after =
-    (metrics, samples)."""
+    with the method `label`), each answer with the reward model's and the gold scorer's log-odds and VADER's
+    compound. before/after = (metrics, samples)."""
     lines = [f"# Samples: the same held-out prompts, before (reference) and after {label} (policy)", "",
              f"Scores: r = the reward model's log-odds that the snippet is positive (what {label} optimised), "
-             "g = the gold scorer's (it only judges).", "",
+             "g = the gold scorer's (it only judges), v = the VADER lexicon's compound in [-1, 1] (it only judges; "
+             ">= 0.05 positive, <= -0.05 negative).", "",
              format_table({"reference": before[0], "policy": after[0]}), ""]
     for i in range(min(n, len(prompts))):
         lines += [f"**Prompt {i + 1}:** {prompts[i]!r}", ""]
         for name, (_, samples) in (("before", before), ("after", after)):
-            r, g = samples["scores"]["reward"][i], samples["scores"]["gold"][i]
-            lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}): {samples['texts'][i]}")
+            r, g, v = (samples["scores"][k][i] for k in ("reward", "gold", "lexicon"))
+            lines.append(f"- {name} (r {r:+.2f}, g {g:+.2f}, v {v:+.2f}): {samples['texts'][i]}")
         lines.append("")
     with writing(path), atomic_write(path, "w") as f:
         f.write("\n".join(lines))
 
 
 def write_overopt_plot(results, path):
-    """overopt.png: gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
-    with the fitted functional forms (dotted) -> True; False when matplotlib is missing."""
+    """overopt.png: top, gold (solid) and proxy (dashed) score gains against sqrt(KL), best-of-n left and PPO right,
+    with the fitted functional forms (dotted); below, the lexicon's positive (solid) and negative (dashed) shares
+    -> True; False when matplotlib is missing."""
     plt = _pyplot(path)
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
-    for ax, kind, title in ((axes[0], "best_of_n", "best-of-n from the reference"), (axes[1], "rl", "PPO")):
+    fig, grid = plt.subplots(2, 2, figsize=(13, 9), constrained_layout=True)
+    golds = results.get("golds", {})
+    for ax, lex, kind, title in ((grid[0, 0], grid[1, 0], "best_of_n", "best-of-n from the reference"),
+                                 (grid[0, 1], grid[1, 1], "rl", "PPO")):
         rows = results[kind]
         for k, name in enumerate(dict.fromkeys(r["proxy"] for r in rows)):
             curve = [r for r in rows if r["proxy"] == name]
             color = f"C{k}"
             label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
+            gold = golds.get(name, "gold")
             d = np.sqrt([r["kl"] for r in curve])
-            for score, style, text in (("gold_score", "o-", f"gold, {label}"),
+            lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")
+            lex.plot(d, [r["lexicon_negative"] for r in curve], "s--", color=color, alpha=0.6,
+                     label=f"lexicon negative, proxy {name}")
+            for score, style, text in (("gold_score", "o-", f"{gold}, {label}"),
                                        ("proxy_score", "s--", f"proxy {name} itself")):
                 ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
                         alpha=1.0 if score == "gold_score" else 0.6)
@@ -161,8 +176,12 @@ def write_overopt_plot(results, path):
         ax.set_title(title)
         ax.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
         ax.set_ylabel("mean score gain over the reference (log-odds)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        lex.set_title(f"{title}: the VADER lexicon's verdicts")
+        lex.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
+        lex.set_ylabel("share of answers")
+        for a in (ax, lex):
+            a.legend(fontsize=7)
+            a.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
     return True

@@ -24,7 +24,7 @@ from ppo_np.trainer import PPOTrainer
 
 from .collapse import collapse_metrics
 from .run_folder import DamagedFile, read_jsonl, sha256_of_records, write_jsonl, writing
-from .sampling import sample, score, texts_of
+from .sampling import judged, sample, score, texts_of
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,15 @@ class PromptStream:
 class Task:
     """What a policy is trained against, taken from one run: the prompts it answers, the scorer whose score is its
     reward, the frozen reference, the tokenizer and the sampling settings. inputs: {name: sha256} of the files these
-    came from, part of every checkpoint's fingerprint. judge: a scorer that also grades every rollout for the log
-    ("env/gold_*", the gold scorer); it never drives training."""
+    came from, part of every checkpoint's fingerprint. judges: {name: scorer} that also grade every rollout for the
+    log ("env/gold_*" the gold scorer, "env/lexicon_*" VADER); they never drive training."""
     tokenizer: object
     ref_model: object
     scorer: object
     queries: list
     sampling: object                 # a SamplingConfig
     inputs: dict = dataclasses.field(default_factory=dict)
-    judge: object = None
+    judges: dict = dataclasses.field(default_factory=dict)
 
 
 def fingerprint(trainer_config, config, task, key="ppo", items=None):
@@ -252,8 +252,8 @@ def rollout_step(trainer, task, prompts, rng, group_size=1):
 
     trainer: PPOTrainer, or any trainer whose step(queries, responses, scores) takes batch_size rows (RLOO, GRPO).
     group_size k: batch_size / k prompts, each repeated in k consecutive rows, so each gets k responses.
-    The stats add what the rollouts show beside their score ("env/"): their collapse metrics and, with a judge,
-    its verdict on them.
+    The stats add what the rollouts show beside their score ("env/"): their collapse metrics and each judge's
+    verdict on them.
     """
     t0 = time.perf_counter()
     queries = [q for q in prompts.next_batch(trainer.config.batch_size // group_size) for _ in range(group_size)]
@@ -263,12 +263,11 @@ def rollout_step(trainer, task, prompts, rng, group_size=1):
     scores = score(task.scorer, texts, task.sampling)
     t2 = time.perf_counter()
     stats = trainer.step(queries, responses, scores)
-    stats.update({"env/reward_mean": float(np.mean(scores)), "env/reward_positive": float(np.mean(scores > 0)),
+    stats.update({**{f"env/{k}": v for k, v in judged("reward", task.scorer, scores).items()},
                   **{f"env/{k}": v for k, v in collapse_metrics(texts_of(task.tokenizer, [q[:0] for q in queries],
                                                                           responses)).items()}})
-    if task.judge is not None:
-        gold = score(task.judge, texts, task.sampling)
-        stats.update({"env/gold_mean": float(np.mean(gold)), "env/gold_positive": float(np.mean(gold > 0))})
+    for name, judge in task.judges.items():
+        stats.update({f"env/{k}": v for k, v in judged(name, judge, score(judge, texts, task.sampling)).items()})
     stats.update({"time/rollout/generate": t1 - t0, "time/rollout/score": t2 - t1,
                   "time/step": time.perf_counter() - t0})
     return stats

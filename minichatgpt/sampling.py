@@ -2,7 +2,9 @@
 
     responses ~ model(. | query)         at most response_tokens new tokens, ending at <|endoftext|> if stop_at_eos
     texts     = query text + response text, without eos    (what a scorer reads, and what a reader sees)
-    scores    = scorer.score(texts)                          (log-odds of "positive")
+    scores    = scorer.score(texts)                          (log-odds of "positive"; the lexicon: VADER's compound)
+    verdicts  = positive if score > 0 (a reward model), or the judge's own bands (the lexicon: positive,
+                negative, neutral at its authors' thresholds)
 
 Generation and scoring run forward_batch_size rows at a time, which bounds memory. The chunks also fix the order in
 which a generator's numbers are drawn, so the same seed and the same chunk size give the same responses. Rollouts,
@@ -48,6 +50,21 @@ def sample_n(model, tokenizer, queries, n, sampling, rng, progress=False):
 def score(scorer, texts, sampling):
     """The scorer's log-odds of each text -> (N,), forward_batch_size texts at a time."""
     return scorer.score(texts, forward_batch_size=sampling.forward_batch_size)
+
+
+def verdicts(name, scorer, scores):
+    """Each text's verdict as 0/1 indicators -> {"<name>_positive": (N,), ...}: a reward model's log-odds > 0, or,
+    for a judge with a neutral band (the lexicon, `shares_of`), "<name>_positive", "_negative" and "_neutral"."""
+    scores = np.asarray(scores)
+    classes = scorer.classes(scores) if hasattr(scorer, "classes") else {"positive": scores > 0}
+    return {f"{name}_{verdict}": is_it.astype(np.float64) for verdict, is_it in classes.items()}
+
+
+def judged(name, scorer, scores):
+    """What one scorer says of a set of texts -> {"<name>_mean": mean score, "<name>_positive": share, ...}: the
+    vocabulary of every evaluation, rollout log and best-of-n curve."""
+    return {f"{name}_mean": float(np.mean(scores)),
+            **{key: float(np.mean(v)) for key, v in verdicts(name, scorer, scores).items()}}
 
 
 def _bar(items, enabled, desc):

@@ -1,11 +1,13 @@
-"""The stages of the main job, one function each: tokenizer, pretraining, reward model, gold scorer, prompts, and the
-loaders of what they wrote, the RL stage's (pipeline.rl_stage, the run's --method) among them.
+"""The stages of the main job, one function each: tokenizer, pretraining, reward model (the n-gram model, or with
+--reward-model gpt the GPT reward model), gold scorer, prompts, and the loaders of what they wrote, the RL stage's
+(pipeline.rl_stage, the run's --method) among them.
 
 Each stage reads what the earlier ones made and writes its artifacts into the run folder. `pipeline` decides,
 with the run folder's manifest, which stages to run, skip or refuse; `finished_run` opens what they left.
 """
 import dataclasses
 import logging
+import os
 import time
 
 import numpy as np
@@ -14,8 +16,10 @@ import minigpt_np as mg
 from minigpt_np.data import encode_corpus, load_or_build_tokenizer
 from minigpt_np.metrics import unigram_entropy
 from minigpt_np.pretrain import pretrain
+from minigpt_np.checkpoint import load_npz
 from minigpt_np.resume import training_state
-from reward import load_scorer, train_scorer
+from reward import GPTRewardConfig, GPTRewardModel, Scorer, load_gpt_reward, load_scorer, train_gpt_reward, train_scorer
+from reward.gpt_reward import FORMAT as GPT_REWARD_FORMAT
 from reward.train import refit_scorer
 
 from ppo_np import METHODS as TRAINERS
@@ -50,7 +54,8 @@ DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": 
 # "report", with the whole config of the run, which every command that builds on the run reads from there.
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")
 # each experiment on a run: its folder is run_dir/<name>, and it writes these results beside the run's files
-EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overopt": ("overopt.json", "overopt.png")}
+EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overopt": ("overopt.json", "overopt.png"),
+               "overopt_cross": ("overopt_cross.json", "overopt_cross.png")}
 # what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
 BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
 # every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
@@ -133,11 +138,34 @@ def reward_stage(run_dir, train, val, test):
     return scorer, metrics
 
 
+def gpt_reward_stage(config, run_dir, tokenizer, train, val, test, progress=True):
+    """--reward-model gpt: the pretrained GPT's trunk and a scalar head, trained with reward.gpt_reward_train's
+    defaults (chosen on validation) on the labelled training snippets, written to reward.npz -> (model, metrics).
+    Resumes after a kill from reward_gpt_train.npz, which is deleted once reward.npz is written."""
+    model = train_gpt_reward_model(config, run_dir, tokenizer, labelled(train), labelled(val),
+                                   path(run_dir, "reward_gpt_train.npz"), progress)
+    model.save(path(run_dir, "reward.npz"))
+    os.unlink(path(run_dir, "reward_gpt_train.npz"))
+    metrics = {"val": model.info["val"], "test": model.metrics(*labelled(test))}
+    log.info("GPT reward model: test accuracy %.3f", metrics["test"]["accuracy"])
+    return model, metrics
+
+
+def train_gpt_reward_model(config, run_dir, tokenizer, train, val, checkpoint_path, progress=True):
+    """A GPT reward model from the run's pretrained GPT, trained on (texts, labels) `train`, chosen on `val`."""
+    cfg = GPTRewardConfig(seed=config.seed)
+    model = GPTRewardModel.from_pretrained(mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz")), tokenizer,
+                                           seed=cfg.seed)
+    return train_gpt_reward(model, *train, *val, cfg, checkpoint_path=checkpoint_path, progress=progress)[0]
+
+
 def gold_stage(run_dir, train, val, test, reward_model):
-    """The gold scorer: the reward model's recipe (features, l2, iterations) refitted on every labelled training
-    and validation snippet; it judges and never drives training -> (scorer, its metrics on the test split)."""
+    """The gold scorer: the n-gram reward model's recipe (features, l2, iterations) refitted on every labelled
+    training and validation snippet; it judges and never drives training -> (scorer, its metrics on the test split).
+    With a GPT proxy the recipe is chosen on validation first, as the n-gram reward model's is."""
     texts, labels = labelled(list(train) + list(val))
-    gold = refit_scorer(texts, labels, reward_model)
+    recipe = reward_model if isinstance(reward_model, Scorer) else train_reward_model(train, val, test)[0]
+    gold = refit_scorer(texts, labels, recipe)
     with writing(path(run_dir, "gold.npz")):
         gold.save(path(run_dir, "gold.npz"))
     metrics = gold.metrics(*labelled(test))
@@ -146,7 +174,9 @@ def gold_stage(run_dir, train, val, test, reward_model):
 
 
 def load_scorer_of(run_dir, name):
-    return load_scorer(path(run_dir, f"{name}.npz"))
+    """<name>.npz -> its scorer: the n-gram model, or the GPT reward model (--reward-model gpt's reward.npz)."""
+    file = path(run_dir, f"{name}.npz")
+    return load_gpt_reward(file) if load_npz(file)[1].get("format") == GPT_REWARD_FORMAT else load_scorer(file)
 
 
 def prompts(config, tokenizer, test):

@@ -67,6 +67,11 @@ class VaderJudge:
         """+1 positive, -1 negative, 0 neutral per text, at the authors' thresholds.   (N,) int."""
         return verdicts(self.score(texts))
 
+    def classes(self, compound) -> dict:
+        """{"positive", "negative", "neutral"}: boolean (N,) arrays of each verdict, from scores already computed."""
+        v = verdicts(compound)
+        return {"positive": v == 1, "negative": v == -1, "neutral": v == 0}
+
     def metrics(self, texts: Sequence[str], labels: Sequence[int]) -> dict:
         """classification_metrics at threshold 0 (accuracy, log-loss, AUC), plus "verdict_accuracy": the share
         whose verdict is the label's class (a neutral verdict is never right), and the three shares."""

@@ -5,7 +5,8 @@
 Each setting is written as the main job's flags (those that shape PPO, and --seed, which here seeds PPO's
 shuffles, prompts and sampling but not the run's splits), parsed and checked as `minichatgpt` checks them, over
 the run's own settings. `--` ends the script's own flags. PPO runs from the run's policy start with the run's
-prompts, then the policy answers the run's held-out evaluation prompts, measured as the main job measures them.
+prompts, then the policy answers the run's held-out evaluation prompts (--eval-on validation: prompts cut from the
+validation split's reviews, to choose on), measured as the main job measures them, the lexicon judge included.
 One JSON line per setting is appended to --out (default runs/<name>/sweep.jsonl), and a table row is printed. This
 is the development script behind the frontier table in the README; it prints figures and asserts nothing.
 """
@@ -25,6 +26,7 @@ from minichatgpt.rlhf import train_ppo
 from minichatgpt.run_folder import check_name, path
 
 COLUMNS = [("reward_positive", "RM+", "{:.2f}"), ("gold_positive", "gold+", "{:.2f}"), ("gold_mean", "gold", "{:+.2f}"),
+           ("lexicon_positive", "lex+", "{:.2f}"), ("lexicon_negative", "lex-", "{:.2f}"),
            ("kl_to_reference", "KL", "{:.1f}"), ("top_word_share", "top", "{:.2f}"), ("unique_share", "uniq", "{:.2f}"),
            ("distinct_2", "d-2", "{:.2f}"), ("response_tokens", "len", "{:.1f}"), ("reference_nll", "nll", "{:.2f}")]
 SWEPT = [o for o in defaults.OPTIONS if o.stage in ("rl", "ppo") or o.field in ("seed", "rlhf.max_seconds")]
@@ -47,6 +49,9 @@ def main():
     p.add_argument("--name", default="default")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default=None)
+    p.add_argument("--eval-on", choices=("test", "validation"), default="test",
+                   help="measure each setting on the run's held-out test prompts, or on prompts cut from the "
+                        "validation split's reviews (choose there, then report on test)")
     args = p.parse_args()
     run = FinishedRun.open(os.path.join(args.runs_dir, check_name(args.name)))
     try:
@@ -63,8 +68,9 @@ def main():
             history = train_ppo(policy, task, config.ppo, config.rlhf, os.path.join(tmp, "ppo.npz"),
                                 os.path.join(tmp, "log.jsonl"), progress=False)
         seconds = time.perf_counter() - t0
-        metrics, _ = run.evaluate(policy, sampling=config.sampling)
-        row = {"setting": text, **metrics, "seconds": seconds, "final_kl_coef": history[-1]["objective/kl_coef"],
+        queries = run.validation_prompts if args.eval_on == "validation" else None
+        metrics, _ = run.evaluate(policy, queries=queries, sampling=config.sampling)
+        row = {"setting": text, "eval_on": args.eval_on, **metrics, "seconds": seconds, "final_kl_coef": history[-1]["objective/kl_coef"],
                "mean_clipfrac": sum(h["ppo/policy/clipfrac"] for h in history) / len(history)}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -141,7 +141,9 @@ def test_overopt_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "runs" / "run" / "overopt.json").read_text())
     assert (tmp_path / "runs" / "run" / "overopt.png").stat().st_size > 10000
-    assert set(results["scorers"]) == {"10", "30", "full", "gold"}
+    assert set(results["scorers"]) == {"10", "30", "full", "gold", "lexicon"}
+    for row in results["best_of_n"] + results["rl"]:      # the lexicon judges every point beside the gold
+        assert 0 <= row["lexicon_positive"] + row["lexicon_negative"] <= 1 and -1 <= row["lexicon_score"] <= 1
     assert [r["n"] for r in results["best_of_n"] if r["proxy"] == "10"] == [1, 2, 4]
     assert [r["step"] for r in results["rl"] if r["proxy"] == "10"] == [0, 2, 4]
     assert {"best_of_n/10/gold_score", "rl/full/gold_score"} <= set(results["fits"])
@@ -163,3 +165,44 @@ def test_overopt_refuses_an_unfinished_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.overopt_main(["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert e.value.code == 1 and "is not a finished run" in capsys.readouterr().err
+
+
+def test_a_downturn_is_called_only_beyond_two_standard_errors():
+    def rows(shares):
+        return [{"proxy": "p", "step": i, "kl": float(i), "gold_positive": g, "lexicon_positive": g,
+                 "lexicon_negative": 1 - g, "samples": [f"s{i}"]} for i, g in enumerate(shares)]
+    n = 100
+    flat, = [d for d in overopt.downturns([], rows([0.5, 0.8, 0.75]), n) if d["judge"] == "gold_positive"]
+    assert not flat["turns_down"] and flat["peak"]["at"] == 1     # 0.05 below a peak, s.e. of the gap 0.06
+    falls, = [d for d in overopt.downturns([], rows([0.5, 0.8, 0.5]), n) if d["judge"] == "gold_positive"]
+    assert falls["turns_down"] and falls["samples_at_peak"] == ["s1"] and falls["samples_at_last"] == ["s2"]
+    assert falls["drop"] == pytest.approx(0.3) and falls["se"] == pytest.approx(np.sqrt((0.16 + 0.25) / n))
+    negative, = [d for d in overopt.downturns([], rows([0.5, 0.8, 0.5]), n) if d["judge"] == "lexicon_negative"]
+    assert negative["turns_down"] and negative["peak"]["share"] == pytest.approx(0.2)   # its lowest point
+
+
+def test_cross_kind_judges_each_proxy_by_a_gold_of_the_other_kind(tmp_path, capsys):
+    corpus = fixture_corpus(tmp_path / "reviews.csv")
+    cli.run_main(tiny_args(tmp_path, "run", corpus))
+    where = ["--name", "run", "--runs-dir", str(tmp_path / "runs")]
+    cli.overopt_main(where + TINY + ["--cross-kind"])
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "runs" / "run" / "overopt_cross.json").read_text())
+    assert (tmp_path / "runs" / "run" / "overopt_cross.png").stat().st_size > 10000
+    assert results["golds"] == {"ngram": "gpt_gold", "gpt": "gold"}
+    assert set(results["scorers"]) == {"ngram", "gpt", "gold", "gpt_gold", "lexicon"}
+    assert {r["proxy"] for r in results["rl"]} == {"ngram", "gpt"}
+    assert all(r["gold"] == results["golds"][r["proxy"]] for r in results["rl"] + results["best_of_n"])
+    # every point keeps its first answers: all 3 of the tiny run's held-out prompts (fewer than SAMPLES = 4)
+    assert [len(r["samples"]) for r in results["rl"] + results["best_of_n"]] == [3] * (6 + 6)
+    assert len(results["downturns"]) == 2 * 2 * 3 and "where each judge's share peaks" in out
+    assert not (tmp_path / "runs" / "run" / "overopt_cross" / "gold_gpt_train.npz").exists()
+    # the gold of the n-gram proxy's best-of-n at n = 1 is the GPT gold's mean over every reference sample
+    import minichatgpt.overopt as o
+    from minigpt_np.checkpoint import load_npz
+    scores, _ = load_npz(tmp_path / "runs" / "run" / "overopt_cross" / "best_of_n_scores.npz")
+    first = next(r for r in results["best_of_n"] if r["proxy"] == "ngram")
+    assert first["gold_score"] == pytest.approx(scores["gpt_gold"].mean()) and o.CROSS_GOLD["ngram"] == "gpt_gold"
+    # the plain experiment still runs beside it, in its own folder
+    cli.overopt_main(where + TINY)
+    assert (tmp_path / "runs" / "run" / "overopt.json").exists()
