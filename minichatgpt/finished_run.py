@@ -163,6 +163,12 @@ class FinishedRun:
         """A fresh copy of the pretrained GPT, to train."""
         return mg.load_checkpoint(path(self.run_dir, "gpt_pretrained.npz"))
 
+    def trained_policy(self):
+        """The run's trained policy, whatever method trained it -> (method, its file gpt_<method>.npz), checked
+        against the manifest when the run was opened. A config without a method field is a PPO run's."""
+        method = getattr(self.config, "method", "ppo")
+        return method, path(self.run_dir, f"gpt_{method}.npz")
+
     def policy_start(self):
         """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""
         return stages.policy_start(self.run_dir, self.config.seed)
