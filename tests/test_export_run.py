@@ -19,6 +19,7 @@ from minichatgpt.finished_run import FinishedRun
 from minichatgpt.report import format_table
 from minichatgpt.run_folder import Manifest, read_json
 from reward import GPTRewardModel
+from test_export import greedy_pair, left_pad, positions
 from tiny_run import BAD, GOOD, assert_one_line_refusal, fixture_corpus, run_cli, snapshot, tiny_args
 
 LOGITS_ATOL = 1e-4      # float32 on both sides, as tests/test_export.py
@@ -38,14 +39,6 @@ def export(capsys, run_dir, out, *flags):
                    cli.export_main)
 
 
-def left_pad(rows, pad):
-    T = max(len(r) for r in rows)
-    idx, mask = np.full((len(rows), T), pad, dtype=np.int64), np.zeros((len(rows), T), dtype=np.int64)
-    for i, r in enumerate(rows):
-        idx[i, T - len(r):], mask[i, T - len(r):] = r, 1
-    return idx, mask
-
-
 def test_the_exported_policy_computes_what_the_runs_policy_computes(run_dir, tmp_path, capsys):
     status, err = export(capsys, run_dir, tmp_path / "policy")
     assert status == 0, err
@@ -59,19 +52,13 @@ def test_the_exported_policy_computes_what_the_runs_policy_computes(run_dir, tmp
                               mg.load_checkpoint(run_dir / "gpt_pretrained.npz").state_dict()["transformer.wte.weight"])
     eos = tokenizer.eos_token_id
     idx, mask = left_pad([[eos] + tokenizer.encode(p) for p in PROMPTS], eos)
-    positions = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
     with torch.no_grad():
         theirs = hf(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask),
-                    position_ids=torch.from_numpy(positions)).logits.numpy()
+                    position_ids=torch.from_numpy(positions(mask))).logits.numpy()
     worst = float(np.abs(ours(idx, attention_mask=mask).data - theirs)[mask.astype(bool)].max())
     print(f"max |logits ours - transformers| = {worst:.2e}")
     assert worst < LOGITS_ATOL
-    greedy = mg.generate(ours, idx, ours.cfg.block_size - idx.shape[1], temperature=0, attention_mask=mask,
-                         eos_token_id=eos)
-    with torch.no_grad():
-        hf_greedy = hf.generate(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask), do_sample=False,
-                                max_length=ours.cfg.block_size).numpy()
-    hf_greedy = np.pad(hf_greedy, ((0, 0), (0, greedy.shape[1] - hf_greedy.shape[1])), constant_values=eos)
+    greedy, hf_greedy = greedy_pair(ours, hf, idx, mask, eos)
     np.testing.assert_array_equal(hf_greedy, greedy)
     assert (greedy[:, idx.shape[1]:] != eos).sum() >= 8, "too few tokens generated for the comparison to mean much"
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
