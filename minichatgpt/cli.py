@@ -29,7 +29,7 @@ from minigpt_np.metrics import bits_per_char, unigram_entropy
 from minigpt_np.pretrain import pretrain
 from ppo_np.batch import left_pad
 
-from . import compare, corpus, methods, overopt, pipeline, stages
+from . import compare, corpus, export_run, methods, overopt, pipeline, stages
 from . import config as defaults
 from .finished_run import FinishedRun, trained_method
 from .options import Parser, UsageError, add_arguments, checked, dest, replace_fields
@@ -426,3 +426,28 @@ def compare_command(argv):
 
 def compare_main(argv=None):
     run_cli("minichatgpt-compare", compare_command, argv)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def export_command(argv):
+    """minichatgpt-export: one model of a finished run as a Hugging Face folder that transformers opens with
+    from_pretrained, with a model card (minichatgpt-export --name default policy_hf; docs/graduate.md)."""
+    p = Parser(prog="minichatgpt-export", description=export_command.__doc__)
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write; it must not exist, or be empty")
+    _where(p, "the finished run folder under --runs-dir")
+    add_arguments(p, defaults.EXPORT_OPTIONS, defaults.ExportConfig())
+    p.add_argument("--cache-dir", default=None, help="where the downloaded corpus is cached "
+                   f"(default: $MINICHATGPT_CACHE or {default_cache_dir()})")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = p.parse_args(argv)
+    run_dir, cfg = _run_dir(args), checked_settings(args, defaults.EXPORT_OPTIONS, defaults.ExportConfig())
+    out_dir = checked_folder(args.out_dir, "OUT_DIR")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UsageError(f"OUT_DIR {out_dir} exists and is not an empty folder; give a new folder, or delete it")
+    print(f"wrote {export_run.export_run(run_dir, cfg.model, out_dir, args.cache_dir)}/ ({cfg.model} of {run_dir})")
+
+
+def export_main(argv=None):
+    run_cli("minichatgpt-export", export_command, argv)

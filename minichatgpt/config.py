@@ -357,3 +357,15 @@ REWARD_FIT_OPTIONS = [
     Option("--l2", "l2", "L2 strength(s) to try, the one with the lowest validation log-loss kept; none tries a grid",
            at_least=0, kind=float, many=True),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """minichatgpt-export: which model of a finished run becomes a Hugging Face folder."""
+    model: str = "policy"              # "policy", "reference" or "reward" (export_run.MODELS)
+
+
+EXPORT_OPTIONS = [
+    Option("--model", "model", "policy: the trained policy (and PPO's value head); reference: the pretrained model; "
+           "reward: the GPT reward model, if the run's proxy is one", choices=("policy", "reference", "reward")),
+]

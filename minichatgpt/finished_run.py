@@ -186,6 +186,11 @@ class FinishedRun:
         """The trained policy's checkpoint, gpt_<method>.npz, whatever the run's method."""
         return path(self.run_dir, stages.ARTIFACTS[trained_method(self.manifest)][0])
 
+    def trained_policy(self):
+        """The run's trained policy, whatever method trained it -> (method, its file gpt_<method>.npz), checked
+        against the manifest when the run was opened."""
+        return trained_method(self.manifest), self.policy_file
+
     def policy_start(self):
         """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""
         return stages.policy_start(self.run_dir, self.config.seed)

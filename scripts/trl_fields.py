@@ -27,8 +27,19 @@ How tests/data/trl_1_16_0_fields.json was made (the wheels are files from PyPI, 
     cd /tmp/tf525 && unzip -q transformers-5.25.0-py3-none-any.whl -d src
     python scripts/trl_fields.py /tmp/trl116/src --transformers /tmp/tf525/src --out tests/data/trl_1_16_0_fields.json
 
+tests/data/trl_1_12_0_fields.json, for PPOConfig and PPOTrainer (trl.experimental.ppo, gone from 1.13.0 on), the same
+way from trl 1.12.0 (trl-1.12.0-py3-none-any.whl, sha256 9c8f117b21a941edbc85744f5a341c9453d38e81f24ae81d3c6e9b9ca3b96409):
+
+    pip download --no-deps trl==1.12.0 -d /tmp/trl112 && cd /tmp/trl112 && unzip -q trl-1.12.0-py3-none-any.whl -d src
+    python scripts/trl_fields.py /tmp/trl112/src --transformers /tmp/tf525/src --out tests/data/trl_1_12_0_fields.json
+
+Besides the config fields, each file lists, for each trainer of TRAINERS, its __init__'s parameter names and the metric
+names it logs (`logged_metrics`) with the line that first writes each: docs/graduate.md's tables and
+scripts/trl_grpo_sentiment.py are checked against them.
+
 transformers 5.25.0 was the newest release when this was run. trl 1.16.0 asks for transformers>=4.56.2, whose
-TrainingArguments gives the seven BASE_FIELDS the same defaults (checked by running this script with both).
+TrainingArguments gives the first seven BASE_FIELDS the same defaults (checked by running this script with both);
+the last five were added later and read from 5.25.0 only.
 """
 import argparse
 import ast
@@ -37,16 +48,19 @@ import sys
 from pathlib import Path
 
 CLASSES = ("PPOConfig", "GRPOConfig", "RLOOConfig", "DPOConfig", "RewardConfig")
+TRAINERS = ("PPOTrainer", "GRPOTrainer", "RLOOTrainer", "DPOTrainer", "RewardTrainer")
 BASE_FIELDS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-               "seed", "max_grad_norm", "weight_decay")
+               "seed", "max_grad_norm", "weight_decay", "output_dir", "max_steps", "lr_scheduler_type", "report_to",
+               "use_cpu")
 NOT_GIVEN = object()
 
 
 def class_definitions(package_dir, pattern="*.py"):
     """{class name: (ast.ClassDef, path relative to the package's parent)} for every class in the files under
-    package_dir whose name matches pattern; the first definition of a name wins (files in sorted order)."""
+    package_dir whose name matches pattern; the first definition of a name wins (files in sorted order, those under
+    an experimental/ folder last: trl 1.16.0's experimental/bema_for_ref_model defines a DPOTrainer of its own)."""
     found = {}
-    for path in sorted(package_dir.rglob(pattern)):
+    for path in sorted(package_dir.rglob(pattern), key=lambda p: ("experimental" in p.parts, p)):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
@@ -113,6 +127,28 @@ def config_fields(name, trl_classes, base_classes):
     return bases, fields
 
 
+def logged_metrics(node, path):
+    """{metric name: "path:line" of its first write} of the literal keys a trainer class writes into its metrics:
+    `self._metrics[mode]["kl"]` (1.16.0's trainers) or `metrics["objective/kl"]` (1.12.0's PPOTrainer). Names built
+    with an f-string (rewards/<func name>/mean) are left out: their text depends on the run."""
+    found = {}
+    for sub in ast.walk(node):
+        if (isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Constant) and isinstance(sub.slice.value, str)
+                and ast.unparse(sub.value).split("[")[0].split(".")[-1] in ("_metrics", "metrics")
+                and ast.unparse(sub.value) != "self._metrics"):      # self._metrics["train"] is a dict of metrics
+            found.setdefault(sub.slice.value, (sub.lineno, f"{path}:{sub.lineno}"))
+    return {name: where for name, (_, where) in sorted(found.items(), key=lambda item: item[1][0])}
+
+
+def init_parameters(node):
+    """The parameter names of a class's own __init__, self left out, in order (what a script may pass)."""
+    for statement in node.body:
+        if isinstance(statement, ast.FunctionDef) and statement.name == "__init__":
+            arguments = statement.args
+            return [a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs][1:]
+    return []
+
+
 def dist_version(root, distribution):
     """The Version: line of root/<distribution>-*.dist-info/METADATA, or None."""
     for metadata in sorted(root.glob(f"{distribution}-*.dist-info/METADATA")):
@@ -143,6 +179,10 @@ def extract(trl_root, transformers_root=None):
         "transformers_version": dist_version(transformers_root, "transformers") if transformers_root else None,
         "base_fields_from_transformers": list(BASE_FIELDS) if transformers_root else [],
         "classes": classes,
+        "metrics": {name: ({"source": f"{trl_classes[name][1]}:{trl_classes[name][0].lineno}",
+                            "init_parameters": init_parameters(trl_classes[name][0]),
+                            "names": logged_metrics(*trl_classes[name])} if name in trl_classes else None)
+                    for name in TRAINERS},
     }
 
 

@@ -48,6 +48,18 @@ def positions(mask):
     return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
 
 
+def greedy_pair(model, hf, idx, mask, eos):
+    """Greedy continuations of a left-padded batch to the end of the context, by ours and by transformers
+    -> (ours, theirs), both (B, block_size)."""
+    ours = mg.generate(model, idx, model.cfg.block_size - idx.shape[1], temperature=0, attention_mask=mask,
+                       eos_token_id=eos)
+    with torch.no_grad():
+        theirs = hf.generate(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask), do_sample=False,
+                             max_length=model.cfg.block_size).numpy()
+    # transformers stops when every row has emitted eos; ours runs on and pads finished rows with eos
+    return ours, np.pad(theirs, ((0, 0), (0, ours.shape[1] - theirs.shape[1])), constant_values=eos)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny GPT pretrained for 150 steps on the fixture reviews, with a value head; its tokenizer.json."""
@@ -131,13 +143,7 @@ def test_greedy_generation_gives_the_same_tokens(trained, exported):
     hf = AutoModelForCausalLM.from_pretrained(exported).eval()
     eos = tokenizer.eos_token_id
     idx, mask = left_pad([tokenizer.encode(p) for p in PROMPTS], eos)
-    ours = mg.generate(model, idx, model.cfg.block_size - idx.shape[1], temperature=0, attention_mask=mask,
-                       eos_token_id=eos)
-    with torch.no_grad():
-        theirs = hf.generate(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask), do_sample=False,
-                             max_length=model.cfg.block_size).numpy()
-    # transformers stops when every row has emitted eos; ours runs on and pads finished rows with eos
-    theirs = np.pad(theirs, ((0, 0), (0, ours.shape[1] - theirs.shape[1])), constant_values=eos)
+    ours, theirs = greedy_pair(model, hf, idx, mask, eos)
     for prompt, a, b in zip(PROMPTS, ours, theirs):
         print(f"{prompt!r} -> {tokenizer.decode(a[idx.shape[1]:].tolist())!r}")
     np.testing.assert_array_equal(theirs, ours)

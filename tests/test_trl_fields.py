@@ -38,6 +38,18 @@ def wheels(tmp_path):
             model_name: str = field(default=os.path.basename("x"))
             output_dir: str = field(metadata={"help": "required"})
         """)
+    write(trl / "trl" / "trainer" / "grpo_trainer.py", """\
+        class GRPOTrainer:
+            def __init__(self, model, reward_funcs=None, *, args=None):
+                pass
+            def _compute_loss(self, mode, name):
+                self._metrics[mode]["kl"].append(1.0)
+                self._metrics["train"]["step_time"].append(2.0)
+                self._metrics[mode][f"rewards/{name}/mean"].append(3.0)
+                self._metrics[mode]["kl"].append(4.0)
+                other["not_a_metric"] = 5
+        """)
+    write(trl / "trl" / "experimental" / "x" / "grpo_trainer.py", "class GRPOTrainer:\n    pass\n")
     write(tf / "transformers" / "__init__.py", "")
     write(tf / "transformers-1.0.0.dist-info" / "METADATA", "Name: transformers\nVersion: 1.0.0\n")
     write(tf / "transformers" / "training_args.py", """\
@@ -66,6 +78,11 @@ def test_fields_are_read_with_their_defaults_lines_and_inherited_values(wheels):
     assert fields["reward_funcs"]["default"] == ["accuracy"]
     assert fields["model_name"]["default"] == {"expr": "os.path.basename('x')"}
     assert fields["output_dir"] == {"source": "trl/trainer/grpo_config.py:7", "required": True}
+    # the trainer under trl/trainer wins over an experimental one of the same name; f-string names are left out
+    assert doc["metrics"]["GRPOTrainer"] == {
+        "source": "trl/trainer/grpo_trainer.py:1", "init_parameters": ["model", "reward_funcs", "args"],
+        "names": {"kl": "trl/trainer/grpo_trainer.py:5", "step_time": "trl/trainer/grpo_trainer.py:6"}}
+    assert doc["metrics"]["PPOTrainer"] is None
 
 
 def test_a_folder_without_the_package_is_refused_with_one_line(tmp_path, capsys):

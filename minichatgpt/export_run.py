@@ -1,0 +1,103 @@
+"""minichatgpt-export: one model of a finished run as a Hugging Face model folder, with a model card that says
+what the run was, so that a learner can take it on to `transformers` and TRL (docs/graduate.md).
+
+    policy     the trained policy (gpt_<method>.npz), and PPO's value head beside it as value_head.safetensors
+    reference  the pretrained GPT every policy started from (gpt_pretrained.npz)
+    reward     the run's GPT reward model, if its proxy is one; the n-gram proxy has no Hugging Face form
+
+The run is opened through FinishedRun, so a run that is not finished, or whose files changed, is refused before
+anything is written; minigpt_np.export writes the folder under a temporary name and renames it into place.
+"""
+import os
+
+import minigpt_np as mg
+from minigpt_np.export import export_gpt, export_reward_gpt
+from reward import load_gpt_reward
+
+from .finished_run import FinishedRun
+from .report import format_table
+from .run_folder import Refused, path, read_json
+
+MODELS = ("policy", "reference", "reward")
+
+
+def export_run(run_dir, model, out_dir, cache_dir=None):
+    """Write `model` ("policy", "reference" or "reward") of the finished run in run_dir as a Hugging Face folder
+    -> out_dir. Refused for an unfinished or changed run, and for "reward" when the run's proxy is the n-gram
+    model."""
+    run = FinishedRun.open(run_dir, cache_dir)
+    tokenizer_file = path(run_dir, "tokenizer.json")
+    if model == "reward":
+        reward_gpt = proxy_gpt(run)
+        if reward_gpt is None:
+            raise Refused(f"{run_dir}'s proxy is the n-gram model (reward.npz), which has no Hugging Face form; "
+                          "export --model policy or reference, or build a run with a GPT reward model")
+        return export_reward_gpt(reward_gpt.state_dict(), reward_gpt.gpt.cfg, tokenizer_file, out_dir,
+                                 card=model_card(run, model, "GPT2ForSequenceClassification"))
+    if model == "policy":
+        method, file = run.trained_policy()
+        gpt = mg.load_checkpoint(file)
+    else:
+        method, gpt = None, run.pretrained()
+    return export_gpt(gpt, tokenizer_file, out_dir, card=model_card(run, model, "GPT2LMHeadModel", method,
+                                                                    gpt.cfg.value_head))
+
+
+def proxy_gpt(run):
+    """The run's GPT reward model -> GPTRewardModel, or None when its proxy is the n-gram model: the first file
+    the manifest recorded as reward*.npz that is a GPT reward model (checked when the run was opened)."""
+    for record in run.manifest.stages.values():
+        for name in record.get("outputs", {}):
+            if name.startswith("reward") and name.endswith(".npz"):
+                try:
+                    return load_gpt_reward(path(run.run_dir, name))
+                except ValueError:       # an n-gram scorer: another format
+                    continue
+    return None
+
+
+def model_card(run, model, architecture, method=None, value_head=False):
+    """README.md's body: which run and model this is, the run's before/after table, and how to load it."""
+    c, summary = run.config, read_json(path(run.run_dir, "summary.json"))
+    corpus = c.corpus if c.corpus == "rotten_tomatoes" else os.path.basename(c.corpus)
+    what = {"policy": f"the policy trained with {(method or 'ppo').upper()}",
+            "reference": "the pretrained model every policy starts from (the reference)",
+            "reward": "the GPT reward model the policy was trained against (the proxy)"}[model]
+    lines = [f"# minichatgpt run `{os.path.basename(os.path.normpath(run.run_dir))}`: {model}", "",
+             f"{architecture}: {what}. Trained in NumPy by minichatgpt, exported with `minichatgpt-export "
+             f"--model {model}`.", "",
+             f"- corpus: {corpus} (sha256 of its snippets {summary['data']['corpus_sha256'][:16]}...)",
+             f"- seed: {c.seed}",
+             f"- pretraining: {c.pretrain.max_steps} steps at most, {c.model.n_layer} layers, {c.model.n_head} heads, "
+             f"{c.model.n_embd} channels, {c.model.block_size} positions",
+             f"- RL: {(method or 'ppo').upper() if model == 'policy' else 'PPO'}, {summary['ppo_steps']} steps of "
+             f"{c.ppo.batch_size} responses of at most {c.sampling.response_tokens} tokens", "",
+             "## Before and after RL, on the run's held-out prompts", "",
+             format_table({"reference": summary["reference"], "policy": summary["policy"]}), "",
+             "## Load it", "", "```python", *LOAD[architecture]]
+    if value_head:
+        lines += VALUE_HEAD
+    return "\n".join(lines + ["```", ""])
+
+
+LOAD = {
+    "GPT2LMHeadModel": [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+        'model = AutoModelForCausalLM.from_pretrained("<this folder>")',
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
+        'print(pipeline("text-generation", model=model, tokenizer=tokenizer)("the movie is", do_sample=False))'],
+    "GPT2ForSequenceClassification": [
+        "import torch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        'model = AutoModelForSequenceClassification.from_pretrained("<this folder>")',
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
+        "with torch.no_grad():",
+        '    print(model(**tokenizer(["a warm and funny film"], return_tensors="pt")).logits[:, 0])'],
+}
+VALUE_HEAD = [
+    "# PPO's value head, v_head.weight (1, C) and v_head.bias (1,): a torch.nn.Linear on the last hidden states",
+    "import torch",
+    "from safetensors.torch import load_file",
+    "v_head = torch.nn.Linear(model.config.n_embd, 1)",
+    'v_head.load_state_dict({k.removeprefix("v_head."): v for k, v in load_file("<this folder>/value_head.safetensors")'
+    ".items()})"]
