@@ -4,7 +4,7 @@ One update, at step s with learning rate lr(s) (linear warmup, then cosine decay
 `optim.lr_schedule`):
 
     windows ~ sample_windows(train_ids, T, B, rng)          (B, T+1), offsets from a seeded rng
-    loss    = cross_entropy(model(windows[:, :-1]), windows[:, 1:])    mean nats per target token
+    loss    = cross_entropy(model(windows[:, :-1]), windows[:, 1:])    mean nats per target token (model.loss)
     g       = clip(dloss/dtheta, global norm <= grad_clip)
     theta   = AdamW(theta, g, lr(s)), weight decay on matrices and embeddings only
 
@@ -22,7 +22,6 @@ from typing import Optional
 
 import numpy as np
 
-from . import functional as F
 from .data import sample_windows, validation_windows
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .resume import resume, save_training_checkpoint, sha256_of_array
@@ -79,7 +78,7 @@ def train_step(model, optimizer, windows, lr, grad_clip):
 
     Raises TrainingDiverged, before the weights change, if the loss or the gradient norm is not finite.
     """
-    loss = F.cross_entropy(model(windows[:, :-1]), windows[:, 1:])
+    loss = model.loss(windows[:, :-1], windows[:, 1:])
     if not math.isfinite(float(loss.data)):
         raise TrainingDiverged(f"loss is {float(loss.data)}")
     model.zero_grad()
@@ -99,7 +98,7 @@ def validation_loss(model, windows, batch_size=32):
     try:
         with no_grad():
             for chunk in (windows[i:i + batch_size] for i in range(0, len(windows), batch_size)):
-                total += float(F.cross_entropy(model(chunk[:, :-1]), chunk[:, 1:]).data) * chunk[:, 1:].size
+                total += float(model.loss(chunk[:, :-1], chunk[:, 1:]).data) * chunk[:, 1:].size
                 count += chunk[:, 1:].size
     finally:
         model.training = was_training

@@ -107,6 +107,23 @@ def test_adamw_steps_lower_the_loss_on_a_fixed_batch_and_move_every_weight():
     assert not unmoved, f"parameters the optimizer did not change: {unmoved}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_model_loss_equals_cross_entropy_of_the_logits_value_and_every_gradient(dtype):
+    """`model.loss` (lm_head and cross-entropy fused, what pretraining calls) gives the very same numbers."""
+    idx, targets = batch()
+    targets = np.where(np.arange(T) < 2, -100, targets)                   # ignored positions too
+    results = []
+    for loss_fn in (lambda m: m.loss(idx, targets), lambda m: F.cross_entropy(m(idx), targets)):
+        model = mg.GPT(CFG, dtype=dtype, seed=0)
+        loss = loss_fn(model)
+        loss.backward()
+        results.append((loss.data, {k: p.grad for k, p in model.named_parameters()}))
+    (fused, fused_grads), (composed, composed_grads) = results
+    assert fused.dtype == dtype and fused == composed
+    for name in fused_grads:
+        np.testing.assert_array_equal(fused_grads[name], composed_grads[name], err_msg=name)
+
+
 def test_gradients_accumulate_until_zero_grad():
     model = mg.GPT(CFG, dtype=np.float64, seed=0)
     idx, targets = batch()
