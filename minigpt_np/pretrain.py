@@ -129,10 +129,7 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
     optimizer = AdamW(model.named_parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     rngs = {"batches": np.random.default_rng(cfg.seed), "dropout": model._rng}
     fp = fingerprint(cfg, model, train_ids)
-    state = resume(checkpoint_path, model, optimizer, fingerprint=fp, rngs=rngs) if checkpoint_path else None
-    saved_step = None if state is None else state["step"]
-    state = state or {"step": 0, "tokens": 0, "elapsed": 0.0, "val_loss": None, "history": [], "stop_reason": None}
-    state["stop_reason"] = _stop_reason(cfg, state)   # a budget raised since the last session may reopen a run
+    state, saved_step = _resumed_state(checkpoint_path, model, optimizer, fp, rngs, cfg)
     if state["stop_reason"] is not None:
         logger.info("%s is a finished run (step %d); nothing to train", checkpoint_path, state["step"])
         return {**state, "finished": True, "tokens_per_s": None}
@@ -159,15 +156,32 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
                 if log is not None:
                     log(record)
             if checkpoint_path is not None and (state["step"] % cfg.checkpoint_interval == 0 or state["stop_reason"]):
-                _check_finite_weights(model, state["step"])
-                save_training_checkpoint(checkpoint_path, model, optimizer, fingerprint=fp,
-                                         state={**state, "finished": state["stop_reason"] is not None}, rngs=rngs)
-                saved_step = state["step"]
+                saved_step = _save(checkpoint_path, model, optimizer, fp, state, rngs)
     finally:
         model.training = was_training
         if bar is not None:
             bar.close()
     return {**state, "finished": True, "tokens_per_s": session["tokens"] / session["seconds"]}
+
+
+def _resumed_state(checkpoint_path, model, optimizer, fp, rngs, cfg):
+    """The loop's state, resumed from the checkpoint if there is one -> (state, step of the checkpoint or None).
+
+    The stop reason is worked out again: a budget raised since the last session may reopen a finished run.
+    """
+    state = resume(checkpoint_path, model, optimizer, fingerprint=fp, rngs=rngs) if checkpoint_path else None
+    saved_step = None if state is None else state["step"]
+    state = state or {"step": 0, "tokens": 0, "elapsed": 0.0, "val_loss": None, "history": [], "stop_reason": None}
+    state["stop_reason"] = _stop_reason(cfg, state)
+    return state, saved_step
+
+
+def _save(checkpoint_path, model, optimizer, fp, state, rngs):
+    """Write the training checkpoint after checking every weight is finite -> the step it holds."""
+    _check_finite_weights(model, state["step"])
+    save_training_checkpoint(checkpoint_path, model, optimizer, fingerprint=fp,
+                             state={**state, "finished": state["stop_reason"] is not None}, rngs=rngs)
+    return state["step"]
 
 
 def _count(session, tokens, seconds, loss, bar):
