@@ -4,25 +4,14 @@ Shape legend: B batch, T time (query positions), S key positions, C channels, OC
 H heads, D = C/H head size, V vocabulary, N = B*T flattened positions. A `d` prefix means
 "gradient of the loss with respect to": dy = dL/dy.
 """
+from functools import partial
+
 import numpy as np
+
+from .blocks import in_row_blocks
 
 LN_EPS = 1e-5
 GELU_K = float(np.sqrt(2.0 / np.pi))   # a Python float, so float32 arrays stay float32
-BLOCK_BYTES = 2 ** 18                  # rows per block in `in_row_blocks`: about 256 KB of the widest array
-
-
-def in_row_blocks(fn, *arrays):
-    """fn(*blocks) for consecutive blocks of rows arrays[i:j], the same rows of every array, ~BLOCK_BYTES each.
-
-    An elementwise expression is several passes over its arrays. Over a whole (N, 4C) or (N, V) activation each pass
-    streams it through memory; over a block that fits in the core's cache, only the first does: GELU runs 1.5x and
-    the softmax of the cross-entropy 2x faster this way (measured at the default sizes). The arrays share their first
-    axis; outputs among them must be arrays the caller allocated (blocks are views, written in place).
-    """
-    n_rows = len(arrays[0])
-    step = max(1, BLOCK_BYTES // max(a[:1].nbytes for a in arrays))
-    for start in range(0, n_rows, step):
-        fn(*(a[start:start + step] for a in arrays))
 
 
 # ---------------------------------------------------------------------------------------------------- linear
@@ -83,30 +72,47 @@ def embedding_backward(dout, idx, num_embeddings):
 def layernorm_forward(x, w, b, eps=LN_EPS):
     """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (..., C) -> y, xhat, rstd (..., 1).
 
-    The row sums over C are einsums: NumPy's `mean(axis=-1)` reduces short rows one at a time, 3x slower here.
+    In row blocks (`blocks.in_row_blocks`); the row sums over C are einsums: NumPy's `mean(axis=-1)` reduces short
+    rows one at a time, 3x slower here.
     """
-    C = x.shape[-1]
-    xhat = x - np.einsum("...c->...", x)[..., None] / C                    # x - mean, normalised in place below
-    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C           # row dot products: no squared temporary
-    rstd = 1.0 / np.sqrt(var + eps)
-    xhat *= rstd
-    y = xhat * w
-    y += b
+    y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:-1] + (1,), x.dtype)
+    in_row_blocks(partial(_layernorm_rows, w=w, b=b, eps=eps), *(rows_of(a) for a in (x, y, xhat, rstd)))
     return y, xhat, rstd
+
+
+def _layernorm_rows(x, y, xhat, rstd, *, w, b, eps):
+    C = x.shape[-1]
+    np.subtract(x, np.einsum("nc->n", x)[:, None] / C, out=xhat)             # x - mean, normalised in place below
+    var = np.einsum("nc,nc->n", xhat, xhat)[:, None] / C                    # row dot products: no squared temporary
+    np.divide(1.0, np.sqrt(var + eps), out=rstd)
+    xhat *= rstd
+    np.multiply(xhat, w, out=y)
+    y += b
 
 
 def layernorm_backward(dy, xhat, rstd, w):
     """dx = rstd (dxhat - mean_C(dxhat) - xhat mean_C(dxhat xhat)),  dxhat = dy w;  dw = sum_N dy xhat,  db = sum_N dy."""
     C = dy.shape[-1]
-    dxhat = dy * w
-    dx = xhat * (np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C)  # xhat mean_C(dxhat xhat)
-    np.subtract(dxhat, dx, out=dx)
-    dx -= np.einsum("...c->...", dxhat)[..., None] / C
-    dx *= rstd
+    dx = np.empty(xhat.shape, xhat.dtype)
+    in_row_blocks(partial(_layernorm_backward_rows, w=w), *(rows_of(a) for a in (dy, xhat, rstd, dx)))
     dy2 = dy.reshape(-1, C)
     dw = np.einsum("nc,nc->c", dy2, xhat.reshape(-1, C))
     db = dy2.sum(axis=0)
     return dx, dw, db
+
+
+def _layernorm_backward_rows(dy, xhat, rstd, dx, *, w):
+    C = dy.shape[-1]
+    dxhat = dy * w
+    np.multiply(xhat, np.einsum("nc,nc->n", dxhat, xhat)[:, None] / C, out=dx)   # xhat mean_C(dxhat xhat)
+    np.subtract(dxhat, dx, out=dx)
+    dx -= np.einsum("nc->n", dxhat)[:, None] / C
+    dx *= rstd
+
+
+def rows_of(a):
+    """(..., K) -> (N, K): the positions as rows, for `in_row_blocks` (a view of a contiguous array)."""
+    return a.reshape(-1, a.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------------ gelu
@@ -114,10 +120,10 @@ def gelu_forward(x):
     """y = 0.5 x (1 + tanh(u)),  u = k (x + 0.044715 x^3),  k = sqrt(2/pi) (GPT-2's tanh approximation).
 
     Returns y and tanh(u), which the backward reuses. This runs on the largest activation of the block, (B, T, 4C):
-    eight passes, in place, in row blocks that stay in cache (`in_row_blocks`).
+    eight passes, in place, in row blocks that stay in cache (`blocks.in_row_blocks`).
     """
     y, th = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)
-    in_row_blocks(_gelu_rows, *(a.reshape(-1, x.shape[-1]) for a in (x, y, th)))
+    in_row_blocks(_gelu_rows, *(rows_of(a) for a in (x, y, th)))
     return y, th
 
 
@@ -135,7 +141,7 @@ def _gelu_rows(x, y, th):
 def gelu_backward(dy, x, th):
     """dx = dy (0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)),  th = tanh(u) from the forward."""
     dx = np.empty(x.shape, x.dtype)
-    in_row_blocks(_gelu_backward_rows, *(a.reshape(-1, x.shape[-1]) for a in (dy, x, th, dx)))
+    in_row_blocks(_gelu_backward_rows, *(rows_of(a) for a in (dy, x, th, dx)))
     return dx
 
 
@@ -178,13 +184,22 @@ def attention_forward(q, k, v, allowed, out=None):
     Returns y (B,H,T,D) (written into `out` if given, e.g. a head-split view of a (B,T,C) array) and the attention
     probabilities att (B,H,S,T), key-major, for the backward.
     """
+    B, H, T, D = q.shape
+    att = np.empty((B, H, k.shape[2], T), q.dtype)
+    y = np.empty(q.shape, q.dtype) if out is None else out
+    in_row_blocks(_attention_rows, q, k, v, np.broadcast_to(allowed, (B, 1) + att.shape[2:]), att, y)
+    return y, att
+
+
+def _attention_rows(q, k, v, allowed, att, y):
+    """attention_forward on a block of batch rows, into att and y."""
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
-    att = k @ (q * scale).swapaxes(-1, -2)                                   # (B, H, S, T); scaling q (T, D) costs
-    np.copyto(att, np.finfo(q.dtype).min, where=~allowed)                     # less than scaling the scores (S, T)
+    np.matmul(k, (q * scale).swapaxes(-1, -2), out=att)                     # (S, T); scaling q (T, D) costs less
+    np.copyto(att, np.finfo(q.dtype).min, where=~allowed)                     # than scaling the scores (S, T)
     att -= att.max(axis=-2, keepdims=True)
     np.exp(att, out=att)
     att /= att.sum(axis=-2, keepdims=True)
-    return np.matmul(att.swapaxes(-1, -2), v, out=out), att
+    np.matmul(att.swapaxes(-1, -2), v, out=y)
 
 
 def attention_backward(dy, q, k, v, att, allowed=None):
@@ -196,18 +211,25 @@ def attention_backward(dy, q, k, v, att, allowed=None):
     is the exception: its scores are all the same constant, so its a is uniform yet independent of q and k; pass
     `allowed` (the forward's mask) to zero ds there.
     """
+    dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, k.dtype), np.empty(v.shape, v.dtype)
+    mask = () if allowed is None else (np.broadcast_to(allowed, (len(q), 1) + att.shape[2:]),)
+    in_row_blocks(_attention_backward_rows, dy, q, k, v, att, dq, dk, dv, *mask)
+    return dq, dk, dv
+
+
+def _attention_backward_rows(dy, q, k, v, att, dq, dk, dv, allowed=None):
+    """attention_backward on a block of batch rows, into dq, dk and dv."""
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
-    dv = att @ dy                                                              # (B, H, S, D)
-    ds = v @ dy.swapaxes(-1, -2)                                               # da^T (B, H, S, T), then ds^T in place
+    np.matmul(att, dy, out=dv)                                                 # (S, D)
+    ds = v @ dy.swapaxes(-1, -2)                                               # da^T (S, T), then ds^T in place
     ds -= np.einsum("...jt,...jt->...t", ds, att)[..., None, :]              # sum_S(da * a) per query
     ds *= att
     if allowed is not None:
         ds *= allowed
-    dq = ds.swapaxes(-1, -2) @ k
+    np.matmul(ds.swapaxes(-1, -2), k, out=dq)
     dq *= scale                                                                # on (T, D), smaller than (S, T)
-    dk = ds @ q
+    np.matmul(ds, q, out=dk)
     dk *= scale
-    return dq, dk, dv
 
 
 def split_heads(x, n_head):
@@ -251,9 +273,12 @@ def cross_entropy_backward(dloss, probs, targets, ignore_index=-100):
     """
     valid = targets != ignore_index
     scale = np.asarray(dloss / valid.sum(), dtype=probs.dtype)
-    dlogits = probs
+    in_row_blocks(partial(_dlogits_rows, scale=scale), probs, np.where(valid, targets, 0)[:, None], valid[:, None])
+    return probs
+
+
+def _dlogits_rows(dlogits, targets, valid, *, scale):
     dlogits *= scale
-    dlogits[~valid] = 0
-    rows = np.nonzero(valid)[0]
-    dlogits[rows, targets[rows]] -= scale
-    return dlogits
+    dlogits[~valid[:, 0]] = 0
+    rows = np.nonzero(valid[:, 0])[0]
+    dlogits[rows, targets[rows, 0]] -= scale

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
+from minigpt_np import blocks
 from minigpt_np import functional as F
 from minigpt_np.optim import AdamW
 
@@ -122,6 +123,29 @@ def test_model_loss_equals_cross_entropy_of_the_logits_value_and_every_gradient(
     assert fused.dtype == dtype and fused == composed
     for name in fused_grads:
         np.testing.assert_array_equal(fused_grads[name], composed_grads[name], err_msg=name)
+
+
+def test_row_blocks_and_threads_change_no_number(monkeypatch):
+    """The elementwise ops run in row blocks on several threads (`minigpt_np.blocks`): however the rows are cut and
+    shared, every number is the one computed in a single block on one thread, with and without a padding mask."""
+    idx, targets = batch()
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[1, :3] = 0
+
+    def step():
+        model = mg.GPT(CFG, seed=0)
+        loss = model.loss(idx, targets)
+        padded = F.cross_entropy(model(idx, attention_mask=mask), np.where(mask == 1, targets, -100))
+        mg.tensor.backward([loss, padded], [np.ones((), np.float32), np.ones((), np.float32)])
+        return [loss.data, padded.data] + [p.grad for p in model.parameters()]
+    monkeypatch.setattr(blocks, "THREADS", 1)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2 ** 30)
+    whole = step()
+    monkeypatch.setattr(blocks, "THREADS", 3)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 64)                 # a row or two per block
+    split = step()
+    for a, b in zip(whole, split):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_gradients_accumulate_until_zero_grad():

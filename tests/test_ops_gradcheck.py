@@ -10,7 +10,7 @@ import pytest
 
 import minigpt_np as mg
 from minigpt_np import functional as F
-from minigpt_np import ops
+from minigpt_np import blocks, ops
 from minigpt_np import tensor as tensor_module
 from minigpt_np.tensor import Tensor, unbroadcast
 from gradcheck import gradcheck
@@ -300,7 +300,7 @@ def test_cross_entropy_gradcheck_catches_dividing_by_all_rows(monkeypatch):
 
 
 def test_cross_entropy_over_many_row_blocks_equals_one_block(monkeypatch):
-    """The softmax runs in row blocks (`ops.in_row_blocks`): blocks of one row give the same loss and gradient."""
+    """The softmax runs in row blocks (`blocks.in_row_blocks`): blocks of one row give the same loss and gradient."""
     logits, targets = 3.0 * randn(50, 7), np.where(randn(50, seed=1) > 1, -100, np.arange(50) % 7)
 
     def loss_and_grad():
@@ -309,7 +309,7 @@ def test_cross_entropy_over_many_row_blocks_equals_one_block(monkeypatch):
         loss.backward()
         return float(loss.data), x.grad
     one_block = loss_and_grad()
-    monkeypatch.setattr(ops, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1)
     row_by_row = loss_and_grad()
     assert one_block[0] == row_by_row[0]
     np.testing.assert_array_equal(one_block[1], row_by_row[1])
@@ -351,7 +351,7 @@ def test_lm_head_cross_entropy_backward_runs_once():
 def test_gelu_over_many_row_blocks_equals_one_block(monkeypatch):
     x, dy = 2.0 * randn(6, 9), randn(6, 9, seed=1)
     one_block = ops.gelu_forward(x), ops.gelu_backward(dy, x, ops.gelu_forward(x)[1])
-    monkeypatch.setattr(ops, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1)
     row_by_row = ops.gelu_forward(x), ops.gelu_backward(dy, x, ops.gelu_forward(x)[1])
     for a, b in zip((*one_block[0], one_block[1]), (*row_by_row[0], row_by_row[1])):
         np.testing.assert_array_equal(a, b)

@@ -1,0 +1,53 @@
+"""Elementwise work in row blocks: each block small enough for a core's cache, the blocks shared among the cores.
+
+An elementwise expression (GELU, a softmax, LayerNorm, an AdamW update) is several NumPy passes over its arrays.
+Over a whole activation every pass streams it through memory; over a block of rows that fits in the cache only
+the first one does. And NumPy runs each pass on one core, while the matrix products beside it use them all. The
+blocks are independent, and NumPy lets go of the interpreter lock inside each pass, so several threads can work
+on different blocks at once.
+
+`in_row_blocks(fn, *arrays)` does both: it cuts the arrays into blocks of about BLOCK_BYTES along their first axis
+and calls fn on each block from THREADS threads (the caller's own and THREADS - 1 helpers, which take the next
+block as they finish one). Every block is computed exactly as it would be alone, so the results depend neither
+on the block size nor on the thread count (tested).
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+BLOCK_BYTES = 2 ** 18          # about 256 KB of the widest array per block: a few such blocks fit in a core's cache
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+_helpers = {"pool": None, "key": None}
+
+
+def in_row_blocks(fn, *arrays):
+    """fn(*blocks) for consecutive blocks of rows arrays[i:j], the same rows of every array, ~BLOCK_BYTES each.
+
+    The arrays share their first axis (a broadcast view, stride 0, is fine). Outputs among them must be arrays the
+    caller allocated: the blocks are views, and fn writes into them in place.
+    """
+    n_rows = len(arrays[0])
+    step = max(1, BLOCK_BYTES // max(a[:1].nbytes for a in arrays))
+    starts = iter(range(0, n_rows, step))      # shared: each thread takes the next block (atomic under the GIL)
+
+    def work():
+        for start in starts:
+            fn(*(a[start:start + step] for a in arrays))
+    n_helpers = min(THREADS, -(-n_rows // step)) - 1
+    helpers = [_pool().submit(work) for _ in range(n_helpers)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.result()
+
+
+def _pool():
+    """The helper threads, started on first use, and again when THREADS changes or in a forked child (which
+    inherits none of them)."""
+    if _helpers["key"] != (os.getpid(), THREADS):
+        if _helpers["pool"] is not None and _helpers["key"][0] == os.getpid():
+            _helpers["pool"].shutdown(wait=False)
+        _helpers["pool"] = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="minigpt_np")
+        _helpers["key"] = (os.getpid(), THREADS)
+    return _helpers["pool"]
