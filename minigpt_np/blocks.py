@@ -9,13 +9,28 @@ on different blocks at once.
 `in_row_blocks(fn, *arrays)` does both: it cuts the arrays into blocks of about BLOCK_BYTES along their first axis
 and calls fn on each block from THREADS threads (the caller's own and THREADS - 1 helpers, which take the next
 block as they finish one). Every block is computed exactly as it would be alone, so the results depend neither
-on the block size nor on the thread count (tested).
+on the block size nor on the thread count (tested). THREADS defaults to the cores this process may run on; the
+environment variable MINIGPT_NP_THREADS sets it (1 on a machine busy with other work, where a helper thread
+waiting for a core delays every op that shares its rows with it).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 2 ** 18          # about 256 KB of the widest array per block: a few such blocks fit in a core's cache
-THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _threads():
+    """MINIGPT_NP_THREADS if set, else the cores this process may run on."""
+    value = os.environ.get("MINIGPT_NP_THREADS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MINIGPT_NP_THREADS must be a whole number >= 1 (threads for the elementwise ops), "
+                             f"got {value!r}; unset it to use every core")
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+THREADS = _threads()
 
 _helpers = {"pool": None, "key": None}
 

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as TF
 
 import minigpt_np as mg
+from minigpt_np import blocks
 from minigpt_np.memory import keep_freed_memory
 from minigpt_np.pretrain import PretrainConfig, train_step
 
@@ -252,7 +253,7 @@ def memory_probe(case, engine):
 def measure_memory(case, engine, threads):
     """Run `memory_probe` in a fresh Python process, so earlier cases leave nothing resident; MB or nan."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads))
+               OPENBLAS_NUM_THREADS=str(threads), MINIGPT_NP_THREADS=str(blocks.THREADS))
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", case, engine]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     try:
@@ -359,7 +360,8 @@ def run_benchmark(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up iterations per case")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up: a rough figure in seconds")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses)")
+                        help="threads for numpy's BLAS, minigpt_np's elementwise blocks and torch (default: what "
+                             "numpy's BLAS uses; the blocks use MINIGPT_NP_THREADS or every core)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc returning freed memory to the kernel (the page faults it costs "
                              "show in faults/step); by default it keeps it, as the minichatgpt command line does")
@@ -372,6 +374,8 @@ def run_benchmark(argv=None):
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     limits = set_blas_threads(args.threads) if args.threads else None
+    if args.threads:
+        blocks.THREADS = args.threads
     malloc = "default" if args.default_malloc or not keep_freed_memory() else "keep freed memory"
     threads = blas_threads()
     torch.set_num_threads(threads)
@@ -386,7 +390,8 @@ def run_benchmark(argv=None):
     gen_rows, gen = bench_generation(warmup, repeats, threads)
     rows += gen_rows
     print_table(rows, peak)
-    print(f"BLAS peak {peak:.1f} GFLOP/s (float32 {PEAK_N}^3 matmul); threads {threads} (numpy BLAS and torch); "
+    print(f"BLAS peak {peak:.1f} GFLOP/s (float32 {PEAK_N}^3 matmul); threads {threads} (numpy BLAS and torch), "
+          f"{blocks.THREADS} for minigpt_np's elementwise blocks; "
           f"malloc {malloc}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; median of "
           f"{repeats} interleaved repeats after {warmup} warm-up; peak MB = resident-set growth over one step; "
           f"faults/step = minor page faults (memory malloc returned to the kernel and touched again)")
@@ -406,7 +411,8 @@ def run_benchmark(argv=None):
         "train_page_faults_numpy": report["default"]["faults_numpy"],
         "train_page_faults_torch": report["default"]["faults_torch"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
-        "threads": threads, "malloc": malloc, "repeats": repeats, "warmup": warmup,
+        "threads": threads, "elementwise_threads": blocks.THREADS, "malloc": malloc, "repeats": repeats,
+        "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
     }

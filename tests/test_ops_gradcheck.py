@@ -315,7 +315,7 @@ def test_cross_entropy_over_many_row_blocks_equals_one_block(monkeypatch):
     np.testing.assert_array_equal(one_block[1], row_by_row[1])
 
 
-# ------------------------------------------------------------------------------------------------ lm_head + cross_entropy
+# ---------------------------------------------------------------------------------------- lm_head + cross_entropy
 LM_CE_INPUTS = {"x": randn(2, 4, 5), "E": randn(7, 5, seed=1)}
 
 
