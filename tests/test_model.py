@@ -148,6 +148,35 @@ def test_row_blocks_and_threads_change_no_number(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_float32_training_step_never_promotes_to_float64(monkeypatch):
+    """Every activation and every gradient of a float32 step, padded or not, is float32: a float64 that escaped into
+    one (a NumPy float64 scalar in an expression that allocates, say) would double the memory traffic of every op
+    after it, silently."""
+    seen = []
+    make = mg.tensor.make
+
+    def recording_make(data, parents, backward_fn):
+        def backward(dy):
+            grads = backward_fn(dy)
+            seen.extend(("gradient", backward_fn.__qualname__, g.dtype) for g in grads if g is not None)
+            return grads
+        seen.append(("output", backward_fn.__qualname__, np.asarray(data).dtype))
+        return make(data, parents, backward)
+    monkeypatch.setattr(mg.tensor, "make", recording_make)
+    monkeypatch.setattr(F, "make", recording_make)
+    model = mg.GPT(dataclasses.replace(CFG, value_head=True), seed=0)
+    idx, targets = batch()
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[0, :2] = 0
+    logits, values = model.logits_and_values(idx, attention_mask=mask)
+    loss = F.cross_entropy(logits, targets) + model.loss(idx, targets) + values.sum()
+    loss.backward()
+    AdamW(model.named_parameters(), lr=1e-3).step()
+    promoted = sorted({(kind, name) for kind, name, dtype in seen if dtype != np.float32})
+    assert len(seen) > 100 and not promoted, promoted
+    assert all(p.data.dtype == np.float32 and p.grad.dtype == np.float32 for p in model.parameters())
+
+
 def test_gradients_accumulate_until_zero_grad():
     model = mg.GPT(CFG, dtype=np.float64, seed=0)
     idx, targets = batch()
