@@ -19,8 +19,12 @@ def linear_forward(x, w, b=None):
     """y = x W + b.   x (..., C), W (C, OC) (GPT-2 Conv1D layout: in, out), b (OC,) -> y (..., OC)."""
     y = x.reshape(-1, x.shape[-1]) @ w
     if b is not None:
-        y += b
+        in_row_blocks(partial(_add_rows, b=b), y)        # y += b, a pass over (N, OC) that every thread shares
     return y.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _add_rows(y, *, b):
+    y += b
 
 
 def linear_backward(dy, x, w, need_dx=True):
