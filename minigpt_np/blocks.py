@@ -38,16 +38,20 @@ _helpers = {"pool": None, "key": None}
 def in_row_blocks(fn, *arrays):
     """fn(*blocks) for consecutive blocks of rows arrays[i:j], the same rows of every array, ~BLOCK_BYTES each.
 
-    The arrays share their first axis (a broadcast view, stride 0, is fine). Outputs among them must be arrays the
-    caller allocated: the blocks are views, and fn writes into them in place.
+    The arrays share their first axis, except that an array whose first axis has length 1 goes whole to every
+    block (as broadcasting would use it). Outputs among them must be arrays the caller allocated: the blocks are
+    views, and fn writes into them in place. Arrays that make one block (a token of generation) go to fn as they are.
     """
-    n_rows = len(arrays[0])
-    step = max(1, BLOCK_BYTES // max(a[:1].nbytes for a in arrays))
+    n_rows, widest = len(arrays[0]), max([a.nbytes for a in arrays])
+    if widest <= BLOCK_BYTES or n_rows == 1:
+        fn(*arrays)
+        return
+    step = max(1, BLOCK_BYTES // (widest // n_rows))
     starts = iter(range(0, n_rows, step))      # shared: each thread takes the next block (atomic under the GIL)
 
     def work():
         for start in starts:
-            fn(*(a[start:start + step] for a in arrays))
+            fn(*(a[start:start + step] if len(a) == n_rows else a for a in arrays))
     n_helpers = min(THREADS, -(-n_rows // step)) - 1
     helpers = [_pool().submit(work) for _ in range(n_helpers)]
     try:

@@ -19,12 +19,8 @@ def linear_forward(x, w, b=None):
     """y = x W + b.   x (..., C), W (C, OC) (GPT-2 Conv1D layout: in, out), b (OC,) -> y (..., OC)."""
     y = x.reshape(-1, x.shape[-1]) @ w
     if b is not None:
-        in_row_blocks(partial(_add_rows, b=b), y)        # y += b, a pass over (N, OC) that every thread shares
+        in_row_blocks(np.add, y, b[None], y)             # y += b, a pass over (N, OC) that every thread shares
     return y.reshape(*x.shape[:-1], w.shape[1])
-
-
-def _add_rows(y, *, b):
-    y += b
 
 
 def linear_backward(dy, x, w, need_dx=True):
@@ -74,20 +70,20 @@ def embedding_backward(dout, idx, num_embeddings):
 
 # ------------------------------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, w, b, eps=LN_EPS):
-    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (..., C) -> y, xhat, rstd (..., 1).
+    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (B, ..., C) -> y, xhat, rstd (B, ..., 1).
 
     In row blocks (`blocks.in_row_blocks`); the row sums over C are einsums: NumPy's `mean(axis=-1)` reduces short
     rows one at a time, 3x slower here.
     """
     y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:-1] + (1,), x.dtype)
-    in_row_blocks(partial(_layernorm_rows, w=w, b=b, eps=eps), *(rows_of(a) for a in (x, y, xhat, rstd)))
+    in_row_blocks(partial(_layernorm_rows, eps=eps), x, w[None], b[None], y, xhat, rstd)
     return y, xhat, rstd
 
 
-def _layernorm_rows(x, y, xhat, rstd, *, w, b, eps):
+def _layernorm_rows(x, w, b, y, xhat, rstd, *, eps):
     C = x.shape[-1]
-    np.subtract(x, np.einsum("nc->n", x)[:, None] / C, out=xhat)             # x - mean, normalised in place below
-    var = np.einsum("nc,nc->n", xhat, xhat)[:, None] / C                    # row dot products: no squared temporary
+    np.subtract(x, np.einsum("...c->...", x)[..., None] / C, out=xhat)        # x - mean, normalised in place below
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C            # row dot products: no squared temporary
     np.divide(1.0, np.sqrt(var + eps), out=rstd)
     xhat *= rstd
     np.multiply(xhat, w, out=y)
@@ -98,25 +94,20 @@ def layernorm_backward(dy, xhat, rstd, w):
     """dx = rstd (dxhat - mean_C(dxhat) - xhat mean_C(dxhat xhat)),  dxhat = dy w;  dw = sum_N dy xhat,  db = sum_N dy."""
     C = dy.shape[-1]
     dx = np.empty(xhat.shape, xhat.dtype)
-    in_row_blocks(partial(_layernorm_backward_rows, w=w), *(rows_of(a) for a in (dy, xhat, rstd, dx)))
+    in_row_blocks(_layernorm_backward_rows, dy, xhat, rstd, w[None], dx)
     dy2 = dy.reshape(-1, C)
     dw = np.einsum("nc,nc->c", dy2, xhat.reshape(-1, C))
     db = dy2.sum(axis=0)
     return dx, dw, db
 
 
-def _layernorm_backward_rows(dy, xhat, rstd, dx, *, w):
+def _layernorm_backward_rows(dy, xhat, rstd, w, dx):
     C = dy.shape[-1]
     dxhat = dy * w
-    np.multiply(xhat, np.einsum("nc,nc->n", dxhat, xhat)[:, None] / C, out=dx)   # xhat mean_C(dxhat xhat)
+    np.multiply(xhat, np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C, out=dx)   # xhat mean_C(dxhat xhat)
     np.subtract(dxhat, dx, out=dx)
-    dx -= np.einsum("nc->n", dxhat)[:, None] / C
+    dx -= np.einsum("...c->...", dxhat)[..., None] / C
     dx *= rstd
-
-
-def rows_of(a):
-    """(..., K) -> (N, K): the positions as rows, for `in_row_blocks` (a view of a contiguous array)."""
-    return a.reshape(-1, a.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------------ gelu
@@ -127,7 +118,7 @@ def gelu_forward(x):
     eight passes, in place, in row blocks that stay in cache (`blocks.in_row_blocks`).
     """
     y, th = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)
-    in_row_blocks(_gelu_rows, *(rows_of(a) for a in (x, y, th)))
+    in_row_blocks(_gelu_rows, x, y, th)
     return y, th
 
 
@@ -145,7 +136,7 @@ def _gelu_rows(x, y, th):
 def gelu_backward(dy, x, th):
     """dx = dy (0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)),  th = tanh(u) from the forward."""
     dx = np.empty(x.shape, x.dtype)
-    in_row_blocks(_gelu_backward_rows, *(rows_of(a) for a in (dy, x, th, dx)))
+    in_row_blocks(_gelu_backward_rows, dy, x, th, dx)
     return dx
 
 
@@ -191,7 +182,7 @@ def attention_forward(q, k, v, allowed, out=None):
     B, H, T, D = q.shape
     att = np.empty((B, H, k.shape[2], T), q.dtype)
     y = np.empty(q.shape, q.dtype) if out is None else out
-    in_row_blocks(_attention_rows, q, k, v, np.broadcast_to(allowed, (B, 1) + att.shape[2:]), att, y)
+    in_row_blocks(_attention_rows, q, k, v, allowed, att, y)
     return y, att
 
 
@@ -216,8 +207,7 @@ def attention_backward(dy, q, k, v, att, allowed=None):
     `allowed` (the forward's mask) to zero ds there.
     """
     dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, k.dtype), np.empty(v.shape, v.dtype)
-    mask = () if allowed is None else (np.broadcast_to(allowed, (len(q), 1) + att.shape[2:]),)
-    in_row_blocks(_attention_backward_rows, dy, q, k, v, att, dq, dk, dv, *mask)
+    in_row_blocks(_attention_backward_rows, dy, q, k, v, att, dq, dk, dv, *(() if allowed is None else (allowed,)))
     return dq, dk, dv
 
 

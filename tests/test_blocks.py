@@ -28,11 +28,13 @@ def test_every_row_is_visited_once_whatever_the_threads(monkeypatch, threads):
     assert len(workers) <= threads
 
 
-def test_a_broadcast_view_is_cut_like_the_others():
+def test_a_broadcast_view_is_cut_like_the_others_and_a_single_row_goes_to_every_block(monkeypatch):
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 16)                   # one row of out per block
     mask = np.broadcast_to(np.array([[True, False]]), (6, 2))      # stride 0 along the rows
+    offset = np.array([[10.0, 20.0]])                               # first axis 1: every block gets it whole
     out = np.zeros((6, 2))
-    blocks.in_row_blocks(lambda m, o: np.copyto(o, m), mask, out)
-    np.testing.assert_array_equal(out, np.tile([1.0, 0.0], (6, 1)))
+    blocks.in_row_blocks(lambda m, b, o: np.add(m, b, out=o), mask, offset, out)
+    np.testing.assert_array_equal(out, np.tile([11.0, 20.0], (6, 1)))
 
 
 def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
