@@ -102,8 +102,8 @@ def lm_head_cross_entropy(x, wte, targets, ignore_index=-100):
     logits = ops.lm_head_forward(x.data, wte.data).reshape(-1, V)                    # (N, V), overwritten below
     loss, probs = ops.cross_entropy_forward(logits, t, ignore_index, out=logits)
     dlogits = _once("lm_head_cross_entropy", lambda dloss: ops.cross_entropy_backward(dloss, probs, t, ignore_index))
-    return make(np.asarray(loss, dtype=x.dtype), (x, wte), lambda dloss: ops.lm_head_backward(dlogits(dloss), x.data,
-                                                                                             wte.data))
+    return make(np.asarray(loss, dtype=x.dtype), (x, wte),
+                lambda dloss: ops.lm_head_backward(dlogits(dloss), x.data, wte.data))
 
 
 def _flat_targets(targets, logits_shape, name, ignore_index):

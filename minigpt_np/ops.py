@@ -70,10 +70,10 @@ def embedding_backward(dout, idx, num_embeddings):
 
 # ------------------------------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, w, b, eps=LN_EPS):
-    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (B, ..., C) -> y, xhat, rstd (B, ..., 1).
+    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (B, ..., C) -> y, xhat, rstd.
 
-    In row blocks (`blocks.in_row_blocks`); the row sums over C are einsums: NumPy's `mean(axis=-1)` reduces short
-    rows one at a time, 3x slower here.
+    rstd = 1 / sqrt(var + eps) has shape (B, ..., 1). In row blocks (`blocks.in_row_blocks`); the row sums over C
+    are einsums: NumPy's `mean(axis=-1)` reduces short rows one at a time, 3x slower here.
     """
     y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:-1] + (1,), x.dtype)
     in_row_blocks(partial(_layernorm_rows, eps=eps), x, w[None], b[None], y, xhat, rstd)
@@ -179,7 +179,7 @@ def attention_forward(q, k, v, allowed, out=None):
     Returns y (B,H,T,D) (written into `out` if given, e.g. a head-split view of a (B,T,C) array) and the attention
     probabilities att (B,H,S,T), key-major, for the backward.
     """
-    B, H, T, D = q.shape
+    B, H, T = q.shape[:3]
     att = np.empty((B, H, k.shape[2], T), q.dtype)
     y = np.empty(q.shape, q.dtype) if out is None else out
     in_row_blocks(_attention_rows, q, k, v, allowed, att, y)
@@ -238,7 +238,8 @@ def cross_entropy_forward(logits, targets, ignore_index=-100, out=None):
 
     logits (N, V), targets int (N,) -> L scalar, and the softmax probabilities (N, V) kept for the backward, written
     into `out` if given: that may be `logits` itself, which `functional.lm_head_cross_entropy` owns and overwrites.
-    Row blocks (`in_row_blocks`) keep the five passes over each block in cache.
+    Row blocks (`blocks.in_row_blocks`) keep the five passes over each block in cache; an ignored row reads column 0
+    as its target, and its nll is dropped.
     """
     valid = targets != ignore_index
     n_valid = int(valid.sum())
