@@ -8,12 +8,14 @@ on different blocks at once.
 
 `in_row_blocks(fn, *arrays)` does both: it cuts the arrays into blocks of about BLOCK_BYTES along their first axis
 and calls fn on each block from THREADS threads (the caller's own and THREADS - 1 helpers, which take the next
-block as they finish one). Every block is computed exactly as it would be alone, so the results depend neither
+block as they finish one; the caller waits only for blocks a helper has started, never for a helper that has not
+been given a core yet). Every block is computed exactly as it would be alone, so the results depend neither
 on the block size nor on the thread count (tested). THREADS defaults to the cores this process may run on; the
 environment variable MINIGPT_NP_THREADS sets it (1 on a machine busy with other work, where a helper thread
 waiting for a core delays every op that shares its rows with it).
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 2 ** 18          # about 256 KB of the widest array per block: a few such blocks fit in a core's cache
@@ -48,17 +50,25 @@ def in_row_blocks(fn, *arrays):
         return
     step = max(1, BLOCK_BYTES // (widest // n_rows))
     starts = iter(range(0, n_rows, step))      # shared: each thread takes the next block (atomic under the GIL)
+    progress = {"left": -(-n_rows // step), "errors": []}
+    lock, all_done = threading.Lock(), threading.Event()
 
     def work():
         for start in starts:
-            fn(*(a[start:start + step] if len(a) == n_rows else a for a in arrays))
-    n_helpers = min(THREADS, -(-n_rows // step)) - 1
-    helpers = [_pool().submit(work) for _ in range(n_helpers)]
-    try:
-        work()
-    finally:
-        for helper in helpers:
-            helper.result()
+            try:
+                fn(*(a[start:start + step] if len(a) == n_rows else a for a in arrays))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                progress["errors"].append(e)
+            with lock:
+                progress["left"] -= 1
+                if progress["left"] == 0:
+                    all_done.set()
+    for _ in range(min(THREADS, progress["left"]) - 1):
+        _pool().submit(work)
+    work()
+    all_done.wait()              # for the blocks a helper is still computing; a helper that came late found none
+    if progress["errors"]:
+        raise progress["errors"][0]
 
 
 def _pool():
