@@ -10,19 +10,29 @@ on different blocks at once.
 and calls fn on each block from THREADS threads (the caller's own and THREADS - 1 helpers, which take the next
 block as they finish one; the caller waits only for blocks a helper has started, never for a helper that has not
 been given a core yet). Every block is computed exactly as it would be alone, so the results depend neither
-on the block size nor on the thread count (tested). THREADS defaults to the cores this process may run on; the
-environment variable MINIGPT_NP_THREADS sets it (1 on a machine busy with other work, where a helper thread
-waiting for a core delays every op that shares its rows with it).
+on the block size nor on the thread count (tested). The thread count is every core this process may run on,
+unless the environment variable MINIGPT_NP_THREADS says otherwise (1 on a machine busy with other work, where a
+helper that loses its core in the middle of a block holds up the op) or a program sets THREADS.
 """
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 2 ** 18          # about 256 KB of the widest array per block: a few such blocks fit in a core's cache
+THREADS = None                 # threads for the blocks; None: MINIGPT_NP_THREADS, or else every core (`threads`)
 
 
-def _threads():
-    """MINIGPT_NP_THREADS if set, else the cores this process may run on."""
+def threads():
+    """The threads `in_row_blocks` uses: THREADS if set, else MINIGPT_NP_THREADS, else the cores this process may use.
+
+    The environment is read on first use, so a bad value is refused where the work starts, as a ValueError.
+    """
+    return THREADS or _threads_from_environment()
+
+
+@functools.lru_cache(maxsize=None)
+def _threads_from_environment():
     value = os.environ.get("MINIGPT_NP_THREADS", "")
     if value:
         if not value.isdigit() or int(value) < 1:
@@ -31,8 +41,6 @@ def _threads():
         return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-
-THREADS = _threads()
 
 _helpers = {"pool": None, "key": None}
 
@@ -63,20 +71,21 @@ def in_row_blocks(fn, *arrays):
                 progress["left"] -= 1
                 if progress["left"] == 0:
                     all_done.set()
-    for _ in range(min(THREADS, progress["left"]) - 1):
-        _pool().submit(work)
+    n_threads = threads()
+    for _ in range(min(n_threads, progress["left"]) - 1):
+        _pool(n_threads).submit(work)
     work()
     all_done.wait()              # for the blocks a helper is still computing; a helper that came late found none
     if progress["errors"]:
         raise progress["errors"][0]
 
 
-def _pool():
-    """The helper threads, started on first use, and again when THREADS changes or in a forked child (which
-    inherits none of them)."""
-    if _helpers["key"] != (os.getpid(), THREADS):
+def _pool(n_threads):
+    """n_threads - 1 helper threads, started on first use, and again when the count changes or in a forked child
+    (which inherits none of them)."""
+    if _helpers["key"] != (os.getpid(), n_threads):
         if _helpers["pool"] is not None and _helpers["key"][0] == os.getpid():
             _helpers["pool"].shutdown(wait=False)
-        _helpers["pool"] = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="minigpt_np")
-        _helpers["key"] = (os.getpid(), THREADS)
+        _helpers["pool"] = ThreadPoolExecutor(max(1, n_threads - 1), thread_name_prefix="minigpt_np")
+        _helpers["key"] = (os.getpid(), n_threads)
     return _helpers["pool"]

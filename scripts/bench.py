@@ -253,7 +253,7 @@ def memory_probe(case, engine):
 def measure_memory(case, engine, threads):
     """Run `memory_probe` in a fresh Python process, so earlier cases leave nothing resident; MB or nan."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), MINIGPT_NP_THREADS=str(blocks.THREADS))
+               OPENBLAS_NUM_THREADS=str(threads), MINIGPT_NP_THREADS=str(blocks.threads()))
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", case, engine]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     try:
@@ -391,7 +391,7 @@ def run_benchmark(argv=None):
     rows += gen_rows
     print_table(rows, peak)
     print(f"BLAS peak {peak:.1f} GFLOP/s (float32 {PEAK_N}^3 matmul); threads {threads} (numpy BLAS and torch), "
-          f"{blocks.THREADS} for minigpt_np's elementwise blocks; "
+          f"{blocks.threads()} for minigpt_np's elementwise blocks; "
           f"malloc {malloc}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; median of "
           f"{repeats} interleaved repeats after {warmup} warm-up; peak MB = resident-set growth over one step; "
           f"faults/step = minor page faults (memory malloc returned to the kernel and touched again)")
@@ -411,7 +411,7 @@ def run_benchmark(argv=None):
         "train_page_faults_numpy": report["default"]["faults_numpy"],
         "train_page_faults_torch": report["default"]["faults_torch"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
-        "threads": threads, "elementwise_threads": blocks.THREADS, "malloc": malloc, "repeats": repeats,
+        "threads": threads, "elementwise_threads": blocks.threads(), "malloc": malloc, "repeats": repeats,
         "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),

@@ -48,9 +48,21 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
         blocks.in_row_blocks(fn, np.arange(10.0).reshape(10, 1))
 
 
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@pytest.mark.parametrize("value, expected", [("3", "3"), ("", str(CORES))])
+def test_the_thread_count_comes_from_the_environment_or_the_cores(value, expected):
+    env = dict(os.environ, MINIGPT_NP_THREADS=value)
+    code = "from minigpt_np import blocks; print(blocks.threads())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_a_bad_thread_count_in_the_environment_is_refused_with_a_clear_message(value):
     env = dict(os.environ, MINIGPT_NP_THREADS=value)
-    done = subprocess.run([sys.executable, "-c", "import minigpt_np"], env=env, capture_output=True, text=True)
+    code = "import numpy as np, minigpt_np as mg; mg.ops.gelu_forward(np.zeros((64, 8192), np.float32))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "MINIGPT_NP_THREADS must be a whole number >= 1" in done.stderr
