@@ -10,9 +10,13 @@ on different blocks at once.
 and calls fn on each block from THREADS threads (the caller's own and THREADS - 1 helpers, which take the next
 block as they finish one; the caller waits only for blocks a helper has started, never for a helper that has not
 been given a core yet). Every block is computed exactly as it would be alone, so the results depend neither
-on the block size nor on the thread count (tested). The thread count is every core this process may run on,
-unless the environment variable MINIGPT_NP_THREADS says otherwise (1 on a machine busy with other work, where a
-helper that loses its core in the middle of a block holds up the op) or a program sets THREADS.
+on the block size nor on the thread count (tested).
+
+The thread count is 1 unless the environment variable MINIGPT_NP_THREADS or a program (THREADS) asks for more.
+On this project's 2-core machine, shared with other work, a second thread gained nothing: a pretraining step took
+115 ms with it against 111 ms without (medians, the benchmark's process given priority over the others). A helper
+must wait for a core each time it is woken, up to a thousand times a step; whether an idle machine, where a core
+is free at once, gains from it is measured by `MINIGPT_NP_THREADS=2 python scripts/bench.py`.
 """
 import functools
 import os
@@ -20,11 +24,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 2 ** 18          # about 256 KB of the widest array per block: a few such blocks fit in a core's cache
-THREADS = None                 # threads for the blocks; None: MINIGPT_NP_THREADS, or else every core (`threads`)
+THREADS = None                 # threads for the blocks; None: MINIGPT_NP_THREADS, or else 1 (`threads`)
 
 
 def threads():
-    """The threads `in_row_blocks` uses: THREADS if set, else MINIGPT_NP_THREADS, else the cores this process may use.
+    """The threads `in_row_blocks` uses: THREADS if set, else MINIGPT_NP_THREADS, else 1.
 
     The environment is read on first use, so a bad value is refused where the work starts, as a ValueError.
     """
@@ -37,9 +41,9 @@ def _threads_from_environment():
     if value:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"MINIGPT_NP_THREADS must be a whole number >= 1 (threads for the elementwise ops), "
-                             f"got {value!r}; unset it to use every core")
+                             f"got {value!r}; unset it for one thread")
         return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1
 
 
 _helpers = {"pool": None, "key": None}

@@ -360,8 +360,8 @@ def run_benchmark(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up iterations per case")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up: a rough figure in seconds")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads for numpy's BLAS, minigpt_np's elementwise blocks and torch (default: what "
-                             "numpy's BLAS uses; the blocks use MINIGPT_NP_THREADS or every core)")
+                        help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses); minigpt_np's "
+                             "elementwise blocks use MINIGPT_NP_THREADS, or 1")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc returning freed memory to the kernel (the page faults it costs "
                              "show in faults/step); by default it keeps it, as the minichatgpt command line does")
@@ -374,8 +374,6 @@ def run_benchmark(argv=None):
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     limits = set_blas_threads(args.threads) if args.threads else None
-    if args.threads:
-        blocks.THREADS = args.threads
     malloc = "default" if args.default_malloc or not keep_freed_memory() else "keep freed memory"
     threads = blas_threads()
     torch.set_num_threads(threads)
