@@ -25,6 +25,7 @@ import numpy as np
 
 import minigpt_np as mg
 from minigpt_np.data import count_chars, encode_corpus
+from minigpt_np.memory import keep_freed_memory
 from minigpt_np.metrics import bits_per_char, unigram_entropy
 from minigpt_np.pretrain import pretrain
 from ppo_np.batch import left_pad
@@ -42,6 +43,7 @@ from .stages import BASE_STAGES, METHODS, RUN_FILES
 def run_cli(prog, body, argv):
     """Run body(argv); turn what it raises into one line on stderr and an exit status (2 usage, 1 runtime)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()    # training steps reuse their freed activations instead of faulting them back in
     try:
         body(argv)
     except UsageError as e:

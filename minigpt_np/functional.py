@@ -83,24 +83,53 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
     logits (..., V) Tensor, targets int (...) -> scalar Tensor. The backward is the fused softmax - onehot.
     """
-    targets = np.asarray(targets)
     V = logits.shape[-1]
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets shape {targets.shape} must equal logits shape without the "
-                         f"vocabulary axis {logits.shape[:-1]}")
+    t = _flat_targets(targets, logits.shape, "cross_entropy", ignore_index)
+    loss, probs = ops.cross_entropy_forward(logits.data.reshape(-1, V), t, ignore_index)
+    dlogits = _once("cross_entropy", lambda dloss: ops.cross_entropy_backward(dloss, probs, t, ignore_index))
+    return make(np.asarray(loss, dtype=logits.dtype), (logits,), lambda dloss: (dlogits(dloss).reshape(logits.shape),))
+
+
+def lm_head_cross_entropy(x, wte, targets, ignore_index=-100):
+    """L = cross_entropy(x E^T, targets): the tied lm_head and the loss as one op, for training and evaluation.
+
+    The same numbers as cross_entropy(lm_head(x, wte), targets), without a logits Tensor: the probabilities are
+    written over the logits, and the backward writes dlogits over them, so the step's largest array, (B, T, V),
+    exists once. x (B, T, C) Tensor, E (V, C) Tensor, targets int (B, T) -> scalar Tensor.
+    """
+    V = wte.shape[0]
+    t = _flat_targets(targets, x.shape[:-1] + (V,), "lm_head_cross_entropy", ignore_index)
+    logits = ops.lm_head_forward(x.data, wte.data).reshape(-1, V)                    # (N, V), overwritten below
+    loss, probs = ops.cross_entropy_forward(logits, t, ignore_index, out=logits)
+    dlogits = _once("lm_head_cross_entropy", lambda dloss: ops.cross_entropy_backward(dloss, probs, t, ignore_index))
+    return make(np.asarray(loss, dtype=x.dtype), (x, wte),
+                lambda dloss: ops.lm_head_backward(dlogits(dloss), x.data, wte.data))
+
+
+def _flat_targets(targets, logits_shape, name, ignore_index):
+    """targets (...) checked against logits (..., V): ids in [0, V) or ignore_index -> flat int array (N,)."""
+    targets = np.asarray(targets)
+    V = logits_shape[-1]
+    if targets.shape != logits_shape[:-1]:
+        raise ValueError(f"{name}: targets shape {targets.shape} must equal logits shape without the "
+                         f"vocabulary axis {logits_shape[:-1]}")
     t = targets.reshape(-1)
     bad = (t != ignore_index) & ((t < 0) | (t >= V))
     if bad.any():
-        raise ValueError(f"cross_entropy: target ids must lie in [0, {V}) or equal {ignore_index}; "
+        raise ValueError(f"{name}: target ids must lie in [0, {V}) or equal {ignore_index}; "
                          f"found {t[bad][:5].tolist()}")
-    loss, probs = ops.cross_entropy_forward(logits.data.reshape(-1, V), t, ignore_index)
+    return t
 
-    def backward(dloss):
-        nonlocal probs
-        if probs is None:
-            raise RuntimeError("cross_entropy: backward ran twice through the same graph; its probabilities were "
+
+def _once(name, backward):
+    """backward, allowed to run once: it writes dlogits over the probabilities the forward kept."""
+    ran = False
+
+    def run(dloss):
+        nonlocal ran
+        if ran:
+            raise RuntimeError(f"{name}: backward ran twice through the same graph; its probabilities were "
                                "consumed by the first one. Run the forward pass again.")
-        dlogits = ops.cross_entropy_backward(dloss, probs, t, ignore_index)   # overwrites probs
-        probs = None
-        return (dlogits.reshape(logits.shape),)
-    return make(np.asarray(loss, dtype=logits.dtype), (logits,), backward)
+        ran = True
+        return backward(dloss)
+    return run

@@ -64,7 +64,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def _check_sampling(idx, max_new_tokens, temperature, top_k, top_p):
+def _check_arguments(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask):
     if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"generate: idx must be integer token ids of shape (batch, time), got {idx.dtype} {idx.shape}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
@@ -75,6 +75,12 @@ def _check_sampling(idx, max_new_tokens, temperature, top_k, top_p):
         raise ValueError(f"generate: top_k must be None or an integer >= 0 (0 = no top-k), got {top_k!r}")
     if top_p is not None and not (0 < top_p <= 1):
         raise ValueError(f"generate: top_p must lie in (0, 1] (1 = no nucleus cut), got {top_p}")
+    total = idx.shape[1] + max_new_tokens
+    if total > model.cfg.block_size:
+        raise ValueError(f"generate: prompt length {idx.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
+                         f"block_size {model.cfg.block_size}; shorten the prompt or ask for fewer tokens")
+    if attention_mask is not None and np.shape(attention_mask) != idx.shape:
+        raise ValueError(f"generate: attention_mask shape {np.shape(attention_mask)} must equal idx shape {idx.shape}")
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, attention_mask=None,
@@ -86,18 +92,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     a new generator seeded with `seed`.
     """
     idx = np.asarray(idx)
-    _check_sampling(idx, max_new_tokens, temperature, top_k, top_p)
+    _check_arguments(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask)
     B, T = idx.shape
     total = T + max_new_tokens
-    if total > model.cfg.block_size:
-        raise ValueError(f"generate: prompt length {T} + max_new_tokens {max_new_tokens} = {total} exceeds "
-                         f"block_size {model.cfg.block_size}; shorten the prompt or ask for fewer tokens")
     rng = np.random.default_rng(seed) if rng is None else rng
     pad = eos_token_id if pad_token_id is None else pad_token_id
     mask = np.ones((B, total), dtype=np.int64)
     if attention_mask is not None:
-        if np.shape(attention_mask) != (B, T):
-            raise ValueError(f"generate: attention_mask shape {np.shape(attention_mask)} must equal idx shape {(B, T)}")
         mask[:, :T] = attention_mask
     out = np.empty((B, total), dtype=np.int64)
     out[:, :T] = idx

@@ -209,6 +209,14 @@ class GPT:
 
     forward = __call__
 
+    def loss(self, idx, targets):
+        """Mean cross-entropy of the logits at idx (B, T) against targets int (B, T), -100 ignored -> scalar Tensor.
+
+        Equals F.cross_entropy(model(idx), targets), value and gradients, without keeping the (B, T, V) logits
+        (`functional.lm_head_cross_entropy`): what pretraining and its evaluation call.
+        """
+        return F.lm_head_cross_entropy(self.hidden_states(idx), self.params["transformer.wte.weight"], targets)
+
     def logits_and_values(self, idx, attention_mask=None):
         """idx int (B, T) -> (logits Tensor (B, T, V), values Tensor (B, T)): both heads on one trunk (PPO)."""
         if not self.cfg.value_head:

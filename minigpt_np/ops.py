@@ -4,7 +4,11 @@ Shape legend: B batch, T time (query positions), S key positions, C channels, OC
 H heads, D = C/H head size, V vocabulary, N = B*T flattened positions. A `d` prefix means
 "gradient of the loss with respect to": dy = dL/dy.
 """
+from functools import partial
+
 import numpy as np
+
+from .blocks import in_row_blocks
 
 LN_EPS = 1e-5
 GELU_K = float(np.sqrt(2.0 / np.pi))   # a Python float, so float32 arrays stay float32
@@ -15,7 +19,7 @@ def linear_forward(x, w, b=None):
     """y = x W + b.   x (..., C), W (C, OC) (GPT-2 Conv1D layout: in, out), b (OC,) -> y (..., OC)."""
     y = x.reshape(-1, x.shape[-1]) @ w
     if b is not None:
-        y += b
+        in_row_blocks(np.add, y, b[None], y)             # y += b, a pass over (N, OC) that every thread shares
     return y.reshape(*x.shape[:-1], w.shape[1])
 
 
@@ -66,56 +70,80 @@ def embedding_backward(dout, idx, num_embeddings):
 
 # ------------------------------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, w, b, eps=LN_EPS):
-    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (..., C) -> y, xhat, rstd (..., 1)."""
-    C = x.shape[-1]
-    xhat = x - x.mean(axis=-1, keepdims=True)                              # x - mean, normalised in place below
-    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C           # row dot products: no squared temporary
-    rstd = 1.0 / np.sqrt(var + eps)
-    xhat *= rstd
-    y = xhat * w
-    y += b
+    """y = xhat w + b,  xhat = (x - mean) / sqrt(var + eps), biased var over C.   x (B, ..., C) -> y, xhat, rstd.
+
+    rstd = 1 / sqrt(var + eps) has shape (B, ..., 1). In row blocks (`blocks.in_row_blocks`); the row sums over C
+    are einsums: NumPy's `mean(axis=-1)` reduces short rows one at a time, 3x slower here.
+    """
+    y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:-1] + (1,), x.dtype)
+    in_row_blocks(partial(_layernorm_rows, eps=eps), x, w[None], b[None], y, xhat, rstd)
     return y, xhat, rstd
+
+
+def _layernorm_rows(x, w, b, y, xhat, rstd, *, eps):
+    C = x.shape[-1]
+    np.subtract(x, np.einsum("...c->...", x)[..., None] / C, out=xhat)        # x - mean, normalised in place below
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] / C            # row dot products: no squared temporary
+    np.divide(1.0, np.sqrt(var + eps), out=rstd)
+    xhat *= rstd
+    np.multiply(xhat, w, out=y)
+    y += b
 
 
 def layernorm_backward(dy, xhat, rstd, w):
     """dx = rstd (dxhat - mean_C(dxhat) - xhat mean_C(dxhat xhat)),  dxhat = dy w;  dw = sum_N dy xhat,  db = sum_N dy."""
     C = dy.shape[-1]
-    dxhat = dy * w
-    dx = xhat * (np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C)  # xhat mean_C(dxhat xhat)
-    np.subtract(dxhat, dx, out=dx)
-    dx -= dxhat.mean(axis=-1, keepdims=True)
-    dx *= rstd
+    dx = np.empty(xhat.shape, xhat.dtype)
+    in_row_blocks(_layernorm_backward_rows, dy, xhat, rstd, w[None], dx)
     dy2 = dy.reshape(-1, C)
     dw = np.einsum("nc,nc->c", dy2, xhat.reshape(-1, C))
     db = dy2.sum(axis=0)
     return dx, dw, db
 
 
+def _layernorm_backward_rows(dy, xhat, rstd, w, dx):
+    C = dy.shape[-1]
+    dxhat = dy * w
+    np.multiply(xhat, np.einsum("...c,...c->...", dxhat, xhat)[..., None] / C, out=dx)   # xhat mean_C(dxhat xhat)
+    np.subtract(dxhat, dx, out=dx)
+    dx -= np.einsum("...c->...", dxhat)[..., None] / C
+    dx *= rstd
+
+
 # ------------------------------------------------------------------------------------------------------ gelu
 def gelu_forward(x):
-    """y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi) (GPT-2's tanh approximation).
+    """y = 0.5 x (1 + tanh(u)),  u = k (x + 0.044715 x^3),  k = sqrt(2/pi) (GPT-2's tanh approximation).
 
-    Returns y and tanh(.) which the backward reuses. Computed in place in two buffers: this runs on the
-    largest activation of the block, (B, T, 4C), where every temporary costs a pass over memory.
+    Returns y and tanh(u), which the backward reuses. This runs on the largest activation of the block, (B, T, 4C):
+    eight passes, in place, in row blocks that stay in cache (`blocks.in_row_blocks`).
     """
-    th = x * x
-    th *= 0.044715
-    th += 1.0
-    th *= x                                 # x + 0.044715 x^3
-    th *= GELU_K
-    np.tanh(th, out=th)
-    y = th + 1.0
-    y *= x
-    y *= 0.5
+    y, th = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)
+    in_row_blocks(_gelu_rows, x, y, th)
     return y, th
 
 
+def _gelu_rows(x, y, th):
+    np.multiply(x, x, out=th)
+    th *= 0.044715 * GELU_K
+    th += GELU_K
+    th *= x                                 # u = x (k + 0.044715 k x^2)
+    np.tanh(th, out=th)
+    np.add(th, 1.0, out=y)
+    y *= x
+    y *= 0.5
+
+
 def gelu_backward(dy, x, th):
-    """dy/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)."""
-    dx = x * x
-    dx *= 3 * 0.044715
-    dx += 1.0
-    dx *= GELU_K
+    """dx = dy (0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)),  th = tanh(u) from the forward."""
+    dx = np.empty(x.shape, x.dtype)
+    in_row_blocks(_gelu_backward_rows, dy, x, th, dx)
+    return dx
+
+
+def _gelu_backward_rows(dy, x, th, dx):
+    np.multiply(x, x, out=dx)
+    dx *= 3 * 0.044715 * GELU_K
+    dx += GELU_K
     dx *= x                                 # x k (1 + 3 * 0.044715 x^2)
     sech2 = th * th
     np.subtract(1.0, sech2, out=sech2)      # 1 - th^2
@@ -124,62 +152,78 @@ def gelu_backward(dy, x, th):
     dx += 1.0
     dx *= 0.5
     dx *= dy
-    return dx
 
 
 # ------------------------------------------------------------------------------------------------- attention
 def causal_allowed(T, S, key_mask=None):
-    """Which keys each query may see: allowed[b, 0, t, s] = (s <= t + S - T) and key_mask[b, s].
+    """Which keys each query may see, key-major: allowed[b, 0, j, t] = (j <= t + S - T) and key_mask[b, j].
 
     Queries are the last T of S positions (S > T when a KV cache holds the first S - T). key_mask (B, S) is the
-    attention_mask (1 = real token, 0 = padding) -> bool (B or 1, 1, T, S).
+    attention_mask (1 = real token, 0 = padding) -> bool (B or 1, 1, S, T), the layout of the scores below.
     """
-    allowed = np.tri(T, S, k=S - T, dtype=bool)[None, None]
+    allowed = np.tri(T, S, k=S - T, dtype=bool).T[None, None]
     if key_mask is not None:
-        allowed = allowed & (key_mask[:, None, None, :] != 0)
+        allowed = allowed & (key_mask[:, None, :, None] != 0)
     return allowed
 
 
 def attention_forward(q, k, v, allowed, out=None):
-    """y = softmax(q k^T / sqrt(D) masked) v, per head.   q (B,H,T,D), k and v (B,H,S,D), allowed bool (B|1,1,T,S).
+    """y = softmax(q k^T / sqrt(D) masked) v, per head.   q (B,H,T,D), k and v (B,H,S,D), allowed bool (B|1,1,S,T).
 
+    The scores are held key-major, s[..., j, t] = k_j . q_t / sqrt(D), shape (S, T): the softmax over the keys then
+    reduces along axis -2, which NumPy vectorises across the T queries, instead of along B*H*T rows of S numbers
+    each, which it reduces one short row at a time (the max runs 3x faster at T = S = 128, measured).
     Disallowed scores are replaced by the dtype's most negative number rather than -inf, as Hugging Face GPT-2 does
-    for its causal mask (it adds that number for padding instead; docs/gpt.md), so a row with no allowed key (a
-    left-padding query) stays finite; no real token ever reads such a row.
+    for its causal mask (it adds that number for padding instead; docs/gpt.md), so a query with no allowed key (a
+    left-padding query) stays finite; no real token ever reads it.
     Returns y (B,H,T,D) (written into `out` if given, e.g. a head-split view of a (B,T,C) array) and the attention
-    probabilities att (B,H,T,S) for the backward.
+    probabilities att (B,H,S,T), key-major, for the backward.
     """
+    B, H, T = q.shape[:3]
+    att = np.empty((B, H, k.shape[2], T), q.dtype)
+    y = np.empty(q.shape, q.dtype) if out is None else out
+    in_row_blocks(_attention_rows, q, k, v, allowed, att, y)
+    return y, att
+
+
+def _attention_rows(q, k, v, allowed, att, y):
+    """attention_forward on a block of batch rows, into att and y."""
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
-    scores = q @ k.swapaxes(-1, -2)                                            # (B, H, T, S)
-    scores *= scale
-    np.copyto(scores, np.finfo(q.dtype).min, where=~allowed)
-    scores -= scores.max(axis=-1, keepdims=True)
-    att = np.exp(scores, out=scores)
-    att /= att.sum(axis=-1, keepdims=True)
-    return np.matmul(att, v, out=out), att
+    np.matmul(k, (q * scale).swapaxes(-1, -2), out=att)                     # (S, T); scaling q (T, D) costs less
+    np.copyto(att, np.finfo(q.dtype).min, where=~allowed)                     # than scaling the scores (S, T)
+    att -= att.max(axis=-2, keepdims=True)
+    np.exp(att, out=att)
+    att /= att.sum(axis=-2, keepdims=True)
+    np.matmul(att.swapaxes(-1, -2), v, out=y)
 
 
 def attention_backward(dy, q, k, v, att, allowed=None):
-    """Backward of y = att v, att = softmax(s), s = q k^T / sqrt(D).
+    """Backward of y = a v, a = softmax(s) over the keys, s = q k^T / sqrt(D); att = a^T, key-major (S, T).
 
-    dv = att^T dy;  datt = dy v^T;  ds = att * (datt - sum_S(datt * att))  (softmax Jacobian);
-    dq = ds k / sqrt(D);  dk = ds^T q / sqrt(D).  Masked scores have att = 0, hence ds = 0: no gradient leaks.
-    A row with no allowed key (a left-padding query) is the exception: its scores are all the same constant, so
-    att is uniform yet independent of q and k; pass `allowed` (the forward's mask) to zero ds there.
+    dv = a^T dy;  da = dy v^T;  ds = a * (da - sum_S(da * a))  (softmax Jacobian);  dq = ds k / sqrt(D);
+    dk = ds^T q / sqrt(D). Computed key-major: ds^T = a^T * (v dy^T - sum_S(...)), then dq = (ds^T)^T k.
+    Masked scores have a = 0, hence ds = 0: no gradient leaks. A query with no allowed key (a left-padding query)
+    is the exception: its scores are all the same constant, so its a is uniform yet independent of q and k; pass
+    `allowed` (the forward's mask) to zero ds there.
     """
+    dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, k.dtype), np.empty(v.shape, v.dtype)
+    in_row_blocks(_attention_backward_rows, dy, q, k, v, att, dq, dk, dv, *(() if allowed is None else (allowed,)))
+    return dq, dk, dv
+
+
+def _attention_backward_rows(dy, q, k, v, att, dq, dk, dv, allowed=None):
+    """attention_backward on a block of batch rows, into dq, dk and dv."""
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=q.dtype)
-    dv = att.swapaxes(-1, -2) @ dy
-    datt = dy @ v.swapaxes(-1, -2)                                             # (B, H, T, S)
-    ds = datt                                                                  # overwritten in place
-    ds -= np.einsum("...ts,...ts->...t", datt, att)[..., None]               # sum_S(datt * att) per row
+    np.matmul(att, dy, out=dv)                                                 # (S, D)
+    ds = v @ dy.swapaxes(-1, -2)                                               # da^T (S, T), then ds^T in place
+    ds -= np.einsum("...jt,...jt->...t", ds, att)[..., None, :]              # sum_S(da * a) per query
     ds *= att
     if allowed is not None:
         ds *= allowed
-    dq = ds @ k
-    dq *= scale                                                                # on (T, D), smaller than (T, S)
-    dk = ds.swapaxes(-1, -2) @ q
+    np.matmul(ds.swapaxes(-1, -2), k, out=dq)
+    dq *= scale                                                                # on (T, D), smaller than (S, T)
+    np.matmul(ds, q, out=dk)
     dk *= scale
-    return dq, dk, dv
 
 
 def split_heads(x, n_head):
@@ -189,23 +233,32 @@ def split_heads(x, n_head):
 
 
 # ------------------------------------------------------------------------------------------ cross-entropy
-def cross_entropy_forward(logits, targets, ignore_index=-100):
+def cross_entropy_forward(logits, targets, ignore_index=-100, out=None):
     """L = mean over valid positions of (logsumexp(logits) - logits[target]); valid = target != ignore_index.
 
-    logits (N, V), targets int (N,) -> L scalar, and the softmax probabilities (N, V) kept for the backward.
+    logits (N, V), targets int (N,) -> L scalar, and the softmax probabilities (N, V) kept for the backward, written
+    into `out` if given: that may be `logits` itself, which `functional.lm_head_cross_entropy` owns and overwrites.
+    Row blocks (`blocks.in_row_blocks`) keep the five passes over each block in cache; an ignored row reads column 0
+    as its target, and its nll is dropped.
     """
     valid = targets != ignore_index
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError("cross_entropy: every target equals ignore_index, so the mean is undefined")
-    rows = np.nonzero(valid)[0]
-    probs = logits - logits.max(axis=-1, keepdims=True)       # shifted logits, turned into probabilities in place
-    target_logits = probs[rows, targets[rows]]
+    probs = np.empty(logits.shape, logits.dtype) if out is None else out
+    nll = np.empty((len(logits), 1), dtype=logits.dtype)
+    in_row_blocks(_softmax_nll_rows, logits, np.where(valid, targets, 0)[:, None], probs, nll)
+    return nll[valid, 0].sum() / n_valid, probs
+
+
+def _softmax_nll_rows(logits, targets, probs, nll):
+    """probs = softmax(logits), nll = logsumexp(logits) - logits[target], row by row (probs may be logits)."""
+    np.subtract(logits, logits.max(axis=-1, keepdims=True), out=probs)    # shifted: exp cannot overflow
+    target_logits = np.take_along_axis(probs, targets, axis=-1)
     np.exp(probs, out=probs)
     sumexp = probs.sum(axis=-1, keepdims=True)
-    nll = np.log(sumexp[rows, 0]) - target_logits
+    np.subtract(np.log(sumexp), target_logits, out=nll)
     probs /= sumexp
-    return nll.sum() / n_valid, probs
 
 
 def cross_entropy_backward(dloss, probs, targets, ignore_index=-100):
@@ -215,9 +268,12 @@ def cross_entropy_backward(dloss, probs, targets, ignore_index=-100):
     """
     valid = targets != ignore_index
     scale = np.asarray(dloss / valid.sum(), dtype=probs.dtype)
-    dlogits = probs
+    in_row_blocks(partial(_dlogits_rows, scale=scale), probs, np.where(valid, targets, 0)[:, None], valid[:, None])
+    return probs
+
+
+def _dlogits_rows(dlogits, targets, valid, *, scale):
     dlogits *= scale
-    dlogits[~valid] = 0
-    rows = np.nonzero(valid)[0]
-    dlogits[rows, targets[rows]] -= scale
-    return dlogits
+    dlogits[~valid[:, 0]] = 0
+    rows = np.nonzero(valid[:, 0])[0]
+    dlogits[rows, targets[rows, 0]] -= scale

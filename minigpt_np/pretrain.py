@@ -4,7 +4,7 @@ One update, at step s with learning rate lr(s) (linear warmup, then cosine decay
 `optim.lr_schedule`):
 
     windows ~ sample_windows(train_ids, T, B, rng)          (B, T+1), offsets from a seeded rng
-    loss    = cross_entropy(model(windows[:, :-1]), windows[:, 1:])    mean nats per target token
+    loss    = cross_entropy(model(windows[:, :-1]), windows[:, 1:])    mean nats per target token (model.loss)
     g       = clip(dloss/dtheta, global norm <= grad_clip)
     theta   = AdamW(theta, g, lr(s)), weight decay on matrices and embeddings only
 
@@ -22,7 +22,6 @@ from typing import Optional
 
 import numpy as np
 
-from . import functional as F
 from .data import sample_windows, validation_windows
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .resume import resume, save_training_checkpoint, sha256_of_array
@@ -79,7 +78,7 @@ def train_step(model, optimizer, windows, lr, grad_clip):
 
     Raises TrainingDiverged, before the weights change, if the loss or the gradient norm is not finite.
     """
-    loss = F.cross_entropy(model(windows[:, :-1]), windows[:, 1:])
+    loss = model.loss(windows[:, :-1], windows[:, 1:])
     if not math.isfinite(float(loss.data)):
         raise TrainingDiverged(f"loss is {float(loss.data)}")
     model.zero_grad()
@@ -99,7 +98,7 @@ def validation_loss(model, windows, batch_size=32):
     try:
         with no_grad():
             for chunk in (windows[i:i + batch_size] for i in range(0, len(windows), batch_size)):
-                total += float(F.cross_entropy(model(chunk[:, :-1]), chunk[:, 1:]).data) * chunk[:, 1:].size
+                total += float(model.loss(chunk[:, :-1], chunk[:, 1:]).data) * chunk[:, 1:].size
                 count += chunk[:, 1:].size
     finally:
         model.training = was_training
@@ -130,10 +129,7 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
     optimizer = AdamW(model.named_parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     rngs = {"batches": np.random.default_rng(cfg.seed), "dropout": model._rng}
     fp = fingerprint(cfg, model, train_ids)
-    state = resume(checkpoint_path, model, optimizer, fingerprint=fp, rngs=rngs) if checkpoint_path else None
-    saved_step = None if state is None else state["step"]
-    state = state or {"step": 0, "tokens": 0, "elapsed": 0.0, "val_loss": None, "history": [], "stop_reason": None}
-    state["stop_reason"] = _stop_reason(cfg, state)   # a budget raised since the last session may reopen a run
+    state, saved_step = _resumed_state(checkpoint_path, model, optimizer, fp, rngs, cfg)
     if state["stop_reason"] is not None:
         logger.info("%s is a finished run (step %d); nothing to train", checkpoint_path, state["step"])
         return {**state, "finished": True, "tokens_per_s": None}
@@ -160,15 +156,32 @@ def pretrain(model, train_ids, val_ids, cfg, checkpoint_path=None, progress=True
                 if log is not None:
                     log(record)
             if checkpoint_path is not None and (state["step"] % cfg.checkpoint_interval == 0 or state["stop_reason"]):
-                _check_finite_weights(model, state["step"])
-                save_training_checkpoint(checkpoint_path, model, optimizer, fingerprint=fp,
-                                         state={**state, "finished": state["stop_reason"] is not None}, rngs=rngs)
-                saved_step = state["step"]
+                saved_step = _save(checkpoint_path, model, optimizer, fp, state, rngs)
     finally:
         model.training = was_training
         if bar is not None:
             bar.close()
     return {**state, "finished": True, "tokens_per_s": session["tokens"] / session["seconds"]}
+
+
+def _resumed_state(checkpoint_path, model, optimizer, fp, rngs, cfg):
+    """The loop's state, resumed from the checkpoint if there is one -> (state, step of the checkpoint or None).
+
+    The stop reason is worked out again: a budget raised since the last session may reopen a finished run.
+    """
+    state = resume(checkpoint_path, model, optimizer, fingerprint=fp, rngs=rngs) if checkpoint_path else None
+    saved_step = None if state is None else state["step"]
+    state = state or {"step": 0, "tokens": 0, "elapsed": 0.0, "val_loss": None, "history": [], "stop_reason": None}
+    state["stop_reason"] = _stop_reason(cfg, state)
+    return state, saved_step
+
+
+def _save(checkpoint_path, model, optimizer, fp, state, rngs):
+    """Write the training checkpoint after checking every weight is finite -> the step it holds."""
+    _check_finite_weights(model, state["step"])
+    save_training_checkpoint(checkpoint_path, model, optimizer, fingerprint=fp,
+                             state={**state, "finished": state["stop_reason"] is not None}, rngs=rngs)
+    return state["step"]
 
 
 def _count(session, tokens, seconds, loss, bar):

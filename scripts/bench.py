@@ -1,17 +1,26 @@
 """Benchmark the NumPy GPT (minigpt_np) against the same GPT in PyTorch, and KV-cache generation against recomputation.
 
-    python scripts/bench.py [--repeats 10] [--quick] [--threads N] [--keep-freed-memory]
+    python scripts/bench.py [--repeats 10] [--quick] [--threads N] [--default-malloc]
 
 Times, in one run:
-  * a full training step (forward, backward, AdamW) of the same GPT-2 (pre-LN, tanh GELU, tied head), same weights,
-    float32, in NumPy and in PyTorch on the CPU with the same number of threads, at the default pretraining size
-    (vocab 2048, block 64, 4 layers x 4 heads x 128, batch 32) and a larger one (block 128, 6 x 6 x 192, batch 16).
-    The PyTorch GPT is written below in plain torch ops (addmm for the linears, explicit masked softmax attention);
+  * the BLAS peak: one float32 matrix product of 2048 x 2048 by 2048 x 2048 with the same threads, in GFLOP/s; every
+    case below is also printed as a fraction of it;
+  * the pipeline's own pretraining step: `minigpt_np.pretrain.train_step` (forward, backward, global-norm clipping
+    to 1.0, AdamW with the pretraining defaults) on the default GPTConfig (vocab 4096, block 64, 4 layers x 4 heads
+    x 128) at batch 16, against the same step in PyTorch, clipping included;
+  * a full training step (forward, backward, AdamW, no clipping) of the same GPT-2 (pre-LN, tanh GELU, tied head),
+    same weights, float32, in NumPy and in PyTorch on the CPU with the same number of threads, at vocab 2048, block
+    64, 4 x 4 x 128, batch 32, and at a larger size (block 128, 6 x 6 x 192, batch 16). The PyTorch GPT is written
+    below in plain torch ops (addmm for the linears, explicit masked softmax attention);
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
 in machine load hits both sides alike; the figure is the median. Other processes on the machine distort the figures,
 multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed.
+
+Like the minichatgpt command line, the benchmark first asks glibc's malloc to keep the memory a step frees
+(`minigpt_np.memory.keep_freed_memory`; it applies to the whole process, so to both engines). --default-malloc
+leaves malloc as it is, to show what the page faults cost.
 
 FLOPs are counted analytically, for matmuls only (2 FLOPs per multiply-add), with the attention score matrix counted
 in full (as the PaLM MFU formula does, although half of it is masked):
@@ -23,15 +32,12 @@ Python process whose malloc hands every large freed block back to the kernel (MA
 resident set follows the live arrays: Linux's high-water mark VmHWM (reset through /proc/self/clear_refs) minus
 VmRSS before the step; where that is unavailable, resource.getrusage's ru_maxrss, which cannot be reset.
 
---keep-freed-memory tunes glibc's malloc (in this process, for both engines) to keep freed memory instead of
-returning it to the kernel; see `keep_freed_memory`. It shows how much of a NumPy step goes to page faults.
-
-The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, default size), train_step_ratio_large,
-kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the raw milliseconds and the conditions.
-It prints figures; it never asserts on them.
+The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, 4x4x128), train_step_ratio_large,
+pipeline_step_ratio, kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the BLAS peak, each case's
+fraction of it, the raw milliseconds and the conditions. It prints figures; it never asserts on them.
 """
 import argparse
-import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -47,15 +53,29 @@ import torch
 import torch.nn.functional as TF
 
 import minigpt_np as mg
-from minigpt_np import functional as F
+from minigpt_np import blocks
+from minigpt_np.memory import keep_freed_memory
+from minigpt_np.pretrain import PretrainConfig, train_step
 
+
+@dataclasses.dataclass(frozen=True)
+class TrainCase:
+    cfg: mg.GPTConfig
+    batch: int
+    betas: tuple = (0.9, 0.999)   # AdamW's
+    grad_clip: float = None       # global-norm clipping before the update (None: none)
+
+
+PRETRAIN = PretrainConfig()
 SIZES = {
-    "default": (mg.GPTConfig(vocab_size=2048, block_size=64, n_layer=4, n_head=4, n_embd=128), 32),
-    "large": (mg.GPTConfig(vocab_size=2048, block_size=128, n_layer=6, n_head=6, n_embd=192), 16),
+    "pipeline": TrainCase(mg.GPTConfig(), PRETRAIN.batch_size, (PRETRAIN.beta1, PRETRAIN.beta2), PRETRAIN.grad_clip),
+    "default": TrainCase(mg.GPTConfig(vocab_size=2048, block_size=64, n_layer=4, n_head=4, n_embd=128), 32),
+    "large": TrainCase(mg.GPTConfig(vocab_size=2048, block_size=128, n_layer=6, n_head=6, n_embd=192), 16),
 }
 GEN_CFG = mg.GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128)
 GEN_BATCH, GEN_PROMPT, GEN_NEW = 8, 8, 64
 LR, WEIGHT_DECAY = 1e-3, 0.1
+PEAK_N = 2048                     # the BLAS peak: one float32 (PEAK_N x PEAK_N) @ (PEAK_N x PEAK_N) product
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
@@ -123,29 +143,35 @@ def torch_gpt_loss(P, cfg, idx, targets):
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def make_numpy_trainer(model, idx, targets):
-    optimizer = mg.AdamW(model.named_parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+def make_numpy_trainer(model, case, idx, targets):
+    """One training step as pretraining takes it: `model.loss`, backward, AdamW (`train_step` when clipping)."""
+    optimizer = mg.AdamW(model.named_parameters(), lr=LR, betas=case.betas, weight_decay=WEIGHT_DECAY)
+    windows = np.concatenate([idx, targets[:, -1:]], axis=1)       # the pipeline's (B, T+1) windows
 
     def step():
+        if case.grad_clip is not None:
+            return train_step(model, optimizer, windows, LR, case.grad_clip)[0]
         model.zero_grad()
-        loss = F.cross_entropy(model(idx), targets)
+        loss = model.loss(idx, targets)
         loss.backward()
         optimizer.step()
         return float(loss.data)
     return step, model.zero_grad
 
 
-def make_torch_trainer(P, cfg, idx, targets):
+def make_torch_trainer(P, case, idx, targets):
     decay = [p for p in P.values() if p.ndim >= 2]
     no_decay = [p for p in P.values() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=case.betas)
     idx_t, targets_t = torch.from_numpy(idx), torch.from_numpy(targets)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch_gpt_loss(P, cfg, idx_t, targets_t)
+        loss = torch_gpt_loss(P, case.cfg, idx_t, targets_t)
         loss.backward()
+        if case.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(P.values(), case.grad_clip)
         optimizer.step()
         return loss.item()
     return step, lambda: optimizer.zero_grad(set_to_none=True)
@@ -227,7 +253,7 @@ def memory_probe(case, engine):
 def measure_memory(case, engine, threads):
     """Run `memory_probe` in a fresh Python process, so earlier cases leave nothing resident; MB or nan."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads))
+               OPENBLAS_NUM_THREADS=str(threads), MINIGPT_NP_THREADS=str(blocks.threads()))
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", case, engine]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     try:
@@ -235,22 +261,6 @@ def measure_memory(case, engine, threads):
     except (IndexError, ValueError):
         logging.warning("memory probe %s/%s failed: %s", case, engine, done.stderr.strip()[-500:])
         return float("nan")
-
-
-def keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel; True if applied.
-
-    A training step frees and reallocates some 100 MB of activations. By default glibc returns large freed blocks
-    (and the top of its heap) to the kernel, so the next step gets them back zero-filled, one page fault per 4 KB:
-    about a quarter of a NumPy step on this machine. M_MMAP_THRESHOLD at its 32 MB maximum and an unlimited
-    M_TRIM_THRESHOLD keep them. The resident set then stays at the peak of a step.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):             # not glibc (macOS, Windows)
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def blas_threads():
@@ -273,13 +283,13 @@ def set_blas_threads(n):
 
 def build_training(size):
     """The same GPT and batch in NumPy and torch: {"numpy": (step, zero_grad), "torch": (step, zero_grad)}."""
-    cfg, batch = SIZES[size]
+    case = SIZES[size]
+    cfg = case.cfg
     model = mg.GPT(cfg, dtype=np.float32, seed=0)
     P = torch_params(model)
-    rng = np.random.default_rng(1)
-    idx = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
-    targets = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
-    return {"numpy": make_numpy_trainer(model, idx, targets), "torch": make_torch_trainer(P, cfg, idx, targets)}
+    windows = np.random.default_rng(1).integers(0, cfg.vocab_size, (case.batch, cfg.block_size + 1))
+    idx, targets = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+    return {"numpy": make_numpy_trainer(model, case, idx, targets), "torch": make_torch_trainer(P, case, idx, targets)}
 
 
 def build_generation():
@@ -290,8 +300,19 @@ def build_generation():
             "recompute": lambda: generate_recompute(model, prompt, GEN_NEW)}
 
 
+def blas_peak_gflops(repeats):
+    """GFLOP/s of one float32 (2048 x 2048) @ (2048 x 2048) product with numpy's BLAS as configured: the median of
+    `repeats` products after one warm-up. The ceiling every case is measured against."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((PEAK_N, PEAK_N)).astype(np.float32) for _ in range(2))
+    out = a @ b
+    ms = statistics.median(timed(lambda: np.matmul(a, b, out=out))[0] for _ in range(repeats))
+    return 2 * PEAK_N ** 3 / ms / 1e6
+
+
 def bench_training(size, warmup, repeats, threads):
-    cfg, batch = SIZES[size]
+    case = SIZES[size]
+    cfg, batch = case.cfg, case.batch
     steps = build_training(size)
     (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
@@ -299,12 +320,14 @@ def bench_training(size, warmup, repeats, threads):
     del steps, np_step, torch_step
     mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
-    shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} T{cfg.block_size} B{batch}"
+    clip = "" if case.grad_clip is None else f", clip {case.grad_clip:g}"
+    shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} V{cfg.vocab_size} T{cfg.block_size} B{batch}{clip}"
     rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem, faults)
             for engine, ms, mem, faults in (("numpy", ms_np, mem_np, faults_np),
                                             ("torch", ms_torch, mem_torch, faults_torch))]
     return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "first_loss_abs_diff": abs(loss_np - loss_torch),
-                  "faults_numpy": faults_np, "faults_torch": faults_torch}
+                  "faults_numpy": faults_np, "faults_torch": faults_torch,
+                  "gflops_numpy": flops / ms_np / 1e6, "gflops_torch": flops / ms_torch / 1e6}
 
 
 def bench_generation(warmup, repeats, threads):
@@ -321,13 +344,14 @@ def bench_generation(warmup, repeats, threads):
     return rows, {"ms_kv": ms_kv, "ms_recompute": ms_re, "same_tokens": same}
 
 
-def print_table(rows):
-    header = ("case", "engine", "ms/step", "tokens/s", "GFLOP/s", "peak MB", "faults/step")
+def print_table(rows, peak):
+    header = ("case", "engine", "ms/step", "tokens/s", "GFLOP/s", "of peak", "peak MB", "faults/step")
     width = max(len(r[0]) for r in rows)
     print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}"
-          f"{header[6]:>13}")
+          f"{header[6]:>9}{header[7]:>13}")
     for case, engine, ms, tps, gflops, mem, faults in rows:
-        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{mem:>9.1f}{faults:>13.0f}")
+        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{gflops / peak:>9.1%}{mem:>9.1f}"
+              f"{faults:>13.0f}")
 
 
 def run_benchmark(argv=None):
@@ -336,9 +360,11 @@ def run_benchmark(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up iterations per case")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up: a rough figure in seconds")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses)")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="tune glibc malloc to keep freed memory (no page faults on reallocation), both engines")
+                        help="threads for numpy's BLAS and torch (default: what numpy's BLAS uses); minigpt_np's "
+                             "elementwise blocks use MINIGPT_NP_THREADS, or 1")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc returning freed memory to the kernel (the page faults it costs "
+                             "show in faults/step); by default it keeps it, as the minichatgpt command line does")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:                               # the fresh process started by measure_memory
@@ -348,11 +374,12 @@ def run_benchmark(argv=None):
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     limits = set_blas_threads(args.threads) if args.threads else None
-    malloc = "keep freed memory" if args.keep_freed_memory and keep_freed_memory() else "default"
+    malloc = "default" if args.default_malloc or not keep_freed_memory() else "keep freed memory"
     threads = blas_threads()
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
 
+    peak = blas_peak_gflops(max(repeats, 5))
     rows, report = [], {}
     for size in SIZES:
         size_rows, r = bench_training(size, warmup, repeats, threads)
@@ -360,15 +387,21 @@ def run_benchmark(argv=None):
         report[size] = r
     gen_rows, gen = bench_generation(warmup, repeats, threads)
     rows += gen_rows
-    print_table(rows)
-    print(f"threads {threads} (numpy BLAS and torch); malloc {malloc}; load average {load_before[0]:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after; median of {repeats} interleaved repeats after {warmup} warm-up; "
-          f"peak MB = resident-set growth over one step; faults/step = minor page faults (memory malloc "
-          f"returned to the kernel and touched again)")
+    print_table(rows, peak)
+    print(f"BLAS peak {peak:.1f} GFLOP/s (float32 {PEAK_N}^3 matmul); threads {threads} (numpy BLAS and torch), "
+          f"{blocks.threads()} for minigpt_np's elementwise blocks; "
+          f"malloc {malloc}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; median of "
+          f"{repeats} interleaved repeats after {warmup} warm-up; peak MB = resident-set growth over one step; "
+          f"faults/step = minor page faults (memory malloc returned to the kernel and touched again)")
     summary = {
         "train_step_ratio": report["default"]["ms_numpy"] / report["default"]["ms_torch"],
         "train_step_ratio_large": report["large"]["ms_numpy"] / report["large"]["ms_torch"],
+        "pipeline_step_ratio": report["pipeline"]["ms_numpy"] / report["pipeline"]["ms_torch"],
         "kv_cache_speedup": gen["ms_recompute"] / gen["ms_kv"],
+        "blas_peak_gflops": peak,
+        **{f"{size}_fraction_of_peak_{engine}": report[size][f"gflops_{engine}"] / peak
+           for size in SIZES for engine in ("numpy", "torch")},
+        "pipeline_ms_numpy": report["pipeline"]["ms_numpy"], "pipeline_ms_torch": report["pipeline"]["ms_torch"],
         "train_ms_numpy": report["default"]["ms_numpy"], "train_ms_torch": report["default"]["ms_torch"],
         "train_large_ms_numpy": report["large"]["ms_numpy"], "train_large_ms_torch": report["large"]["ms_torch"],
         "generate_kv_ms": gen["ms_kv"], "generate_recompute_ms": gen["ms_recompute"],
@@ -376,7 +409,8 @@ def run_benchmark(argv=None):
         "train_page_faults_numpy": report["default"]["faults_numpy"],
         "train_page_faults_torch": report["default"]["faults_torch"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
-        "threads": threads, "malloc": malloc, "repeats": repeats, "warmup": warmup,
+        "threads": threads, "elementwise_threads": blocks.threads(), "malloc": malloc, "repeats": repeats,
+        "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
     }
