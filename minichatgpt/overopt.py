@@ -90,7 +90,7 @@ def cross_kind_scorers(run, ex, progress):
     kind = "gpt" if run.proxy.__class__.__name__ == "GPTRewardModel" else "ngram"
     scorers = {kind: run.proxy}
 
-    def kept(name, fit, load):
+    def fitted_once(name, fit, load):      # fit, save and record the first time; load after that
         file, checkpoint = ex.file(f"{name}.npz"), ex.file(f"{name}_train.npz")
         if not ex.kept(f"{name}.npz"):
             model = fit(checkpoint)
@@ -103,13 +103,13 @@ def cross_kind_scorers(run, ex, progress):
 
     gpt = functools.partial(train_gpt_reward_model, run.config, run.run_dir, run.tokenizer, progress=progress)
     if kind == "ngram":
-        scorers["gpt"] = kept("proxy_gpt", lambda ckpt: gpt(labelled(train), labelled(val), ckpt), load_gpt_reward)
+        scorers["gpt"] = fitted_once("proxy_gpt", lambda ckpt: gpt(labelled(train), labelled(val), ckpt), load_gpt_reward)
     else:
-        scorers["ngram"] = kept("proxy_ngram", lambda ckpt: train_reward_model(train, val, test)[0], load_scorer)
+        scorers["ngram"] = fitted_once("proxy_ngram", lambda ckpt: train_reward_model(train, val, test)[0], load_scorer)
     every = labelled(list(train) + list(val))
     # no held-out split is left to choose its weights on: validation is among its texts, so the choice is a formality
-    scorers.update(gold=run.gold, gpt_gold=kept("gold_gpt", lambda ckpt: gpt(every, labelled(val), ckpt),
-                                                load_gpt_reward), lexicon=run.lexicon)
+    scorers.update(gold=run.gold, gpt_gold=fitted_once("gold_gpt", lambda ckpt: gpt(every, labelled(val), ckpt),
+                                                       load_gpt_reward), lexicon=run.lexicon)
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
     return scorers, {"ngram": n_train, "gpt": n_train, "gold": n_train + n_val, "gpt_gold": n_train + n_val,
                      "lexicon": 0}
