@@ -13,10 +13,10 @@ been given a core yet). Every block is computed exactly as it would be alone, so
 on the block size nor on the thread count (tested).
 
 The thread count is 1 unless the environment variable MINIGPT_NP_THREADS or a program (THREADS) asks for more.
-On this project's 2-core machine, shared with other work, a second thread gained nothing: a pretraining step took
-115 ms with it against 111 ms without (medians, the benchmark's process given priority over the others). A helper
-must wait for a core each time it is woken, up to a thousand times a step; whether an idle machine, where a core
-is free at once, gains from it is measured by `MINIGPT_NP_THREADS=2 python scripts/bench.py`.
+On this project's 2-core machine a second thread made a pretraining step slower, 125.6 ms against 107.4 ms
+(`scripts/bench.py`'s pipeline case, two runs one after the other, no other work on the machine), and likewise
+on a busy machine: a helper has to be woken, and wait for a core, hundreds of times a step, and each op waits for
+its slowest block.
 """
 import functools
 import os
