@@ -145,7 +145,8 @@ def pipeline_parser():
     _where(p)
     p.add_argument("--restart", choices=(*BASE_STAGES, *METHODS), default=None,
                    help="delete this stage's artifacts and those built on it, and run them again (the RL stage is "
-                   "named after --method)")
+                   "named after --method; --restart ppo with --method rloo replaces the run's PPO stage with an "
+                   "RLOO one, on the same pretrained model and reward model)")
     p.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
                    help="a named set of PPO options: " + "; ".join(f"{name}: {text}" for name, (text, _) in
                                                                     sorted(defaults.PRESETS.items())))
@@ -167,11 +168,11 @@ def parse_with_preset(parser, argv):
 def run_main(argv=None):
     """minichatgpt: run the main job and print the before/after table -> the summary."""
     args = parse_with_preset(pipeline_parser(), argv)
+    if args.preset and args.method != "ppo":
+        raise UsageError(f"--preset {args.preset} sets PPO's options, and --method is {args.method}; use it with "
+                         "--method ppo")
     run_dir = _run_dir(args)
     config = checked_config(args)
-    if args.restart in METHODS and args.restart != config.method:
-        raise UsageError(f"--restart {args.restart} rebuilds the RL stage of --method {args.restart}, but this run's "
-                         f"--method is {config.method}; use --restart {config.method}")
     _log_to_stdout()
     summary = pipeline.run_pipeline(config, run_dir, progress=not args.quiet, cache_dir=args.cache_dir,
                                     restart=args.restart)

@@ -164,7 +164,7 @@ def train_rl(name, setup, trainer_config, cfg, progress):
 def _train(name, setup, trainer_config, cfg, progress, files, pairs=None):
     """Method `name` as the main job drives it (methods.train), each step measured, evaluated every eval_every."""
     run = setup.run
-    policy = run.policy_start() if DRIVING[name].value_head else run.pretrained()
+    policy = run.policy_start(DRIVING[name].value_head)
     history = methods.train(name, policy, run.task(), trainer_config, cfg, setup.loop_config(cfg), *files, pairs=pairs,
                             progress=progress, evaluate=setup.evaluate, evaluate_every=cfg.eval_every,
                             measure=lambda step: measured(step, cfg.batch_size))

@@ -174,6 +174,7 @@ def run_rules(value, name):
         multiple_of(value, name, "ppo.batch_size", field, hint=True)
     multiple_of(value, name, "model.n_embd", "model.n_head")
     method_rules(value, name, value("method"), "ppo.batch_size", "methods.")
+    for_its_method_only(value, name)
     if value("reward_model") not in ("ngram", "gpt"):
         raise ValueError(f"{name('reward_model')} must be ngram or gpt, got {value('reward_model')!r}")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
@@ -182,6 +183,17 @@ def run_rules(value, name):
         raise ValueError(f"prompts of up to {prompt} tokens plus {name('sampling.response_tokens')} {response} exceed "
                          f"{name('model.block_size')} {block}; lower {name('sampling.response_tokens')} or raise "
                          f"{name('model.block_size')}")
+
+
+def for_its_method_only(value, name):
+    """A method's own options, and PPO's KL controller, shape that method's RL stage alone: set away from their
+    defaults with another --method they would change nothing, so they are refused rather than ignored."""
+    defaults = {"ppo": PPO, "methods": METHOD}
+    for o in OPTIONS:
+        section, _, field = o.field.partition(".")
+        if o.stage in METHODS and o.stage != value("method") and value(o.field) != getattr(defaults[section], field):
+            raise ValueError(f"{name(o.field)} {value(o.field)} shapes --method {o.stage} only, and this run's "
+                             f"{name('method')} is {value('method')}: drop it, or use --method {o.stage}")
 
 
 # Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.

@@ -1,5 +1,5 @@
 """A finished run of the main job, opened to build on: the one way the pipeline's evaluation, compare, overopt,
-minichatgpt-sample given a run folder and scripts/sweep_ppo.py get at a run's parts.
+minichatgpt-sample given a run folder and scripts/sweep.py get at a run's parts.
 
     run = FinishedRun.open("runs/default")   # refuses a run that is not finished, or whose files changed
     run.config  run.tokenizer  run.ref_model  run.proxy  run.gold  run.prompts  run.data
@@ -153,7 +153,7 @@ class FinishedRun:
     @functools.cached_property
     def validation_prompts(self):
         """Prompts cut from the validation split's labelled reviews as the held-out ones are from the test split: what a
-        setting is chosen on (scripts/sweep_ppo.py --eval-on validation), so that the held-out prompts only report."""
+        setting is chosen on (scripts/sweep.py --eval-on validation), so that the held-out prompts only report."""
         return stages.prompts(self.config, self.tokenizer, self.data[1])[1]
 
     def held_out(self, n=None, flag=None):
@@ -191,9 +191,9 @@ class FinishedRun:
         against the manifest when the run was opened."""
         return trained_method(self.manifest), self.policy_file
 
-    def policy_start(self):
-        """A fresh copy of the pretrained GPT with the run's value head, where PPO starts."""
-        return stages.policy_start(self.run_dir, self.config.seed)
+    def policy_start(self, value_head=True):
+        """A fresh copy of the pretrained GPT where a method starts: with the run's value head for PPO."""
+        return stages.policy_start(self.run_dir, self.config.seed, value_head)
 
     def task(self, scorer=None, judges=None):
         """What a policy is trained against on this run: its training prompts, a scorer (the proxy by default), the

@@ -138,3 +138,16 @@ def train(name, policy, task, trainer_config, options, loop, checkpoint, log, *,
         fp = fingerprint(trainer_config, loop, task, key=name)
     return train_loop(trainer, measure(step) if measure else step, items, loop, checkpoint, log, fp,
                       name=DRIVING[name].label, progress=progress, evaluate=evaluate, evaluate_every=evaluate_every)
+
+
+def train_run(config, policy, task, checkpoint, log, progress=True):
+    """Run (or resume) a RunConfig's method (config.method, its options and the loop's settings) from `policy` on
+    `task` -> the per-step stats. DPO first samples its pairs from the reference (`sample_pairs`): the same ones
+    again on a resume, from the same seed."""
+    pairs = None
+    if DRIVING[config.method].group is None:
+        prompts, responses, _, _, chosen = sample_pairs(task, config.rlhf.steps * config.ppo.batch_size // 2,
+                                                        config.rlhf.seed, progress)
+        pairs = pair_items(prompts, responses, chosen)
+    return train(config.method, policy, task, run_trainer_config(config), config.methods, config.rlhf, checkpoint,
+                 log, pairs=pairs, progress=progress)

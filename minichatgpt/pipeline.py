@@ -5,7 +5,8 @@ Writes runs/<name>/: tokenizer.json, gpt_pretrained.npz, reward.npz (the n-gram 
 --reward-model gpt), gold.npz, gpt_<method>.npz, <method>_log.jsonl (gpt_ppo.npz and ppo_log.jsonl for PPO),
 curves.png, samples.md, tokens.html, summary.json, and manifest.json, the record of what each stage was built from.
 A run folder holds one method's RL stage, and its report describes that method's policy (each report file names
-it); another method is another --name. Run again, it skips the finished stages and resumes an interrupted one; if
+it); another method is another --name, or replaces this run's RL stage with --restart <the run's method>, on the
+same pretrained model and reward model. Run again, it skips the finished stages and resumes an interrupted one; if
 an option or an input of a stage changed, it refuses and names the change, so a run folder never mixes two runs.
 --restart STAGE checks every other stage first, then deletes STAGE, the stages built on it, the report and the
 experiments built on the run. The evaluation and the report read the finished run as every other command does,
@@ -102,10 +103,11 @@ class Stages:
 
     def __init__(self, config, run_dir, restart, data, advice=advice, elsewhere="use a new --name"):
         self.manifest, self.advice = Manifest(run_dir, elsewhere), advice
-        others = [m for m in METHODS if m != config.method and m in self.manifest.stages]
+        others = [m for m in METHODS if m != config.method and m in self.manifest.stages and m != restart]
         if others:
             raise Refused(f"{run_dir} holds a {DRIVING[others[0]].label} run, and a run folder holds one method; "
-                          f"{elsewhere} for --method {config.method}")
+                          f"{elsewhere} for --method {config.method}, or --restart {others[0]} to replace its "
+                          f"{DRIVING[others[0]].label} stage (keeps the pretrained model and the reward model)")
         self.records = {stage: built_from(config, stage, data) for stage in stage_order(config.method)}
         rebuilt = affected(restart) if restart else []
         for stage in stage_order(config.method):
@@ -171,28 +173,18 @@ def _build(config, run_dir, progress, cache_dir, restart, timings):
 
 def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judges=None, progress=True):
     """The run's method (config.method) from the pretrained model against the reward model -> (policy, history);
-    resumes if killed. DPO first samples its pairs from the reference (methods.sample_pairs): the same ones again
-    on a resume, from the same seed.
+    resumes if killed.
 
-    inputs: {name: sha256} of the files the stage is built from, part of its checkpoint's fingerprint. judge: a
-    scorer that also grades every rollout for the log (the gold scorer); it never drives training.
+    inputs: {name: sha256} of the files the stage is built from, part of its checkpoint's fingerprint. judges:
+    scorers that also grade every rollout for the log (the gold scorer, the lexicon); they never drive training.
     """
-    method, driving = config.method, DRIVING[config.method]
     ref_model = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
-    policy = stages.policy_start(run_dir, config.seed) if driving.value_head else mg.load_checkpoint(
-        path(run_dir, "gpt_pretrained.npz"))
-    log.info("%s: %d steps of %d rollouts, %d training prompts", driving.label, config.rlhf.steps,
+    policy = stages.policy_start(run_dir, config.seed, DRIVING[config.method].value_head)
+    log.info("%s: %d steps of %d rollouts, %d training prompts", DRIVING[config.method].label, config.rlhf.steps,
              config.ppo.batch_size, len(queries))
     task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judges or {})
-    pairs = None
-    if driving.group is None:
-        prompts, responses, _, _, chosen = methods.sample_pairs(task, config.rlhf.steps * config.ppo.batch_size // 2,
-                                                                config.rlhf.seed, progress)
-        pairs = methods.pair_items(prompts, responses, chosen)
-    checkpoint, log_file = (path(run_dir, name) for name in stages.ARTIFACTS[method])
-    history = methods.train(method, policy, task, methods.run_trainer_config(config), config.methods, config.rlhf,
-                            checkpoint, log_file, pairs=pairs, progress=progress)
-    return policy, history
+    checkpoint, log_file = (path(run_dir, name) for name in stages.ARTIFACTS[config.method])
+    return policy, methods.train_run(config, policy, task, checkpoint, log_file, progress)
 
 
 def _write_report(run, policy, history, before, after):

@@ -190,10 +190,11 @@ def prompts(config, tokenizer, test):
     return queries[n_eval:], queries[:n_eval]
 
 
-def policy_start(run_dir, seed):
-    """Where every policy starts: the pretrained GPT with a value head (initialised from seed) for PPO."""
+def policy_start(run_dir, seed, value_head=True):
+    """Where every policy starts: the pretrained GPT, with a value head (initialised from seed) for PPO."""
     policy = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
-    policy.add_value_head(seed=seed)
+    if value_head:
+        policy.add_value_head(seed=seed)
     return policy
 
 

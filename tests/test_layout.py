@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVERS = ("pipeline", "compare", "overopt")   # the experiment drivers; scripts/sweep_ppo.py is the fourth
+DRIVERS = ("pipeline", "compare", "overopt")   # the experiment drivers; scripts/sweep.py is the fourth
 LONGEST = 6
 
 
@@ -88,12 +88,12 @@ def test_no_driver_imports_another_and_no_import_chain_is_longer_than_six():
     assert {"pipeline", "compare", "overopt", "finished_run", "cli"} <= set(graph), sorted(graph)
     chain = longest_chain(graph)
     print("longest chain:", " -> ".join(chain))
-    problems = layout_problems(ROOT / "minichatgpt", scripts=[ROOT / "scripts" / "sweep_ppo.py"])
+    problems = layout_problems(ROOT / "minichatgpt", scripts=[ROOT / "scripts" / "sweep.py"])
     assert not problems, "\n".join(problems)
     # what the drivers share sits below them: the finished run, and through it the evaluation
     for driver in DRIVERS:
         assert "finished_run" in graph[driver], driver
-    assert "finished_run" in imports_of(ROOT / "scripts" / "sweep_ppo.py", "minichatgpt", set(graph))
+    assert "finished_run" in imports_of(ROOT / "scripts" / "sweep.py", "minichatgpt", set(graph))
 
 
 def _package(tmp_path, imports):

@@ -90,10 +90,32 @@ def test_restart_of_a_method_rebuilds_its_stage_alone_and_another_method_is_anot
 
     before = snapshot(run_dir)
     status, err = run_cli(capsys, tiny_args(tmp_path, "r", corpus, "--method", "rloo"))
-    assert_one_line_refusal(status, err, 1, "holds a GRPO run", "new --name")
-    status, err = run_cli(capsys, tiny_args(tmp_path, "r", corpus, "--method", "grpo", "--restart", "rloo"))
-    assert_one_line_refusal(status, err, 2, "--restart rloo", "use --restart grpo")
+    assert_one_line_refusal(status, err, 1, "holds a GRPO run", "new --name", "--restart grpo")
     assert snapshot(run_dir) == before
+
+    # --restart grpo with --method rloo replaces the GRPO stage by an RLOO one on the same pretrained model: the
+    # run folder then holds RLOO alone, as a fresh RLOO run's does
+    replaced = cli.run_main(tiny_args(tmp_path, "r", corpus, "--method", "rloo", "--restart", "grpo"))
+    assert (run_dir / "gpt_pretrained.npz").read_bytes() == pretrained
+    assert not (run_dir / "gpt_grpo.npz").exists() and not (run_dir / "grpo_log.jsonl").exists()
+    assert "grpo" not in json.loads((run_dir / "manifest.json").read_text())["stages"]
+    monkeypatch.undo()
+    fresh = cli.run_main(tiny_args(tmp_path, "fresh", corpus, "--method", "rloo"))
+    assert replaced["policy"] == fresh["policy"] and replaced["method"] == "rloo"
+    assert without_time(run_dir / "rloo_log.jsonl") == without_time(tmp_path / "runs" / "fresh" / "rloo_log.jsonl")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--rloo-k", "2"], "--rloo-k 2 shapes --method rloo only, and this run's --method is ppo"),
+    (["--method", "grpo", "--dpo-beta", "0.1"], "--dpo-beta 0.1 shapes --method dpo only"),
+    (["--method", "rloo", "--init-kl-coef", "0.3"], "--init-kl-coef 0.3 shapes --method ppo only"),
+    (["--method", "dpo", "--preset", "exploit"], "--preset exploit sets PPO's options"),
+])
+def test_an_option_of_another_method_is_refused_not_ignored(tmp_path, capsys, corpus, flags, fragment):
+    status, err = run_cli(capsys, tiny_args(tmp_path, "other", corpus, *flags))
+    assert_one_line_refusal(status, err, 2, fragment)
+    assert not (tmp_path / "runs").exists()
+    assert cli.checked_config(cli.pipeline_parser().parse_args(["--method", "rloo", "--rloo-k", "2"])).methods.rloo_k == 2
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -99,8 +99,8 @@ def test_reward_refuses_a_negative_l2(tmp_path, capsys):
 
 
 def _sweep():
-    spec = importlib.util.spec_from_file_location("sweep_ppo", config.__file__.replace(
-        "minichatgpt/config.py", "scripts/sweep_ppo.py"))
+    spec = importlib.util.spec_from_file_location("sweep", config.__file__.replace(
+        "minichatgpt/config.py", "scripts/sweep.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -113,8 +113,11 @@ def test_a_sweep_setting_is_the_main_jobs_flags_over_the_runs_config():
     assert setting.sampling.forward_batch_size == setting.ppo.forward_batch_size == 8
     assert setting.ppo.seed == setting.rlhf.seed == 3 and setting.model == run.model
     assert sweep.setting_of("--seed 1", run).ppo.seed == 1
+    other = sweep.setting_of("--method grpo --grpo-beta 0.1", run)
+    assert (other.method, other.methods.grpo_beta, other.ppo.lr) == ("grpo", 0.1, run.ppo.lr)
     for text, message in (("--batch-size 20", "--batch-size 20 must be a multiple of --forward-batch-size 16"),
                           ("--lr 0", "--lr 0.0 is out of range: --lr must be > 0"),
-                          ("--n-layer 2", "unrecognized arguments: --n-layer 2")):
+                          ("--n-layer 2", "unrecognized arguments: --n-layer 2"),
+                          ("--grpo-beta 0.1", "--grpo-beta 0.1 shapes --method grpo only")):
         with pytest.raises(UsageError, match=message):
             sweep.setting_of(text, run)
