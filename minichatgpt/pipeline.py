@@ -45,22 +45,23 @@ def built_from(config, stage, data):
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
-def affected(stage):
+def affected(stage, reward_model="ngram"):
     """A stage and every stage built on it: what --restart STAGE rebuilds (stage_order lists builders first)."""
-    rebuilt = [stage]
+    rebuilt, depends_on = [stage], stages.depends_on(reward_model)
     for s in (*BASE_STAGES, *METHODS):
-        if s not in rebuilt and any(d in rebuilt for d in stages.DEPENDS_ON[s]):
+        if s not in rebuilt and any(d in rebuilt for d in depends_on[s]):
             rebuilt.append(s)
     return rebuilt
 
 
-def restart_hint(stage):
-    rebuilt = ", ".join(a for s in affected(stage) for a in ARTIFACTS[s])
+def restart_hint(stage, reward_model="ngram"):
+    rebuilt = ", ".join(a for s in affected(stage, reward_model) for a in ARTIFACTS[s])
     return f"--restart {stage} to rebuild it (deletes {rebuilt}, and the report and experiments built on them)"
 
 
-def advice(stage):
-    return f"use a new --name, or {restart_hint(stage)}"
+def advice_for(stage, reward_model="ngram"):
+    """What a refusal of a stage built from other options says to do."""
+    return f"use a new --name, or {restart_hint(stage, reward_model)}"
 
 
 def hashes(run_dir, names):
@@ -98,24 +99,25 @@ class Stages:
     from other options or inputs. Every stage's options, and the files of every finished stage, are checked up
     front, before any work; only then does a restart delete anything.
 
-    advice(stage): what a refusal of other options says to do; elsewhere: how to start afresh (Manifest).
+    advice(stage): what a refusal of other options says to do (advice_for by default); elsewhere: how to start afresh (Manifest).
     """
 
-    def __init__(self, config, run_dir, restart, data, advice=advice, elsewhere="use a new --name"):
-        self.manifest, self.advice = Manifest(run_dir, elsewhere), advice
+    def __init__(self, config, run_dir, restart, data, advice=None, elsewhere="use a new --name"):
+        self.manifest = Manifest(run_dir, elsewhere)
+        self.advice = advice or functools.partial(advice_for, reward_model=config.reward_model)
         others = [m for m in METHODS if m != config.method and m in self.manifest.stages and m != restart]
         if others:
             raise Refused(f"{run_dir} holds a {DRIVING[others[0]].label} run, and a run folder holds one method; "
                           f"{elsewhere} for --method {config.method}, or --restart {others[0]} to replace its "
                           f"{DRIVING[others[0]].label} stage (keeps the pretrained model and the reward model)")
         self.records = {stage: built_from(config, stage, data) for stage in stage_order(config.method)}
-        rebuilt = affected(restart) if restart else []
+        rebuilt = affected(restart, config.reward_model) if restart else []
         for stage in stage_order(config.method):
             if stage in rebuilt:
                 continue
-            self.manifest.check(stage, self.records[stage], ARTIFACTS[stage], advice(stage), partial=True)
+            self.manifest.check(stage, self.records[stage], ARTIFACTS[stage], self.advice(stage), partial=True)
             if self.manifest.stages.get(stage, {}).get("finished"):
-                self.manifest.verify(stage, advice(stage))
+                self.manifest.verify(stage, self.advice(stage))
         for stage in rebuilt:
             self.manifest.forget(stage, ARTIFACTS[stage])
         if rebuilt:

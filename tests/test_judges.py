@@ -110,6 +110,14 @@ def test_the_main_job_runs_end_to_end_against_a_gpt_reward_model_and_resumes(tmp
     # the policy was trained against the GPT: its logged rewards are the GPT's scores of its rollouts
     assert summary["policy"]["reward_mean"] == pytest.approx(float(np.mean(run.proxy.score(run.evaluate(
         stages.load_policy(str(run_dir))[0])[1]["texts"]))))
+    # the GPT reward model is built on the pretrained GPT: --restart pretrain rebuilds it (and the gold), where the
+    # n-gram proxy is kept
+    from minichatgpt.pipeline import affected
+    assert affected("pretrain", "gpt") == ["pretrain", "reward", "gold", *stages.METHODS]
+    assert affected("pretrain") == ["pretrain", *stages.METHODS]
+    again = cli.run_main([*args, "--restart", "pretrain"])   # the summary has a stage's metrics if it ran
+    assert "pretrain" in again and "reward" in again and "gold" in again
+    assert again["reward"]["test"] == summary["reward"]["test"] and again["policy"] == summary["policy"]
     # the default run's manifest does not name the option, so runs made before it existed still resume
     ngram = cli.run_main(tiny_args(tmp_path, "ngram", corpus))
     assert "--reward-model" not in ngram["built_with"]["reward"]
