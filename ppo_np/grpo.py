@@ -267,7 +267,7 @@ def grpo_prepare(trainer, rollout):
     num_items_in_batch = np.full(len(scores), int(rollout.mask.sum()))
     stats = {**rollout_stats(rollout.logprobs, rollout.ref_logprobs, rollout.mask), "objective/beta": cfg.beta,
              "grpo/mean_scores": float(scores.mean()),
-             "grpo/reward_std": float(std.mean()),                                    # TRL's reward_std
+             "grpo/reward_std": float(std.mean()),   # the groups' spread; trl 1.16.0's reward_std is the batch's
              "grpo/frac_reward_zero_std": float(np.mean(np.isclose(std, 0.0)))}       # TRL's, isclose
     return (rollout.logprobs, rollout.ref_logprobs, advantages, num_items_in_batch), stats
 
