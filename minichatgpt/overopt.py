@@ -87,7 +87,7 @@ def cross_kind_scorers(run, ex, progress):
     snippet ("gpt_gold", trained once, resumably, and kept as overopt_cross/gold_gpt.npz), and the lexicon
     -> (scorers, {name: labelled snippets it was fitted on})."""
     train, val, test, _ = run.data
-    kind = "gpt" if run.proxy.__class__.__name__ == "GPTRewardModel" else "ngram"
+    kind = run.config.reward_model     # the run's --reward-model, as its manifest records it
     scorers = {kind: run.proxy}
 
     def fitted_once(name, fit, load):      # fit, save and record the first time; load after that
