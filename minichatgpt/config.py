@@ -22,12 +22,14 @@ from .sampling import SamplingConfig
 
 MODEL = GPTConfig()
 PRETRAIN = PretrainConfig()
-# A 1.3 M-parameter model trained for a minute or two, chosen from the measured frontier in the README: lr 2e-4
-# (TRL's 1.41e-5 barely moves it; 3e-4 collapses onto one phrase), 64 rollouts per step in mini-batches of 16
-# (TRL 0.1 hard-coded 1), and a fixed KL coefficient 0.2: over RLHF.steps the adaptive controller with TRL's
-# horizon 10000 cannot move (0.128% per step at most), and a horizon short enough to move it lowered beta while
-# the KL was still small and let the KL run away later (measured: 14 to 17 nats against a target of 10).
-PPO = PPOConfig(lr=2e-4, batch_size=64, mini_batch_size=16, adap_kl_ctrl=False)
+# A 1.3 M-parameter model trained for a minute or two, chosen on validation prompts from the measured frontier in
+# the README ("A default judged by three judges"): lr 2e-4 (TRL's 1.41e-5 barely moves it; 4e-4 collapses onto one
+# word), 64 rollouts per step in mini-batches of 16 (TRL 0.1 hard-coded 1), 2 passes over each batch (TRL's 4 lean
+# on one word sooner: "entertaining" in 55% of the answers at 55 steps), and a fixed KL coefficient 0.2: over
+# RLHF.steps the adaptive controller with TRL's horizon 10000 cannot move (0.128% per step at most), and a horizon
+# short enough to move it lowered beta while the KL was still small and let the KL run away later (measured: 14 to
+# 17 nats against a target of 10).
+PPO = PPOConfig(lr=2e-4, batch_size=64, mini_batch_size=16, ppo_epochs=2, adap_kl_ctrl=False)
 RLHF = RLHFConfig()
 SAMPLING = SamplingConfig()
 
@@ -199,7 +201,8 @@ def for_its_method_only(value, name):
 # Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.
 PRESETS = {
     "exploit": ("the collapse onto the reward model's favourite word, on purpose (README, 'What RLHF gained')",
-                {"ppo.lr": 3e-4, "ppo.adap_kl_ctrl": False, "ppo.init_kl_coef": 0.05, "rlhf.steps": 60}),
+                {"ppo.lr": 3e-4, "ppo.adap_kl_ctrl": False, "ppo.init_kl_coef": 0.05, "rlhf.steps": 60,
+                 "ppo.ppo_epochs": 4}),
 }
 
 

@@ -185,8 +185,12 @@ def readme_quotes():
                                                                     "mini_batch_size")),
         Quote("PPOConfig(lr=@, batch_size=@, forward_batch_size=@, mini_batch_size=@, ppo_epochs=@)",
               code("config.PPO", PPO, "lr", "batch_size", "forward_batch_size", "mini_batch_size", "ppo_epochs")),
-        Quote("The default stops there, at @ steps of lr @ with a fixed KL coefficient of @",
-              [("config.RLHF.steps", RLHF.steps), ("config.PPO.lr", PPO.lr), ("config.PPO.init_kl_coef", PPO.init_kl_coef)]),
+        Quote("The default stops there, at @ steps of @ epochs at lr @ with a fixed KL",
+              [("config.RLHF.steps", RLHF.steps), ("config.PPO.ppo_epochs", PPO.ppo_epochs), ("config.PPO.lr", PPO.lr)]),
+        Quote("The default, **@ steps of @ rollouts, @ epochs, lr @, a fixed KL coefficient @**",
+              [("config.RLHF.steps", RLHF.steps), ("config.PPO.batch_size", PPO.batch_size),
+               ("config.PPO.ppo_epochs", PPO.ppo_epochs), ("config.PPO.lr", PPO.lr),
+               ("config.PPO.init_kl_coef", PPO.init_kl_coef)]),
         Quote("| PPO | @ steps x @ rollouts", [("config.RLHF.steps", RLHF.steps),
                                               ("config.PPO.batch_size", PPO.batch_size)]),
         Quote("| evaluation | @ held-out prompts", code("config.RunConfig()", config.RunConfig(), "eval_prompts")),
@@ -254,11 +258,12 @@ def check_options_table(readme, run_config=None):
 def test_docs_quote_the_code_defaults():
     problems = (check_quotes(ROOT / "docs" / "ppo.md", ppo_doc_quotes())
                 + check_quotes(ROOT / "docs" / "gpt.md", gpt_doc_quotes()))
-    # docs/ppo.md: "The pipeline ... changes four of them": lr, batch 64, mini-batch 16, a fixed KL coefficient
+    # docs/ppo.md: "The pipeline ... changes five of them": lr, batch 64, mini-batch 16, 2 epochs, a fixed KL
+    # coefficient
     changed = {f.name for f in dataclasses.fields(PPOConfig) if f.name != "seed"
                and getattr(config.PPO, f.name) != getattr(PPOConfig(), f.name)}
-    if changed != {"lr", "batch_size", "mini_batch_size", "adap_kl_ctrl"}:
-        problems.append(f"docs/ppo.md says the pipeline changes lr, batch, mini-batch and the KL controller of "
+    if changed != {"lr", "batch_size", "mini_batch_size", "ppo_epochs", "adap_kl_ctrl"}:
+        problems.append(f"docs/ppo.md says the pipeline changes lr, batch, mini-batch, epochs and the KL controller of "
                         "PPOConfig's defaults; "
                         f"config.PPO changes {sorted(changed)}")
     assert not problems, f"{len(problems)} quoted number(s) differ from the code:\n" + "\n".join(problems)
