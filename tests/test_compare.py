@@ -40,7 +40,11 @@ def test_every_trained_method_generates_and_scores_the_same_responses_though_the
         per_update = method.minibatches_per_update(config) if method.minibatches_per_update else 1
         return cfg.steps * epochs * (config.batch_size // config.mini_batch_size) // per_update
     steps = {name: optimizer_steps(name) for name in configs}
-    assert steps == {"ppo": 56 * 4 * 4, "rloo": 56 * 4 * 4, "grpo": 56 * 4, "reinforce": 56, "dpo": 56 * 4 * 4}, steps
+    # n steps of the batch, e epochs, 4 mini-batches of 16 in a batch of 64 (DPO: 8 of 4 pairs in 32 pairs): PPO, RLOO
+    # and DPO step per mini-batch, GRPO per pass over the batch, REINFORCE per batch
+    n, e = cfg.budget // cfg.batch_size, cfg.epochs
+    assert (n, e, cfg.batch_size) == (92, 2, 64), "the compare defaults changed: write the counts below again"
+    assert steps == {"ppo": n * e * 4, "rloo": n * e * 4, "grpo": n * e, "reinforce": n, "dpo": n * e * 4}, steps
 
 
 @pytest.mark.parametrize("change, message", [
