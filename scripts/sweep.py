@@ -42,6 +42,7 @@ def setting_of(text, run_config):
     add_arguments(parser, SWEPT, run_config)
     values = checked(parser.parse_args(shlex.split(text)), SWEPT, run_config, defaults.run_rules)
     try:
+        defaults.for_its_method_only(values, run_config)
         return defaults.with_values(values, run_config)
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -11,10 +11,10 @@ the prompt table. Every GRPOConfig field and GRPOTrainer argument named here is 
 against tests/data/trl_1_16_0_fields.json, extracted from the trl 1.16.0 wheel (scripts/trl_fields.py).
 
 The options are minichatgpt-compare's GRPO (minichatgpt/config.py, CompareConfig; compare.py) in trl's names: 64
-responses in groups of 4 per generation batch, 4 iterations over each (an optimizer step per pass over the whole
-batch, in forward passes of 16 rows), beta 0.2 on the k3 KL without the bias correction, the "grpo" loss, Adam at a
-constant 2e-4, 56 generation batches (the comparison's budget of 3,584 responses: trl's max_steps counts optimizer
-steps, 56 x 4), responses of at most 16 tokens at temperature 1, no dropout. What still differs from ours: trl clips the gradient norm at 1.0 (max_grad_norm), and
+responses in groups of 4 per generation batch, 2 iterations over each (an optimizer step per pass over the whole
+batch, in forward passes of 16 rows), beta 0.25 on the k3 KL without the bias correction, the "grpo" loss, Adam at
+a constant 2e-4, 92 generation batches (the comparison's budget of 5,888 responses: trl's max_steps counts optimizer
+steps, 92 x 2), responses of at most 16 tokens at temperature 1, no dropout. What still differs from ours: trl clips the gradient norm at 1.0 (max_grad_norm), and
 trl's reward function reads the prompt and completion as text, which our proxy scores as the run's rollouts do.
 """
 import argparse
@@ -46,8 +46,8 @@ def main():
         output_dir=args.out_dir,
         learning_rate=2e-4, lr_scheduler_type="constant", weight_decay=0.0,
         per_device_train_batch_size=16, gradient_accumulation_steps=4,   # 64 responses per generation batch
-        num_generations=4, num_iterations=4, max_steps=224,           # 56 generation batches x 4 iterations
-        beta=0.2, use_bias_correction_kl=False, loss_type="grpo", scale_rewards="group",
+        num_generations=4, num_iterations=2, max_steps=184,           # 92 generation batches x 2 iterations
+        beta=0.25, use_bias_correction_kl=False, loss_type="grpo", scale_rewards="group",
         max_completion_length=16, temperature=1.0, disable_dropout=True,
         seed=0, use_cpu=True, bf16=False, logging_steps=1, report_to="none",
     )

@@ -31,11 +31,12 @@ def test_each_command_parses_its_rows_to_the_defaults_of_its_config(options, def
 
 def test_compare_takes_its_shared_defaults_from_the_main_jobs_config():
     cfg, ppo, rlhf, run = config.CompareConfig(), config.PPO, config.RLHF, config.RunConfig()
-    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.rloo_kl_coef) == (ppo.lr, ppo.batch_size, ppo.ppo_epochs,
-                                                                      ppo.init_kl_coef)
+    assert (cfg.lr, cfg.batch_size, cfg.epochs) == (ppo.lr, ppo.batch_size, ppo.ppo_epochs)
+    assert (cfg.rloo_kl_coef, cfg.grpo_beta, cfg.dpo_beta) == (config.METHOD.rloo_kl_coef, config.METHOD.grpo_beta,
+                                                               config.METHOD.dpo_beta)
     assert cfg.eval_prompts == run.eval_prompts
     # the budget: the main run's rollouts, rounded up to whole best-of-n samples per held-out prompt
-    assert cfg.budget == 3584 == math.ceil(rlhf.steps * ppo.batch_size / run.eval_prompts) * run.eval_prompts
+    assert cfg.budget == 5888 == math.ceil(rlhf.steps * ppo.batch_size / run.eval_prompts) * run.eval_prompts
 
 
 @pytest.mark.parametrize("option, value, message", [
