@@ -139,18 +139,7 @@ def _write_folder(state_dict, cfg, tokenizer_file, out_dir, architecture, card, 
     eos = tokenizer.eos_token_id
     files = {
         "config.json": gpt2_config(cfg, eos, dtype, architecture),
-        "tokenizer_config.json": {
-            # loads tokenizer.json whole; a model's own class (GPT2Tokenizer) rebuilds the tokenizer from the
-            # vocabulary and merges around its own pipeline (tokenization_utils_tokenizers.py:114-124,
-            # models/gpt2/tokenization_gpt2.py:109-120). 5.x's name for it is TokenizersBackend (:1588); the
-            # old name also loads in 4.x
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
-            "padding_side": "left",                         # prompts are left-padded, as generate expects
-            "add_prefix_space": False,                      # as train_tokenizer's ByteLevel pre-tokenizer
-            "clean_up_tokenization_spaces": False,          # keep " ." and " ," as the corpus writes them
-            "model_max_length": cfg.block_size,
-        },
+        "tokenizer_config.json": tokenizer_config(cfg),
         "README.md": _model_card(card, cfg, architecture, weights),
     }
     if architecture == "GPT2LMHeadModel":
@@ -170,6 +159,22 @@ def _write_folder(state_dict, cfg, tokenizer_file, out_dir, architecture, card, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def tokenizer_config(cfg):
+    """tokenizer_config.json: how transformers loads our tokenizer.json."""
+    return {
+        # loads tokenizer.json whole; a model's own class (GPT2Tokenizer) rebuilds the tokenizer from the
+        # vocabulary and merges around its own pipeline (tokenization_utils_tokenizers.py:114-124,
+        # models/gpt2/tokenization_gpt2.py:109-120). 5.x's name for it is TokenizersBackend (:1588); the
+        # old name also loads in 4.x
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS,
+        "padding_side": "left",                         # prompts are left-padded, as generate expects
+        "add_prefix_space": False,                      # as train_tokenizer's ByteLevel pre-tokenizer
+        "clean_up_tokenization_spaces": False,          # keep " ." and " ," as the corpus writes them
+        "model_max_length": cfg.block_size,
+    }
 
 
 def _checked_weights(state_dict, cfg, architecture):
