@@ -150,28 +150,10 @@ def write_overopt_plot(results, path):
     if plt is None:
         return False
     fig, grid = plt.subplots(2, 2, figsize=(13, 9), constrained_layout=True)
-    golds = results.get("golds", {})
     for ax, lex, kind, title in ((grid[0, 0], grid[1, 0], "best_of_n", "best-of-n from the reference"),
                                  (grid[0, 1], grid[1, 1], "rl", "PPO")):
-        rows = results[kind]
-        for k, name in enumerate(dict.fromkeys(r["proxy"] for r in rows)):
-            curve = [r for r in rows if r["proxy"] == name]
-            color = f"C{k}"
-            label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
-            gold = golds.get(name, "gold")
-            d = np.sqrt([r["kl"] for r in curve])
-            lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")
-            lex.plot(d, [r["lexicon_negative"] for r in curve], "s--", color=color, alpha=0.6,
-                     label=f"lexicon negative, proxy {name}")
-            for score, style, text in (("gold_score", "o-", f"{gold}, {label}"),
-                                       ("proxy_score", "s--", f"proxy {name} itself")):
-                ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
-                        alpha=1.0 if score == "gold_score" else 0.6)
-            fit = results["fits"][f"{kind}/{name}/gold_score"]
-            x = np.linspace(0.0, d.max(), 101)[1:]
-            if fit["alpha"] is not None and len(x) and x[0] > 0:
-                ax.plot(x, x * (fit["alpha"] - fit["beta"] * (x if kind == "best_of_n" else np.log(x))), ":",
-                        color=color)
+        for k, name in enumerate(dict.fromkeys(r["proxy"] for r in results[kind])):
+            _overopt_curves(ax, lex, results, kind, name, f"C{k}")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(title)
         ax.set_xlabel("d = sqrt(KL to the reference), sqrt(nats)")
@@ -185,6 +167,25 @@ def write_overopt_plot(results, path):
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def _overopt_curves(ax, lex, results, kind, name, color):
+    """One proxy's curves of one kind ("best_of_n" or "rl"): its gold's and its own gains on ax, with the gold's
+    fitted form d (alpha - beta d) or d (alpha - beta log d); the lexicon's shares on lex."""
+    curve = [r for r in results[kind] if r["proxy"] == name]
+    label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
+    gold = results.get("golds", {}).get(name, "gold")
+    d = np.sqrt([r["kl"] for r in curve])
+    lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")
+    lex.plot(d, [r["lexicon_negative"] for r in curve], "s--", color=color, alpha=0.6,
+             label=f"lexicon negative, proxy {name}")
+    for score, style, text in (("gold_score", "o-", f"{gold}, {label}"), ("proxy_score", "s--", f"proxy {name} itself")):
+        ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
+                alpha=1.0 if score == "gold_score" else 0.6)
+    fit = results["fits"][f"{kind}/{name}/gold_score"]
+    x = np.linspace(0.0, d.max(), 101)[1:]
+    if fit["alpha"] is not None and len(x) and x[0] > 0:
+        ax.plot(x, x * (fit["alpha"] - fit["beta"] * (x if kind == "best_of_n" else np.log(x))), ":", color=color)
 
 
 def write_compare_plot(results, path):
