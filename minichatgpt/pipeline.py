@@ -99,12 +99,16 @@ class Stages:
     from other options or inputs. Every stage's options, and the files of every finished stage, are checked up
     front, before any work; only then does a restart delete anything.
 
-    advice(stage): what a refusal of other options says to do (advice_for by default); elsewhere: how to start afresh (Manifest).
+    advice(stage): what a refusal of other options says to do (advice_for by default); elsewhere: how to start
+    afresh (Manifest).
     """
 
     def __init__(self, config, run_dir, restart, data, advice=None, elsewhere="use a new --name"):
         self.manifest = Manifest(run_dir, elsewhere)
         self.advice = advice or functools.partial(advice_for, reward_model=config.reward_model)
+        if restart in METHODS and restart != config.method and restart not in self.manifest.stages:
+            raise Refused(f"--restart {restart}: {run_dir} holds no {DRIVING[restart].label} stage to replace; "
+                          f"--restart {config.method} rebuilds the run's own")
         others = [m for m in METHODS if m != config.method and m in self.manifest.stages and m != restart]
         if others:
             raise Refused(f"{run_dir} holds a {DRIVING[others[0]].label} run, and a run folder holds one method; "

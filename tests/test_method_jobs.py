@@ -103,6 +103,11 @@ def test_restart_of_a_method_rebuilds_its_stage_alone_and_another_method_is_anot
     fresh = cli.run_main(tiny_args(tmp_path, "fresh", corpus, "--method", "rloo"))
     assert replaced["policy"] == fresh["policy"] and replaced["method"] == "rloo"
     assert without_time(run_dir / "rloo_log.jsonl") == without_time(tmp_path / "runs" / "fresh" / "rloo_log.jsonl")
+    # a method stage the folder does not hold is not "replaced": nothing is deleted
+    before = snapshot(run_dir)
+    status, err = run_cli(capsys, tiny_args(tmp_path, "r", corpus, "--method", "rloo", "--restart", "grpo"))
+    assert_one_line_refusal(status, err, 1, "--restart grpo", "holds no GRPO stage", "--restart rloo")
+    assert snapshot(run_dir) == before
 
 
 @pytest.mark.parametrize("flags, fragment", [
