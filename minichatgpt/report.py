@@ -179,7 +179,8 @@ def _overopt_curves(ax, lex, results, kind, name, color):
     lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")
     lex.plot(d, [r["lexicon_negative"] for r in curve], "s--", color=color, alpha=0.6,
              label=f"lexicon negative, proxy {name}")
-    for score, style, text in (("gold_score", "o-", f"{gold}, {label}"), ("proxy_score", "s--", f"proxy {name} itself")):
+    for score, style, text in (("gold_score", "o-", f"{gold}, {label}"),
+                               ("proxy_score", "s--", f"proxy {name} itself")):
         ax.plot(d, [r[score] - curve[0][score] for r in curve], style, color=color, label=text,
                 alpha=1.0 if score == "gold_score" else 0.6)
     fit = results["fits"][f"{kind}/{name}/gold_score"]

@@ -55,6 +55,8 @@ DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": 
 def depends_on(reward_model="ngram"):
     """DEPENDS_ON of a run whose proxy is `reward_model`: the GPT reward model is trained from the pretrained GPT."""
     return {**DEPENDS_ON, "reward": ["tokenizer", "pretrain"]} if reward_model == "gpt" else DEPENDS_ON
+
+
 # The report, made last from every stage: the evaluation and what shows it. The manifest records it as the stage
 # "report", with the whole config of the run, which every command that builds on the run reads from there.
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")

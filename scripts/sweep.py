@@ -50,7 +50,9 @@ def setting_of(text, run_config):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("settings", nargs="+", help='each the main job\'s RL flags, e.g. "--lr 1e-4 --ppo-steps 80" or "--method grpo --grpo-beta 0.1"')
+    p.add_argument("settings", nargs="+",
+                   help='each the main job\'s RL flags, e.g. "--lr 1e-4 --ppo-steps 80" or '
+                        '"--method grpo --grpo-beta 0.1"')
     p.add_argument("--name", default="default")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default=None)
@@ -68,7 +70,8 @@ def main():
     print(f"{'setting':48s} " + " ".join(f"{label:>6s}" for _, label, _ in COLUMNS) + "   time")
     for text, config in settings:
         t0 = time.perf_counter()
-        policy, task = run.policy_start(DRIVING[config.method].value_head), dataclasses.replace(run.task(), sampling=config.sampling)
+        policy = run.policy_start(DRIVING[config.method].value_head)
+        task = dataclasses.replace(run.task(), sampling=config.sampling)
         with tempfile.TemporaryDirectory() as tmp:
             history = train_run(config, policy, task, os.path.join(tmp, "policy.npz"), os.path.join(tmp, "log.jsonl"),
                                 progress=False)

@@ -14,8 +14,9 @@ The options are minichatgpt-compare's GRPO (minichatgpt/config.py, CompareConfig
 responses in groups of 4 per generation batch, 2 iterations over each (an optimizer step per pass over the whole
 batch, in forward passes of 16 rows), beta 0.25 on the k3 KL without the bias correction, the "grpo" loss, Adam at
 a constant 2e-4, 92 generation batches (the comparison's budget of 5,888 responses: trl's max_steps counts optimizer
-steps, 92 x 2), responses of at most 16 tokens at temperature 1, no dropout. What still differs from ours: trl clips the gradient norm at 1.0 (max_grad_norm), and
-trl's reward function reads the prompt and completion as text, which our proxy scores as the run's rollouts do.
+steps, 92 x 2), responses of at most 16 tokens at temperature 1, no dropout. What still differs from ours: trl
+clips the gradient norm at 1.0 (max_grad_norm), and trl's reward function reads the prompt and completion as text,
+which our proxy scores as the run's rollouts do.
 """
 import argparse
 
