@@ -142,7 +142,7 @@ _HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>Where the rew
 body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; }}
 table {{ border-collapse: collapse; width: 100%; }}
 td {{ border-top: 1px solid #ddd; padding: 6px; vertical-align: top; }}
-td.who {{ width: 9em; }} span {{ font-family: monospace; white-space: pre; }}
+td.who {{ width: 9em; }} span {{ font-family: monospace; white-space: pre-wrap; }}
 </style></head><body>
 <h1>Where the reward went, token by token</h1>
 <p>Each held-out prompt, answered by the reference model and by the {label} policy. Middle column: each token's
