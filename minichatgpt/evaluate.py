@@ -17,6 +17,7 @@ import numpy as np
 
 import minigpt_np as mg
 from ppo_np.batch import forward_chunks, layout, response_logprobs
+from ppo_np.core import log_softmax
 
 from .collapse import collapse_metrics
 from .sampling import judged, sample, score, texts_of
@@ -45,12 +46,11 @@ def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, 
     """
     texts = texts_of(tokenizer, queries, responses)
     batch = layout(queries, responses, tokenizer.eos_token_id)
-    logprobs = response_logprobs(model, batch, sampling.forward_batch_size)          # (N, R), 0 on padding
-    ref_logprobs = response_logprobs(ref_model, batch, sampling.forward_batch_size)
+    ref_logprobs = response_logprobs(ref_model, batch, sampling.forward_batch_size)  # (N, R), 0 on padding
     if kl == "exact":
         kl = exact_kl(model, ref_model, batch, sampling.forward_batch_size)
     else:
-        kl = (logprobs - ref_logprobs).sum(axis=1)
+        kl = (response_logprobs(model, batch, sampling.forward_batch_size) - ref_logprobs).sum(axis=1)
     metrics = {}
     scores = {name: score(scorer, texts, sampling) for name, scorer in scorers.items()}
     for name, s in scores.items():
@@ -63,13 +63,6 @@ def measure_responses(model, ref_model, tokenizer, scorers, queries, responses, 
         "n": len(queries),
     })
     return metrics, {"texts": texts, "responses": responses, "scores": scores, "kl": kl}
-
-
-def log_softmax(logits):
-    """log p = logits - logsumexp(logits) over the last axis, in float64.   (..., V) -> (..., V)"""
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def exact_kl(model, ref_model, batch, forward_batch_size):
@@ -85,8 +78,8 @@ def exact_kl(model, ref_model, batch, forward_batch_size):
     kl = []
     with mg.no_grad():
         for chunk in forward_chunks(batch, forward_batch_size):
-            logp = log_softmax(model(chunk.input_ids, chunk.attention_mask).data[:, chunk.response_columns])
-            logq = log_softmax(ref_model(chunk.input_ids, chunk.attention_mask).data[:, chunk.response_columns])
+            logp, logq = (log_softmax(m(chunk.input_ids, chunk.attention_mask).data[:, chunk.response_columns]
+                                      .astype(np.float64)) for m in (model, ref_model))
             per_token = np.maximum((np.exp(logp) * (logp - logq)).sum(axis=-1), 0.0)    # (b, R)
             kl.append((per_token * chunk.mask).sum(axis=1))
     return np.concatenate(kl)

@@ -43,8 +43,9 @@ __all__ = [
 # 1. log-probabilities of the sampled tokens
 
 
-def _log_softmax(logits):
-    """log softmax over the last axis, shifted by the max so exp never overflows."""
+def log_softmax(logits):
+    """log p = logits - logsumexp(logits) over the last axis, shifted by the max so exp never overflows.
+    (..., V) -> (..., V), in the logits' dtype."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -56,7 +57,7 @@ def logprobs_from_logits(logits, labels):
     Its backward, `logprobs_from_logits_backward`, is section 8 below: where the loss gradient arrives.
     """
     checks.logits_and_labels(logits, labels)
-    logp = _log_softmax(np.asarray(logits))
+    logp = log_softmax(np.asarray(logits))
     return np.take_along_axis(logp, np.asarray(labels)[..., None], axis=-1)[..., 0]
 
 
@@ -323,7 +324,7 @@ def logprobs_from_logits_backward(logits, labels, dlogprobs):
     checks.logits_and_labels(logits, labels, dlogprobs)
     logits, labels = np.asarray(logits), np.asarray(labels)[..., None]
     dlogprobs = np.asarray(dlogprobs, dtype=logits.dtype)[..., None]
-    dlogits = -dlogprobs * np.exp(_log_softmax(logits))
+    dlogits = -dlogprobs * np.exp(log_softmax(logits))
     # the onehot term: add dlogprobs at each label's column
     np.put_along_axis(dlogits, labels, np.take_along_axis(dlogits, labels, axis=-1) + dlogprobs, axis=-1)
     return dlogits

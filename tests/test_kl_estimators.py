@@ -194,8 +194,8 @@ def test_summed_per_token_k2_and_k3_give_each_tokens_conditional_kl_gradient_not
 
     cols = w["batch"].response_columns
     with mg.no_grad():
-        log_pi = core._log_softmax(w["policy"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
-        log_ref = core._log_softmax(w["ref"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+        log_pi = core.log_softmax(w["policy"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+        log_ref = core.log_softmax(w["ref"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
     pi, pi_ref = np.exp(log_pi), np.exp(log_ref)                                 # (V^L, L, V) next-token distributions
     kl_t = (pi * (log_pi - log_ref)).sum(axis=-1, keepdims=True)
     weight = w["p"][:, None, None]
@@ -229,8 +229,8 @@ def test_the_sequence_kls_differ_from_the_summed_estimators_by_prefix_weights_an
     w = world
     cols = w["batch"].response_columns
     with mg.no_grad():
-        log_pi = core._log_softmax(w["policy"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
-        log_ref = core._log_softmax(w["ref"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+        log_pi = core.log_softmax(w["policy"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
+        log_ref = core.log_softmax(w["ref"](w["batch"].input_ids, w["batch"].attention_mask).data[:, cols])
     pi, pi_ref = np.exp(log_pi), np.exp(log_ref)                                 # (V^L, L, V)
     kl_t = (pi * (log_pi - log_ref)).sum(axis=-1)                                # KL_t(pi || ref) at row y's prefix
     ones = np.ones_like(w["logprobs"])
