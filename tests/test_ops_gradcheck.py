@@ -241,6 +241,16 @@ def test_masked_attention_gradcheck_catches_gradient_in_query_rows_that_see_no_k
     assert_gradcheck_fails(attention_fn(LEFT_PADDING), {"qkv": randn(3, 5, 3 * 4)})
 
 
+def test_attention_with_a_nan_query_gives_nan_there_and_nowhere_else():
+    """The softmax's shift skips NaN (np.fmax); the exp of a NaN score still makes that query's output NaN."""
+    q, k, v = randn(1, 2, 4, 3), randn(1, 2, 4, 3, seed=1), randn(1, 2, 4, 3, seed=2)
+    q[0, 1, 2, 0] = np.nan
+    y, att = ops.attention_forward(q, k, v, ops.causal_allowed(4, 4))
+    assert np.isnan(y[0, 1, 2]).all() and np.isnan(att[0, 1, :, 2]).all()
+    y[0, 1, 2] = 0
+    assert np.isfinite(y).all()
+
+
 # ------------------------------------------------------------------------------------------------ dropout
 P_DROP = 0.3
 
