@@ -415,7 +415,11 @@ def entropy_from_logits(logits):
     checks.logits(logits)
     logits = np.asarray(logits, dtype=np.result_type(logits, np.float32))
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    sumexp = np.exp(shifted).sum(axis=-1, keepdims=True)
-    probs = np.exp(shifted) / sumexp
-    p_times_l = np.where(probs > 0, probs * np.where(np.isfinite(shifted), shifted, 0.0), 0.0)
+    probs = np.exp(shifted)
+    sumexp = probs.sum(axis=-1, keepdims=True)
+    probs /= sumexp
+    if np.isfinite(shifted).all():
+        p_times_l = probs * shifted          # the same sum: where a p is 0, p l adds a zero
+    else:
+        p_times_l = np.where(probs > 0, probs * np.where(np.isfinite(shifted), shifted, 0.0), 0.0)
     return np.log(sumexp[..., 0]) - p_times_l.sum(axis=-1)
