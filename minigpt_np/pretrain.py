@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from .cores import on_two_cores
 from .data import sample_windows, validation_windows
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .resume import resume, save_training_checkpoint, sha256_of_array
@@ -78,17 +79,50 @@ def train_step(model, optimizer, windows, lr, grad_clip):
 
     Raises TrainingDiverged, before the weights change, if the loss or the gradient norm is not finite.
     """
-    loss = model.loss(windows[:, :-1], windows[:, 1:])
-    if not math.isfinite(float(loss.data)):
-        raise TrainingDiverged(f"loss is {float(loss.data)}")
-    model.zero_grad()
-    loss.backward()
+    loss = loss_and_gradients(model, windows)
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"loss is {loss}")
     grad_norm = clip_grad_norm(model.parameters(), grad_clip)
     if not math.isfinite(grad_norm):
         raise TrainingDiverged(f"gradient norm is {grad_norm}")
     optimizer.step(lr)
     model.zero_grad()   # gradients are dead weight between updates
-    return float(loss.data), grad_norm
+    return loss, grad_norm
+
+
+def loss_and_gradients(model, windows):
+    """The mean next-token loss L over windows (B, T+1) -> float; every parameter's .grad is set to dL/dtheta.
+
+    Two micro-batches, the first ceil(B/2) windows and the rest, run at once on two cores (`cores.on_two_cores`),
+    the second on `model.replica()`. With n_i target tokens in micro-batch i and n = n_1 + n_2,
+
+        L = (n_1 / n) L_1 + (n_2 / n) L_2,      dL/dtheta = (n_1 / n) dL_1/dtheta + (n_2 / n) dL_2/dtheta
+
+    each backward starts from dL/dL_i = n_i / n, and the second's gradients are added to the first's. With dropout
+    the parts run one after the other, so that their masks are drawn from the model's generator in a fixed order.
+    """
+    model.zero_grad()
+    n = windows[:, 1:].size
+    if len(windows) == 1:
+        return _micro_batch(model, windows, n)
+    half, twin = (len(windows) + 1) // 2, model.replica()
+    first, second = (lambda: _micro_batch(model, windows[:half], n)), (lambda: _micro_batch(twin, windows[half:], n))
+    if model.training and model.cfg.dropout > 0:
+        losses = first(), second()          # dropout masks come from one generator: drawn in a fixed order
+    else:
+        losses = on_two_cores(first, second)
+    for name, p in model.params.items():
+        if p.grad is not None:
+            p.grad += twin.params[name].grad
+    return losses[0] + losses[1]
+
+
+def _micro_batch(model, windows, n):
+    """(n_i / n) L_i for windows (b, T+1) holding n_i of the batch's n target tokens -> float; backward into .grad."""
+    share = windows[:, 1:].size / n
+    loss = model.loss(windows[:, :-1], windows[:, 1:])
+    loss.backward(np.asarray(share, dtype=loss.dtype))
+    return float(loss.data) * share
 
 
 def validation_loss(model, windows, batch_size=32):

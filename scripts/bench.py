@@ -55,7 +55,7 @@ import torch.nn.functional as TF
 import minigpt_np as mg
 from minigpt_np import blocks
 from minigpt_np.memory import keep_freed_memory
-from minigpt_np.pretrain import PretrainConfig, train_step
+from minigpt_np.pretrain import PretrainConfig, loss_and_gradients, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,18 +144,17 @@ def torch_gpt_loss(P, cfg, idx, targets):
 
 # ------------------------------------------------------------------------------------------------ steps
 def make_numpy_trainer(model, case, idx, targets):
-    """One training step as pretraining takes it: `model.loss`, backward, AdamW (`train_step` when clipping)."""
+    """One training step as pretraining takes it: `loss_and_gradients` (forward and backward, two micro-batches on
+    two cores), AdamW (`train_step` when clipping)."""
     optimizer = mg.AdamW(model.named_parameters(), lr=LR, betas=case.betas, weight_decay=WEIGHT_DECAY)
     windows = np.concatenate([idx, targets[:, -1:]], axis=1)       # the pipeline's (B, T+1) windows
 
     def step():
         if case.grad_clip is not None:
             return train_step(model, optimizer, windows, LR, case.grad_clip)[0]
-        model.zero_grad()
-        loss = model.loss(idx, targets)
-        loss.backward()
+        loss = loss_and_gradients(model, windows)
         optimizer.step()
-        return float(loss.data)
+        return loss
     return step, model.zero_grad
 
 
