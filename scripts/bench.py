@@ -11,12 +11,16 @@ Times, in one run:
   * a full training step (forward, backward, AdamW, no clipping) of the same GPT-2 (pre-LN, tanh GELU, tied head),
     same weights, float32, in NumPy and in PyTorch on the CPU with the same number of threads, at vocab 2048, block
     64, 4 x 4 x 128, batch 32, and at a larger size (block 128, 6 x 6 x 192, batch 16). The PyTorch GPT is written
-    below in plain torch ops (addmm for the linears, explicit masked softmax attention);
+    below in plain torch ops (addmm for the linears, explicit masked softmax attention). NumPy's forward and backward
+    run as two micro-batches on two cores (`minigpt_np.pretrain.loss_and_gradients`), PyTorch's as one batch on its
+    intra-op threads;
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
 in machine load hits both sides alike; the figure is the median. Other processes on the machine distort the figures,
-multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed.
+multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed. So does
+the engine before: a thread of it that still spins takes a core from the next step (PyTorch's pipeline step took
+141 ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms alone; README, section "Speed").
 
 Like the minichatgpt command line, the benchmark first asks glibc's malloc to keep the memory a step frees
 (`minigpt_np.memory.keep_freed_memory`; it applies to the whole process, so to both engines). --default-malloc
