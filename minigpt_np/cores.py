@@ -1,13 +1,13 @@
 """Two micro-batches at once, one per core: the data parallelism of a training step.
 
 NumPy runs each elementwise pass (GELU, a softmax, LayerNorm) on one core, while its BLAS spreads each matrix
-product over all of them; on two cores a step leaves one core idle for about a third of its time. A step on a
-batch is also a sum of steps on its parts: with micro-batches of n_1 and n_2 target tokens, n = n_1 + n_2,
+product over all of them; on two cores one core idles through every elementwise pass. A step on a batch is also a
+sum of steps on its parts: with micro-batches of n_1 and n_2 target tokens, n = n_1 + n_2,
 
     L = (n_1 L_1 + n_2 L_2) / n,        dL/dtheta = (n_1 / n) dL_1/dtheta + (n_2 / n) dL_2/dtheta
 
-so the two parts can run at the same time, each a whole forward and backward on a core of its own, with the BLAS
-single-threaded inside each. NumPy lets go of the interpreter lock inside every pass and every product, so both
+so the two parts can run at the same time, each a whole forward and backward on a core of its own (on more cores,
+on half of them), with the BLAS held to that share inside each. NumPy lets go of the interpreter lock inside every pass and every product, so both
 cores are busy with elementwise work and products alike; only the autograd's Python bookkeeping takes turns.
 
 `on_two_cores(first, second)` runs the two parts; `blas_threads(n)` sets the BLAS's thread count for a while.
@@ -34,9 +34,9 @@ def cores():
 
 
 def on_two_cores(first, second):
-    """(first(), second()): second on a helper thread while first runs on the caller's, if there are two cores
-    and the BLAS can be held to one thread per part; otherwise one after the other. An exception in either is
-    raised here, after both have finished."""
+    """(first(), second()): second on a helper thread while first runs on the caller's, each with the BLAS on half
+    the cores, if there are two or more and the BLAS's threads can be set; otherwise one after the other. An
+    exception in either is raised here, after both have finished."""
     if cores() < 2 or _openblas() is None:
         return first(), second()
     with blas_threads(max(1, cores() // 2)):
