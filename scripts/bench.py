@@ -14,6 +14,10 @@ Times, in one run:
     below in plain torch ops (addmm for the linears, explicit masked softmax attention). NumPy's forward and backward
     run as two micro-batches on two cores (`minigpt_np.pretrain.loss_and_gradients`), PyTorch's as one batch on its
     intra-op threads;
+  * for each of these steps, its matrix products alone ("numpy products"): the same shapes and layouts on random
+    operands, as two micro-batches on two cores, with no elementwise work between them. The NumPy step cannot be
+    faster than this with this BLAS; the gap between the two rows is everything else (GELU, softmax, LayerNorm,
+    cross-entropy, AdamW, the autograd);
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
@@ -38,12 +42,15 @@ VmRSS before the step; where that is unavailable, resource.getrusage's ru_maxrss
 
 The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, 4x4x128), train_step_ratio_large,
 pipeline_step_ratio, kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the BLAS peak, each case's
-fraction of it, the raw milliseconds and the conditions. It prints figures; it never asserts on them.
+fraction of it (the products alone included), the raw milliseconds and the conditions. It prints figures; it
+never asserts on them.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -57,7 +64,8 @@ import torch
 import torch.nn.functional as TF
 
 import minigpt_np as mg
-from minigpt_np import blocks
+from minigpt_np import blocks, ops
+from minigpt_np.cores import on_two_cores
 from minigpt_np.memory import keep_freed_memory
 from minigpt_np.pretrain import PretrainConfig, loss_and_gradients, train_step
 
@@ -178,6 +186,52 @@ def make_torch_trainer(P, case, idx, targets):
         optimizer.step()
         return loss.item()
     return step, lambda: optimizer.zero_grad(set_to_none=True)
+
+
+def make_products_step(cfg, batch):
+    """The matrix products of one NumPy training step and nothing else, run as `loss_and_gradients` runs the step:
+    two micro-batches at once, the BLAS on one thread each (`cores.on_two_cores`). Its time is what the BLAS alone
+    asks of the step on these shapes, a floor under any speed-up of the elementwise work."""
+    half = (batch + 1) // 2
+    parts = step_products(cfg, half, seed=0), step_products(cfg, batch - half, seed=1)
+    return lambda: on_two_cores(*(functools.partial(run_products, part) for part in parts))
+
+
+def step_products(cfg, batch, seed):
+    """The products of one forward and backward on a micro-batch of `batch` windows, as (a, b, out) operands for
+    np.matmul(a, b, out=out), random float32 in the layouts of `minigpt_np.ops`: per layer, four linears (y = x W;
+    dx = dy W^T, dW = x^T dy) and attention's two forward and four backward products over head-split views; then
+    the tied head's three (logits = x E^T; dx = dlogits E, dE = dlogits^T x)."""
+    B, T, C, H, V = batch, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.vocab_size
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+    rows = {width: rand(B * T, width) for width in (C, 3 * C, 4 * C, V)}    # activations and gradients, (N, width)
+    products = []
+    for _ in range(cfg.n_layer):
+        for w in (rand(C, 3 * C), rand(C, C), rand(C, 4 * C), rand(4 * C, C)):      # qkv, proj, MLP fc and proj
+            x, dy = rows[w.shape[0]], rows[w.shape[1]]
+            products += [(x, w, np.empty_like(dy)), (dy, w.T, np.empty_like(x)), (x.T, dy, np.empty_like(w))]
+        q, k, v = (ops.split_heads(part, H) for part in np.split(rand(B, T, 3 * C), 3, axis=-1))     # (B, H, T, D)
+        att, ds, q_scaled = rand(B, H, T, T), rand(B, H, T, T), q.copy()           # scores key-major, (S, T)
+        y, dy = ops.split_heads(rand(B, T, C), H), ops.split_heads(rand(B, T, C), H)
+        products += [(k, q_scaled.swapaxes(-1, -2), att), (att.swapaxes(-1, -2), v, y),          # forward
+                     (att, dy, np.empty(v.shape, np.float32)), (v, dy.swapaxes(-1, -2), np.empty_like(att)),
+                     (ds.swapaxes(-1, -2), k, np.empty(q.shape, np.float32)), (ds, q, np.empty(k.shape, np.float32))]
+    wte = rand(V, C)
+    products += [(rows[C], wte.T, rows[V].copy()), (rows[V], wte, rows[C].copy()), (rows[V].T, rows[C], wte.copy())]
+    return products
+
+
+def run_products(products):
+    for a, b, out in products:
+        np.matmul(a, b, out=out)
+
+
+def products_flops(products):
+    """2 m k n per product (m, k) @ (k, n), times its batch dimensions."""
+    return sum(2 * math.prod(out.shape) * a.shape[-1] for a, _, out in products)
 
 
 def generate_recompute(model, idx, max_new_tokens):
@@ -318,19 +372,24 @@ def bench_training(size, warmup, repeats, threads):
     cfg, batch = case.cfg, case.batch
     steps = build_training(size)
     (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
+    products = make_products_step(cfg, batch)
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
-    (ms_np, faults_np), (ms_torch, faults_torch) = interleaved_medians([np_step, torch_step], warmup, repeats)
-    del steps, np_step, torch_step
+    (ms_np, faults_np), (ms_products, faults_products), (ms_torch, faults_torch) = interleaved_medians(
+        [np_step, products, torch_step], warmup, repeats)    # PyTorch's step still follows a NumPy one, as before
+    del steps, np_step, torch_step, products
     mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
     clip = "" if case.grad_clip is None else f", clip {case.grad_clip:g}"
     shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} V{cfg.vocab_size} T{cfg.block_size} B{batch}{clip}"
     rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem, faults)
             for engine, ms, mem, faults in (("numpy", ms_np, mem_np, faults_np),
-                                            ("torch", ms_torch, mem_torch, faults_torch))]
-    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "first_loss_abs_diff": abs(loss_np - loss_torch),
+                                            ("torch", ms_torch, mem_torch, faults_torch),
+                                            ("numpy products", ms_products, float("nan"), faults_products))]
+    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "ms_products": ms_products,
+                  "first_loss_abs_diff": abs(loss_np - loss_torch),
                   "faults_numpy": faults_np, "faults_torch": faults_torch,
-                  "gflops_numpy": flops / ms_np / 1e6, "gflops_torch": flops / ms_torch / 1e6}
+                  "gflops_numpy": flops / ms_np / 1e6, "gflops_torch": flops / ms_torch / 1e6,
+                  "gflops_products": flops / ms_products / 1e6}
 
 
 def bench_generation(warmup, repeats, threads):
@@ -353,7 +412,8 @@ def print_table(rows, peak):
     print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}"
           f"{header[6]:>9}{header[7]:>13}")
     for case, engine, ms, tps, gflops, mem, faults in rows:
-        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{gflops / peak:>9.1%}{mem:>9.1f}"
+        memory = "" if mem != mem else f"{mem:.1f}"         # not measured for the products alone (nan)
+        print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{gflops / peak:>9.1%}{memory:>9}"
               f"{faults:>13.0f}")
 
 
@@ -403,7 +463,8 @@ def run_benchmark(argv=None):
         "kv_cache_speedup": gen["ms_recompute"] / gen["ms_kv"],
         "blas_peak_gflops": peak,
         **{f"{size}_fraction_of_peak_{engine}": report[size][f"gflops_{engine}"] / peak
-           for size in SIZES for engine in ("numpy", "torch")},
+           for size in SIZES for engine in ("numpy", "torch", "products")},
+        **{f"{size}_ms_products": report[size]["ms_products"] for size in SIZES},
         "pipeline_ms_numpy": report["pipeline"]["ms_numpy"], "pipeline_ms_torch": report["pipeline"]["ms_torch"],
         "train_ms_numpy": report["default"]["ms_numpy"], "train_ms_torch": report["default"]["ms_torch"],
         "train_large_ms_numpy": report["large"]["ms_numpy"], "train_large_ms_torch": report["large"]["ms_torch"],
