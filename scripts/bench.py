@@ -15,9 +15,9 @@ Times, in one run:
     run as two micro-batches on two cores (`minigpt_np.pretrain.loss_and_gradients`), PyTorch's as one batch on its
     intra-op threads;
   * for each of these steps, its matrix products alone ("numpy products"): the same shapes and layouts on random
-    operands, as two micro-batches on two cores, with no elementwise work between them. The NumPy step cannot be
-    faster than this with this BLAS; the gap between the two rows is everything else (GELU, softmax, LayerNorm,
-    cross-entropy, AdamW, the autograd);
+    operands, as two micro-batches on two cores, with no other work between them. A step split this way cannot be
+    faster with this BLAS. The gap between the two rows is the rest of the step (GELU, softmax, LayerNorm,
+    cross-entropy, biases, AdamW, the autograd), plus any slowdown that rest causes the products;
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
@@ -191,7 +191,7 @@ def make_torch_trainer(P, case, idx, targets):
 def make_products_step(cfg, batch):
     """The matrix products of one NumPy training step and nothing else, run as `loss_and_gradients` runs the step:
     two micro-batches at once, the BLAS on one thread each (`cores.on_two_cores`). Its time is what the BLAS alone
-    asks of the step on these shapes, a floor under any speed-up of the elementwise work."""
+    asks of a step split this way, a floor under any speed-up of the rest."""
     half = (batch + 1) // 2
     parts = step_products(cfg, half, seed=0), step_products(cfg, batch - half, seed=1)
     return lambda: on_two_cores(*(functools.partial(run_products, part) for part in parts))
@@ -199,28 +199,43 @@ def make_products_step(cfg, batch):
 
 def step_products(cfg, batch, seed):
     """The products of one forward and backward on a micro-batch of `batch` windows, as (a, b, out) operands for
-    np.matmul(a, b, out=out), random float32 in the layouts of `minigpt_np.ops`: per layer, four linears (y = x W;
-    dx = dy W^T, dW = x^T dy) and attention's two forward and four backward products over head-split views; then
-    the tied head's three (logits = x E^T; dx = dlogits E, dE = dlogits^T x)."""
-    B, T, C, H, V = batch, cfg.block_size, cfg.n_embd, cfg.n_head, cfg.vocab_size
+    np.matmul(a, b, out=out), random float32 in the layouts of `minigpt_np.ops`, with arrays of their own for every
+    layer (as the engine keeps each layer's activations): per layer, four linears (y = x W; dx = dy W^T,
+    dW = x^T dy) and attention's six products; then the tied head's three (logits = x E^T; dx = dlogits E,
+    dE = dlogits^T x)."""
+    B, T, C, V = batch, cfg.block_size, cfg.n_embd, cfg.vocab_size
     rng = np.random.default_rng(seed)
 
     def rand(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
-    rows = {width: rand(B * T, width) for width in (C, 3 * C, 4 * C, V)}    # activations and gradients, (N, width)
     products = []
     for _ in range(cfg.n_layer):
-        for w in (rand(C, 3 * C), rand(C, C), rand(C, 4 * C), rand(4 * C, C)):      # qkv, proj, MLP fc and proj
-            x, dy = rows[w.shape[0]], rows[w.shape[1]]
+        for c_in, c_out in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)):         # qkv, attention proj, MLP fc, proj
+            x, w, dy = rand(B * T, c_in), rand(c_in, c_out), rand(B * T, c_out)
             products += [(x, w, np.empty_like(dy)), (dy, w.T, np.empty_like(x)), (x.T, dy, np.empty_like(w))]
-        q, k, v = (ops.split_heads(part, H) for part in np.split(rand(B, T, 3 * C), 3, axis=-1))     # (B, H, T, D)
-        att, ds, q_scaled = rand(B, H, T, T), rand(B, H, T, T), q.copy()           # scores key-major, (S, T)
-        y, dy = ops.split_heads(rand(B, T, C), H), ops.split_heads(rand(B, T, C), H)
-        products += [(k, q_scaled.swapaxes(-1, -2), att), (att.swapaxes(-1, -2), v, y),          # forward
-                     (att, dy, np.empty(v.shape, np.float32)), (v, dy.swapaxes(-1, -2), np.empty_like(att)),
-                     (ds.swapaxes(-1, -2), k, np.empty(q.shape, np.float32)), (ds, q, np.empty(k.shape, np.float32))]
-    wte = rand(V, C)
-    products += [(rows[C], wte.T, rows[V].copy()), (rows[V], wte, rows[C].copy()), (rows[V].T, rows[C], wte.copy())]
+        products += attention_products(rand, B, T, C, cfg.n_head)
+    x, wte, dlogits = rand(B * T, C), rand(V, C), rand(B * T, V)
+    products += [(x, wte.T, np.empty_like(dlogits)), (dlogits, wte, np.empty_like(x)),
+                 (dlogits.T, x, np.empty_like(wte))]
+    return products
+
+
+def attention_products(rand, B, T, C, H):
+    """One layer's attention products, as `ops.attention_forward` and `ops.attention_backward` compute them: over
+    head-split views of (B, T, 3C) and (B, T, C) arrays, with key-major scores (S, T), q scaled into a copy in its
+    own memory order, and cut into the batch-row blocks that `blocks.in_row_blocks` hands them."""
+    q, k, v = (ops.split_heads(part, H) for part in np.split(rand(B, T, 3 * C), 3, axis=-1))      # (B, H, T, D)
+    q_scaled = q * np.float32(1.0 / np.sqrt(C // H))
+    y, dy = ops.split_heads(np.empty((B, T, C), np.float32), H), ops.split_heads(rand(B, T, C), H)
+    att, ds = rand(B, H, T, T), rand(B, H, T, T)
+    dq, dk, dv = (np.empty(q.shape, np.float32) for _ in range(3))
+    widest = max(att.nbytes, q.nbytes)
+    rows = B if widest <= blocks.BLOCK_BYTES else max(1, blocks.BLOCK_BYTES // (widest // B))
+    products = []
+    for r in (slice(i, i + rows) for i in range(0, B, rows)):
+        products += [(k[r], q_scaled[r].swapaxes(-1, -2), att[r]), (att[r].swapaxes(-1, -2), v[r], y[r]),  # forward
+                     (att[r], dy[r], dv[r]), (v[r], dy[r].swapaxes(-1, -2), ds[r]),                         # backward
+                     (ds[r].swapaxes(-1, -2), k[r], dq[r]), (ds[r], q[r], dk[r])]
     return products
 
 
@@ -375,7 +390,8 @@ def bench_training(size, warmup, repeats, threads):
     products = make_products_step(cfg, batch)
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
     (ms_np, faults_np), (ms_products, faults_products), (ms_torch, faults_torch) = interleaved_medians(
-        [np_step, products, torch_step], warmup, repeats)    # PyTorch's step still follows a NumPy one, as before
+        [np_step, products, torch_step], warmup, repeats)    # PyTorch's follows the products, whose BLAS ran on one
+                                                                # thread per half: no OpenBLAS thread left spinning
     del steps, np_step, torch_step, products
     mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
