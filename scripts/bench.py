@@ -20,11 +20,12 @@ Times, in one run:
     cross-entropy, biases, AdamW, the autograd), plus any slowdown that rest causes the products;
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
-Each case runs warm-up iterations, then the NumPy and PyTorch (or KV and recompute) repeats interleaved, so a change
-in machine load hits both sides alike; the figure is the median. Other processes on the machine distort the figures,
-multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed. So does
-the engine before: a thread of it that still spins takes a core from the next step (PyTorch's pipeline step took
-141 ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms alone; README, section "Speed").
+Each case runs warm-up iterations, then the NumPy, products-alone and PyTorch (or KV and recompute) repeats
+interleaved, so a change in machine load hits every side alike; the figure is the median. Other processes on the
+machine distort the figures, multi-threaded BLAS most of all (a waiting thread spins): read them together with the
+load average printed. So does the engine before: a thread of it that still spins takes a core from the next step
+(PyTorch's pipeline step took 141 ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms
+alone; README, section "Speed").
 
 Like the minichatgpt command line, the benchmark first asks glibc's malloc to keep the memory a step frees
 (`minigpt_np.memory.keep_freed_memory`; it applies to the whole process, so to both engines). --default-malloc
@@ -240,6 +241,7 @@ def attention_products(rand, B, T, C, H):
 
 
 def run_products(products):
+    """out = a @ b for every (a, b, out) of `step_products`, in order."""
     for a, b, out in products:
         np.matmul(a, b, out=out)
 
@@ -389,9 +391,9 @@ def bench_training(size, warmup, repeats, threads):
     (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
     products = make_products_step(cfg, batch)
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
+    # PyTorch's step follows the products, whose BLAS ran on one thread per half: no OpenBLAS thread left spinning
     (ms_np, faults_np), (ms_products, faults_products), (ms_torch, faults_torch) = interleaved_medians(
-        [np_step, products, torch_step], warmup, repeats)    # PyTorch's follows the products, whose BLAS ran on one
-                                                                # thread per half: no OpenBLAS thread left spinning
+        [np_step, products, torch_step], warmup, repeats)
     del steps, np_step, torch_step, products
     mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
@@ -428,7 +430,7 @@ def print_table(rows, peak):
     print(f"{header[0]:<{width}}  {header[1]:<16}{header[2]:>10}{header[3]:>11}{header[4]:>9}{header[5]:>9}"
           f"{header[6]:>9}{header[7]:>13}")
     for case, engine, ms, tps, gflops, mem, faults in rows:
-        memory = "" if mem != mem else f"{mem:.1f}"         # not measured for the products alone (nan)
+        memory = "" if math.isnan(mem) else f"{mem:.1f}"    # not measured for the products alone
         print(f"{case:<{width}}  {engine:<16}{ms:>10.1f}{tps:>11.0f}{gflops:>9.1f}{gflops / peak:>9.1%}{memory:>9}"
               f"{faults:>13.0f}")
 
