@@ -230,13 +230,12 @@ def attention_products(rand, B, T, C, H):
     y, dy = ops.split_heads(np.empty((B, T, C), np.float32), H), ops.split_heads(rand(B, T, C), H)
     att, ds = rand(B, H, T, T), rand(B, H, T, T)
     dq, dk, dv = (np.empty(q.shape, np.float32) for _ in range(3))
-    widest = max(att.nbytes, q.nbytes)
-    rows = B if widest <= blocks.BLOCK_BYTES else max(1, blocks.BLOCK_BYTES // (widest // B))
     products = []
-    for r in (slice(i, i + rows) for i in range(0, B, rows)):
-        products += [(k[r], q_scaled[r].swapaxes(-1, -2), att[r]), (att[r].swapaxes(-1, -2), v[r], y[r]),  # forward
-                     (att[r], dy[r], dv[r]), (v[r], dy[r].swapaxes(-1, -2), ds[r]),                         # backward
-                     (ds[r].swapaxes(-1, -2), k[r], dq[r]), (ds[r], q[r], dk[r])]
+
+    def block(q, q_scaled, k, v, att, ds, y, dy, dq, dk, dv):
+        products.extend([(k, q_scaled.swapaxes(-1, -2), att), (att.swapaxes(-1, -2), v, y),               # forward
+                         (att, dy, dv), (v, dy.swapaxes(-1, -2), ds), (ds.swapaxes(-1, -2), k, dq), (ds, q, dk)])
+    blocks.in_row_blocks(block, q, q_scaled, k, v, att, ds, y, dy, dq, dk, dv)
     return products
 
 
