@@ -244,7 +244,7 @@ def test_masked_attention_gradcheck_catches_gradient_in_query_rows_that_see_no_k
 def test_causal_allowed_is_key_major_and_laid_out_like_the_scores():
     """allowed[b, 0, j, t] = (j <= t + S - T) and key_mask[b, j], C-ordered as the scores (S, T) it is added to."""
     key_mask = np.array([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
-    for T, S, mask in [(4, 4, None), (3, 7, None), (1, 5, None), (3, 7, key_mask)]:
+    for T, S, mask in [(4, 4, None), (3, 7, None), (1, 5, None), (3, 7, key_mask), (1, 7, key_mask)]:
         allowed = ops.causal_allowed(T, S, mask)
         expected = np.array([[[[j <= t + S - T and (mask is None or mask[b, j] == 1) for t in range(T)]
                                for j in range(S)]] for b in range(1 if mask is None else len(mask))])
