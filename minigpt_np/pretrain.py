@@ -105,7 +105,7 @@ def loss_and_gradients(model, windows):
     n = windows[:, 1:].size
     if len(windows) == 1:
         return _micro_batch(model, windows, n)
-    half, twin = (len(windows) + 1) // 2, model.replica()
+    half, twin = first_half(len(windows)), model.replica()
     first, second = (lambda: _micro_batch(model, windows[:half], n)), (lambda: _micro_batch(twin, windows[half:], n))
     if model.training and model.cfg.dropout > 0:
         losses = first(), second()          # dropout masks come from one generator: drawn in a fixed order
@@ -115,6 +115,11 @@ def loss_and_gradients(model, windows):
         if p.grad is not None:
             p.grad += twin.params[name].grad
     return losses[0] + losses[1]
+
+
+def first_half(batch):
+    """How many of a batch's windows go to the first micro-batch of `loss_and_gradients`: ceil(batch / 2)."""
+    return (batch + 1) // 2
 
 
 def _micro_batch(model, windows, n):

@@ -68,7 +68,7 @@ import minigpt_np as mg
 from minigpt_np import blocks, ops
 from minigpt_np.cores import on_two_cores
 from minigpt_np.memory import keep_freed_memory
-from minigpt_np.pretrain import PretrainConfig, loss_and_gradients, train_step
+from minigpt_np.pretrain import PretrainConfig, first_half, loss_and_gradients, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +193,7 @@ def make_products_step(cfg, batch):
     """The matrix products of one NumPy training step and nothing else, run as `loss_and_gradients` runs the step:
     two micro-batches at once, the BLAS on one thread each (`cores.on_two_cores`). Its time is what the BLAS alone
     asks of a step split this way, a floor under any speed-up of the rest."""
-    half = (batch + 1) // 2
+    half = first_half(batch)
     parts = step_products(cfg, half, seed=0), step_products(cfg, batch - half, seed=1)
     return lambda: on_two_cores(*(functools.partial(run_products, part) for part in parts))
 
