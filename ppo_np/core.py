@@ -23,13 +23,13 @@ follows TRL 0.1 to the letter.
 The loss comes as llm.c pairs its layers: `ppo_loss` is the forward (the loss and the per-token terms its
 backward needs), `ppo_loss_backward` gives dL/dlogprobs and dL/dvalues, `ppo_stats` gives TRL's stats.
 `logprobs_from_logits_backward` carries dL/dlogprobs to the logits; the value head's backward takes dL/dvalues.
-Input checks live in `ppo_np.checks`: each public function makes one call there, then the math starts.
+Inputs are checked where they enter ppo_np (ppo_np.checks: PPOConfig and Trainer.step); past them the arrays are
+ppo_np's own, so the functions here check nothing but, in one line, that their per-token arrays share a shape. Called
+directly, they take what they are given: docs/ppo.md, section 17.
 """
 import dataclasses
 
 import numpy as np
-
-from . import checks
 
 __all__ = [
     "logprobs_from_logits", "compute_rewards", "compute_advantages", "masked_mean", "masked_var", "whiten",
@@ -56,7 +56,6 @@ def logprobs_from_logits(logits, labels):
     logits (B,T,V) float, labels (B,T) int -> logprobs (B,T). (Any leading shape works: (..., V), (...).)
     Its backward, `logprobs_from_logits_backward`, is section 8 below: where the loss gradient arrives.
     """
-    checks.logits_and_labels(logits, labels)
     logp = log_softmax(np.asarray(logits))
     return np.take_along_axis(logp, np.asarray(labels)[..., None], axis=-1)[..., 0]
 
@@ -74,7 +73,7 @@ def compute_rewards(scores, logprobs, ref_logprobs, kl_coef, mask=None):
     TRL 0.1 did `reward[-1] += score` on each unpadded row; with right padding its last token is at L_b - 1.
     scores (B,), logprobs (B,T), ref_logprobs (B,T), mask (B,T) or None -> (rewards, non_score_rewards), (B,T).
     """
-    checks.rewards_inputs(scores, logprobs, ref_logprobs, mask)
+    assert np.shape(logprobs) == np.shape(ref_logprobs) == np.shape(scores) + np.shape(logprobs)[1:], "(B,T) and (B,)"
     m = _bool_mask(mask, np.shape(logprobs))
     non_score_rewards = -kl_coef * np.where(m, np.subtract(logprobs, ref_logprobs), 0.0)
     rewards = non_score_rewards.copy()
@@ -101,7 +100,7 @@ def compute_advantages(values, rewards, gamma, lam, mask=None):
     The advantages are NOT whitened here; the trainer whitens them over the batch (section 4).
     values (B,T) (the rollout's), rewards (B,T), mask (B,T) or None -> (advantages, returns), (B,T), 0 on padding.
     """
-    checks.advantages_inputs(values, rewards, gamma, lam, mask)
+    assert np.ndim(values) == 2 and np.shape(values) == np.shape(rewards), "values and rewards: (B,T) each"
     m = _bool_mask(mask, np.shape(values))
     # zero the padding first, so that whatever it holds (even nan) cannot leak into the recursion
     values = np.where(m, values, 0.0)
@@ -139,7 +138,6 @@ def masked_mean(x, mask=None):
 
     Padding entries never enter the sum, even if they hold nan or inf.
     """
-    checks.masked_values(x, mask)
     return _mean(x, _bool_mask(mask, np.shape(x)))
 
 
@@ -148,7 +146,6 @@ def masked_var(x, mask=None, unbiased=True):
 
     Unbiased by default, as torch.var in TRL's `whiten`. x any shape, mask same shape or None -> float.
     """
-    checks.masked_values(x, mask, min_valid=2 if unbiased else 1)
     return _var(x, _bool_mask(mask, np.shape(x)), ddof=1 if unbiased else 0)
 
 
@@ -159,7 +156,6 @@ def whiten(x, mask=None, shift_mean=True):
     but keeps the centre). x any shape, mask same shape or None -> same shape; 0 on padding.
     Needs at least 2 valid entries (the unbiased variance of one number is undefined).
     """
-    checks.masked_values(x, mask, min_valid=2)
     x = np.asarray(x) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x, dtype=np.float64)
     m = _bool_mask(mask, x.shape)
     mean, var = _mean(x, m), _var(x, m)
@@ -238,8 +234,7 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, *,
     them); `returns` R = A + V_old from `compute_advantages`, A before whitening. All per-token inputs (B,T);
     mask (B,T) or None.
     """
-    checks.ppo_loss_inputs(logprobs, old_logprobs, values, old_values, advantages, returns, mask, cliprange,
-                           cliprange_value)
+    assert len({np.shape(a) for a in (logprobs, old_logprobs, values, old_values, advantages, returns)}) == 1, "(B,T)"
     m = _bool_mask(mask, np.shape(logprobs))
     # padding may hold anything (even nan): replace it by 0 before any arithmetic, so that every padded
     # loss term, gradient and stat below is exactly 0
@@ -321,7 +316,6 @@ def logprobs_from_logits_backward(logits, labels, dlogprobs):
     d logprobs[b,t] / d logits[b,t,v] = [v == y] - p_v, and nothing crosses (b,t) positions.
     logits (B,T,V), labels (B,T) int, dlogprobs (B,T) -> dlogits (B,T,V) in the dtype of logits.
     """
-    checks.logits_and_labels(logits, labels, dlogprobs)
     logits, labels = np.asarray(logits), np.asarray(labels)[..., None]
     dlogprobs = np.asarray(dlogprobs, dtype=logits.dtype)[..., None]
     dlogits = -dlogprobs * np.exp(log_softmax(logits))
@@ -351,7 +345,6 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef, target, horizon):
-        checks.kl_controller(init_kl_coef, target, horizon)
         self.value = float(init_kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
@@ -367,7 +360,6 @@ class FixedKLController:
     """Constant KL coefficient; `update` does nothing (TRL 0.1's choice when adap_kl_ctrl is False)."""
 
     def __init__(self, kl_coef):
-        checks.kl_controller(kl_coef)
         self.value = float(kl_coef)
 
     def update(self, current_kl, n_steps):
@@ -412,7 +404,6 @@ def entropy_from_logits(logits):
     precision; a -inf logit (a masked-out token) contributes 0 instead of nan.
     logits (B,T,V) -> entropy (B,T).
     """
-    checks.logits(logits)
     logits = np.asarray(logits, dtype=np.result_type(logits, np.float32))
     shifted = logits - logits.max(axis=-1, keepdims=True)
     probs = np.exp(shifted)

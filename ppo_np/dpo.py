@@ -55,10 +55,9 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
     The authors' `preference_loss` returns the per-pair losses and their trainer takes `losses.mean()`.
     """
-    checks.dpo_loss_inputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                           beta, label_smoothing)
     pc, pr, rc, rr = (np.asarray(a, dtype=np.float64) for a in (policy_chosen_logps, policy_rejected_logps,
                                                                 ref_chosen_logps, ref_rejected_logps))
+    assert pc.ndim == 1 and pc.shape == pr.shape == rc.shape == rr.shape, "four (P,) sequence log-probabilities"
     logits = (pc - pr) - (rc - rr)
     losses = -(1.0 - label_smoothing) * _log_sigmoid(beta * logits) - label_smoothing * _log_sigmoid(-beta * logits)
     terms = DPOTerms(pc, pr, beta * (pc - rc), beta * (pr - rr), logits, losses, beta, label_smoothing)
@@ -105,7 +104,11 @@ def make_pairs(scores, rng, bradley_terry=False):
     the weights, so their loss is log 2 and their gradient exactly 0; they only dilute the batch mean. Drop them
     before training if they are common (DPOTrainer reports their share as dpo/identical_pairs).
     """
-    scores = checks.pair_scores(scores)
+    scores = np.asarray(scores, dtype=np.float64)     # where the proxy's scores enter DPO: checked here
+    if scores.ndim != 2 or scores.shape[1] != 2 or len(scores) == 0:
+        raise ValueError(f"scores must be (P, 2): the proxy scores of the two responses to each prompt, got shape "
+                         f"{scores.shape}")
+    checks.finite_scores(scores, len(scores), "pairs")
     p_first = _sigmoid(scores[:, 0] - scores[:, 1]) if bradley_terry else np.where(
         scores[:, 0] > scores[:, 1], 1.0, np.where(scores[:, 0] < scores[:, 1], 0.0, 0.5))
     return np.where(rng.random(len(scores)) < p_first, 0, 1)
@@ -129,7 +132,10 @@ class DPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        checks.dpo_config(self)
+        checks.method_config("DPOConfig", self, "epochs")
+        checks.number("DPOConfig.beta", self.beta)
+        checks.interval("DPOConfig.label_smoothing", self.label_smoothing, 0.5, high_open=True,
+                        why=" (it is the probability that a label is flipped; at 0.5 the labels carry no information)")
 
 
 def dpo_prepare(trainer, rollout):

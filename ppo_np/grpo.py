@@ -69,11 +69,11 @@ __all__ = ["grpo_advantages", "group_reward_std", "grpo_loss", "GRPOTerms", "grp
            "GRPOConfig", "grpo_accumulation", "GRPOTrainer", "GRPO"]
 
 STD_EPS = 1e-4      # TRL's `std_grouped_rewards + 1e-4`
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 def group_reward_std(scores, group_size):
     """std_group s: the unbiased standard deviation (torch.std) of each group's scores. (B,) -> (B / G,)."""
-    checks.group_scores(scores, group_size)
     return np.asarray(scores, dtype=np.float64).reshape(-1, group_size).std(axis=1, ddof=1)
 
 
@@ -86,7 +86,7 @@ def grpo_advantages(scores, group_size, scale_rewards=True):
     ~1e-16) would turn it into a number of order 1. G = 1 is refused: the unbiased std of one number is undefined
     (TRL 0.19.1's GRPOConfig refuses num_generations < 2 too, as 1.16.0's does in grpo_config.py:1137).
     """
-    checks.group_scores(scores, group_size)
+    assert np.ndim(scores) == 1 and len(scores) % group_size == 0, "scores (B,), B a multiple of group_size"
     s = np.asarray(scores, dtype=np.float64).reshape(-1, group_size)      # (B/G, G): one row per prompt
     advantages = s - s.mean(axis=1, keepdims=True)
     if scale_rewards:
@@ -144,9 +144,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask=None, *, be
     gradient_accumulation_steps K and steps_per_generation S. trl 1.16.0 writes `-torch.min(coef_1 * A, coef_2 * A)`
     (:3118-3120), which is our max of the negated branches (core.clipped_surrogate).
     """
-    checks.grpo_loss_inputs(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta, epsilon, epsilon_high,
-                            loss_type, max_completion_length, importance_sampling_level, use_bias_correction_kl,
-                            num_items_in_batch, gradient_accumulation_steps, steps_per_generation)
+    assert np.shape(old_logprobs) == np.shape(ref_logprobs) == np.shape(logprobs) == (len(advantages), len(logprobs[0]))
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): replace it by 0 first, so every padded term and gradient is exactly 0
     logprobs, old_logprobs, ref_logprobs = (np.where(m, a, 0.0).astype(np.float64)
@@ -249,7 +247,25 @@ class GRPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        checks.grpo_config(self)
+        checks.method_config("GRPOConfig", self, "num_iterations", coefficients=("beta",))
+        checks.whole_groups("GRPOConfig", self, "group_size")
+        checks.number("GRPOConfig.epsilon", self.epsilon)
+        checks.number("GRPOConfig.epsilon_high", self.epsilon_high, none_means="epsilon_high = epsilon")
+        checks.choice("GRPOConfig.loss_type", self.loss_type, LOSS_TYPES)
+        if self.loss_type == "dr_grpo":
+            checks.integer("GRPOConfig.max_completion_length", self.max_completion_length,
+                           why=": loss_type 'dr_grpo' divides by B * max_completion_length, a constant")
+        checks.choice("GRPOConfig.importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
+        checks.flag("GRPOConfig.use_bias_correction_kl", self.use_bias_correction_kl)
+        steps, per_step = self.batch_size // self.mini_batch_size, self.gradient_accumulation_steps
+        if per_step is None:            # all of a pass's mini-batches: one AdamW step per pass over the batch
+            return
+        checks.integer("GRPOConfig.gradient_accumulation_steps", per_step,
+                       why=" (or None: all of the batch's mini-batches, one AdamW step per pass)")
+        if steps % per_step:
+            raise ValueError(f"GRPOConfig.gradient_accumulation_steps ({per_step}) must divide the {steps} "
+                             "mini-batches of a pass (batch_size / mini_batch_size), so that every AdamW step adds up "
+                             "as many; use None for one step per pass over the batch, or 1 for a step per mini-batch")
 
 
 def grpo_accumulation(cfg):
@@ -291,8 +307,12 @@ def grpo_minibatch_loss(cfg, batch, logprobs, values, old_logprobs, ref_logprobs
 
 
 def grpo_check(cfg, queries, responses):
+    """Whole groups of group_size consecutive rows, and with "dr_grpo" no response longer than its constant T_max."""
     checks.groups(queries, cfg.group_size)
-    checks.response_lengths(responses, cfg.max_completion_length)
+    longest = max(len(r) for r in responses)
+    if cfg.max_completion_length is not None and longest > cfg.max_completion_length:
+        raise ValueError(f"responses have up to {longest} tokens but max_completion_length = "
+                         f"{cfg.max_completion_length}; it must be the longest response the rollout can produce")
 
 
 class GRPOTrainer(Trainer):

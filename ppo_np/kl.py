@@ -42,32 +42,30 @@ tests/test_kl_estimators.py checks every one of these statements by exact enumer
 """
 import numpy as np
 
-from . import checks
-
 __all__ = ["k1", "k1_backward", "k2", "k2_backward", "k3", "k3_backward"]
 
 
 def k1(logprobs, ref_logprobs):
     """k1 = logpi - logpi_ref.   (B,T), (B,T) -> (B,T).  The log-ratio PPO's and RLOO's KL penalty use."""
-    checks.kl_inputs(logprobs, ref_logprobs)
+    assert np.shape(logprobs) == np.shape(ref_logprobs), "logprobs and ref_logprobs: one shape"
     return np.subtract(logprobs, ref_logprobs)
 
 
 def k1_backward(logprobs, ref_logprobs, dkl):
     """dlogprobs = dkl * dk1/dlogpi = dkl.   (B,T) each -> (B,T).  Zero gradient in expectation (module docstring)."""
-    checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    assert np.shape(logprobs) == np.shape(ref_logprobs) == np.shape(dkl), "logprobs, ref_logprobs and dkl: one shape"
     return np.array(dkl, dtype=np.result_type(logprobs, dkl, np.float32))
 
 
 def k2(logprobs, ref_logprobs):
     """k2 = 1/2 (logpi - logpi_ref)^2.   (B,T), (B,T) -> (B,T).  Biased for KL(pi || pi_ref)."""
-    checks.kl_inputs(logprobs, ref_logprobs)
+    assert np.shape(logprobs) == np.shape(ref_logprobs), "logprobs and ref_logprobs: one shape"
     return 0.5 * np.subtract(logprobs, ref_logprobs) ** 2
 
 
 def k2_backward(logprobs, ref_logprobs, dkl):
     """dlogprobs = dkl * (logpi - logpi_ref).   (B,T) each -> (B,T).  In expectation grad KL(pi || pi_ref)."""
-    checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    assert np.shape(logprobs) == np.shape(ref_logprobs) == np.shape(dkl), "logprobs, ref_logprobs and dkl: one shape"
     return np.multiply(dkl, np.subtract(logprobs, ref_logprobs))
 
 
@@ -76,7 +74,7 @@ def k3(logprobs, ref_logprobs):
 
     Written from the log-ratio, as TRL's GRPO writes it; unbiased for KL(pi || pi_ref) and >= 0 on every sample.
     """
-    checks.kl_inputs(logprobs, ref_logprobs)
+    assert np.shape(logprobs) == np.shape(ref_logprobs), "logprobs and ref_logprobs: one shape"
     log_r = np.subtract(ref_logprobs, logprobs)
     return np.exp(log_r) - log_r - 1.0
 
@@ -86,5 +84,5 @@ def k3_backward(logprobs, ref_logprobs, dkl):
 
     In expectation grad KL(pi_ref || pi), not grad KL(pi || pi_ref) (module docstring). 0 where pi = pi_ref.
     """
-    checks.kl_inputs(logprobs, ref_logprobs, dkl)
+    assert np.shape(logprobs) == np.shape(ref_logprobs) == np.shape(dkl), "logprobs, ref_logprobs and dkl: one shape"
     return np.multiply(dkl, 1.0 - np.exp(np.subtract(ref_logprobs, logprobs)))

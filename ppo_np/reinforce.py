@@ -52,7 +52,7 @@ def reinforce_loss(logprobs, advantages, mask=None, num_responses=None):
 
     logprobs (b,T), advantages (b,), mask (b,T) or None; num_responses B, the batch's responses when these b are one
     mini-batch of it (None: b), so that the mini-batches' losses add up to the batch's."""
-    checks.policy_loss_inputs("REINFORCE", advantages, mask, num_responses, logprobs=logprobs)
+    assert np.shape(logprobs) == (len(advantages), len(logprobs[0])), "logprobs (b,T), advantages (b,)"
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     sequence_logprobs = np.where(m, logprobs, 0.0).sum(axis=1)          # padding may hold anything, even nan
     advantages = np.asarray(advantages, dtype=np.float64)

@@ -40,7 +40,7 @@ def rloo_rewards(scores, old_logprobs, ref_logprobs, kl_coef, mask=None):
     non_score_rewards = -beta KL(y). TRL 0.13.0: `kl = logprobs - ref_logprobs`,
     `non_score_reward = (-args.kl_coef * kl).sum(1)`, `rlhf_reward = scores + non_score_reward`.
     """
-    checks.rewards_inputs(scores, old_logprobs, ref_logprobs, mask)
+    assert np.shape(old_logprobs) == np.shape(ref_logprobs) == np.shape(scores) + np.shape(old_logprobs)[1:]
     m = np.ones(np.shape(old_logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): both are 0 there, so k1 is 0 there
     per_token_kl = kl.k1(np.where(m, old_logprobs, 0.0), np.where(m, ref_logprobs, 0.0))
@@ -56,7 +56,7 @@ def rloo_advantages(rewards, k):
     (up to rounding, ~1e-16 |r|): it contributes no gradient. k = 1 is refused (no other response to form a
     baseline from; TRL 0.13.0 would divide by k - 1 = 0).
     """
-    checks.groups_of("rewards", rewards, "k", k)
+    assert np.ndim(rewards) == 1 and len(rewards) % k == 0, "rewards (B,), B a multiple of k"
     r = np.asarray(rewards, dtype=np.float64).reshape(-1, k)               # (B/k, k): one row per prompt
     baseline = (r.sum(axis=1, keepdims=True) - r) / (k - 1)
     return (r - baseline).reshape(-1)
@@ -81,7 +81,7 @@ def rloo_loss(logprobs, old_logprobs, advantages, mask=None, cliprange=None):
     (L = -1/B sum_i A_i rho_i) -> (loss, RLOOTerms). TRL 0.13.0 sums the token logprobs first
     (`new_logprobs.sum(1)`, `mb_logprobs.sum(1)`) and clips `ratio = torch.exp(logprobs_diff)`: sequence level.
     """
-    checks.rloo_loss_inputs(logprobs, old_logprobs, advantages, mask, cliprange)
+    assert np.shape(logprobs) == np.shape(old_logprobs) == np.shape(advantages) + np.shape(logprobs)[1:]
     m = np.ones(np.shape(logprobs), dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     # padding may hold anything (even nan): it is replaced by 0 before any sum
     logratio = np.where(m, np.subtract(logprobs, old_logprobs), 0.0).sum(axis=1)
@@ -135,7 +135,9 @@ class RLOOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        checks.rloo_config(self)
+        checks.method_config("RLOOConfig", self, "ppo_epochs", coefficients=("kl_coef",))
+        checks.whole_groups("RLOOConfig", self, "rloo_k")
+        checks.number("RLOOConfig.cliprange", self.cliprange, none_means="no clipping")
 
 
 def rloo_prepare(trainer, rollout):

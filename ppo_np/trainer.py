@@ -44,7 +44,20 @@ class PPOConfig:
     seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
-        checks.ppo_config(self)
+        checks.method_config("PPOConfig", self, "ppo_epochs", coefficients=("init_kl_coef",))
+        for name in ("cliprange", "cliprange_value", "vf_coef", "horizon", "target"):
+            checks.number(f"PPOConfig.{name}", getattr(self, name))
+        checks.interval("PPOConfig.gamma", self.gamma, 1.0)
+        checks.interval("PPOConfig.lam", self.lam, 1.0)
+        checks.number("PPOConfig.score_clip", self.score_clip, none_means="scores unclipped")
+
+
+def ppo_check(cfg, queries, responses):
+    """The batch's response tokens are whitened together (section 4): their unbiased variance needs at least 2."""
+    if sum(len(r) for r in responses) < 2:
+        raise ValueError("the batch holds 1 response token; PPO whitens the advantages over the batch's response "
+                         "tokens, and the unbiased variance of one number is undefined: use batch_size >= 2 or a "
+                         "longer response")
 
 
 def ppo_prepare(trainer, rollout):
@@ -91,5 +104,5 @@ class PPOTrainer(Trainer):
 
 
 PPO = Method("ppo", PPOTrainer, PPOConfig, "ppo_epochs", ppo_prepare, ppo_minibatch_loss, core.ppo_loss_backward,
-             core.ppo_stats, forward=("logprobs", "ref_logprobs", "values"), stats_timing="calc_stats",
-             finish=ppo_finish)
+             core.ppo_stats, forward=("logprobs", "ref_logprobs", "values"), check=ppo_check,
+             stats_timing="calc_stats", finish=ppo_finish)

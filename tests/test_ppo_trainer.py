@@ -140,6 +140,12 @@ def test_a_nan_loss_stops_before_the_weights_change():
     (dict(lr=0.0), "lr must be a finite number > 0"),
     (dict(init_kl_coef=float("nan")), "init_kl_coef"),
     (dict(lam=1.5), "lam"),
+    (dict(gamma=-0.1), "PPOConfig.gamma must lie in"),
+    (dict(cliprange=-0.1), "PPOConfig.cliprange must be a finite number > 0"),
+    (dict(cliprange_value=0.0), "PPOConfig.cliprange_value must be a finite number > 0"),
+    (dict(target=0), "PPOConfig.target must be a finite number > 0"),
+    (dict(horizon=float("inf")), "PPOConfig.horizon must be a finite number > 0"),
+    (dict(score_clip=0.0), "PPOConfig.score_clip"),
 ])
 def test_bad_config_is_refused_with_a_fix(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -153,9 +159,19 @@ def test_forward_batch_size_error_names_the_values_and_a_fix():
 
 
 def test_bad_step_inputs_are_refused():
+    """What core's equations need of their arrays (one score per row, finite; at least one response token per row,
+    so that every row of the mask is 1...1 0...0 with a last token; labels in [0, V); two tokens to whiten) is
+    refused here, where the rows enter: past Trainer.step the arrays are built by the layout and the model."""
     policy, ref = make_models()
     trainer = PPOTrainer(policy, ref, PPOConfig(batch_size=8, forward_batch_size=4))
     queries, responses, scores = make_batch()
+    with pytest.raises(ValueError, match=r"response 7 has token ids outside \[0, 13\)"):
+        trainer.step(queries, responses[:7] + [np.array([3, 13])], scores)
+    one = PPOTrainer(policy, ref, PPOConfig(batch_size=1, forward_batch_size=1, mini_batch_size=1))
+    with pytest.raises(ValueError, match="holds 1 response token; PPO whitens"):
+        one.step(queries[:1], [np.array([3])], scores[:1])
+    with pytest.raises(ValueError, match="scores must be a 1-D array"):
+        trainer.step(queries, responses, scores[:, None])
     with pytest.raises(ValueError, match="batch_size"):
         trainer.step(queries[:7], responses[:7], scores[:7])
     with pytest.raises(ValueError, match="7 scores"):
