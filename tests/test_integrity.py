@@ -228,7 +228,7 @@ def test_a_file_an_experiment_wrote_is_checked_before_it_is_used_again(finished,
     argv = where(run_dir) + (OVEROPT if main == "overopt" else COMPARE)
     status, err = run_cli(capsys, argv, getattr(cli, f"{main}_main"))
     assert_one_line_refusal(status, err, 1, f"{run_dir / changed} changed since", "restore it, or delete "
-                            f"{run_dir / main} to run minichatgpt-{main} again")
+                            f"{run_dir / main} to run minichatgpt-{main} --runs-dir {run_dir.parent} --name x again")
     assert snapshot(run_dir) == before
 
 

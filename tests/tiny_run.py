@@ -28,7 +28,7 @@ def tiny_args(tmp_path, name, corpus, *extra):
             "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
             "--pretrain-steps", "30", "--pretrain-seconds", "60", "--ppo-steps", "4", "--batch-size", "8",
             "--forward-batch-size", "4", "--mini-batch-size", "4", "--response-tokens", "6",
-            "--eval-prompts", "8", "--checkpoint-every", "2", *extra]
+            "--eval-prompts", "3", "--checkpoint-every", "2", *extra]
 
 
 def kill_ppo_in_step(monkeypatch, n, error=KeyboardInterrupt):
