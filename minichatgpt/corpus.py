@@ -125,9 +125,9 @@ def sha256_of_snippets(snippets):
 
 
 def sha256_named_by_file(snippets, file_name):
-    """The fingerprint of a file whose rows all lack a movie as runs recorded it when such a row was named after the
-    file ("<file name>:<line>"); None if some row has a movie. The split is the same under either name (the names
-    share a prefix, so they sort alike), so a run recorded that way is the same corpus."""
+    """The fingerprint of a file whose rows all lack a movie, with each row named after the file ("<file name>:
+    <line>"), as a run's record may hold it; None if some row has a movie. The split is the same under either name
+    (the names share a prefix, so they sort alike), so a run recorded that way is the same corpus."""
     if not snippets or any(s.line is None for s in snippets):
         return None
     return hashlib.sha256(json.dumps([[s.text, s.label, f"{file_name}:{s.line}"] for s in snippets]).encode()
@@ -135,8 +135,8 @@ def sha256_named_by_file(snippets, file_name):
 
 
 def as_recorded(info, recorded):
-    """The corpus's info with the fingerprint a run recorded, when that is this corpus's fingerprint under the older
-    naming of its rows (sha256_named_by_file) -> info; unchanged otherwise."""
+    """The corpus's info with the fingerprint a run recorded, when that is this corpus's fingerprint with its rows
+    named after the file (sha256_named_by_file) -> info; unchanged otherwise."""
     if recorded is not None and recorded == info.get("sha256_named_by_file"):
         return {**info, "corpus_sha256": recorded}
     return info
@@ -157,13 +157,13 @@ def check_size(train, val, test, fractions=(0.8, 0.1, 0.1), duplicates=0, labell
     for name, part, fraction in zip(("train", "val", "test"), (train, val, test), fractions):
         n = sum(s.label is not None or not labelled for s in part)
         if n < least[name]:
-            about = int(np.ceil(least[name] / fraction))
+            about = int(np.ceil(max(least[k] / f for k, f in zip(least, fractions))))
             removed = f", after {duplicates:,} duplicate rows were removed" if duplicates else ""
             raise ValueError(f"the corpus is too small: its {name} split holds {n} {what} and needs at least "
                              f"{least[name]} (splits are {', '.join(f'{f:.0%}' for f in fractions)} by movie{removed}); "
-                             f"give a corpus with more {'labelled ' if labelled else ''}rows that differ: the {name} "
-                             f"split gets about {fraction:.0%} of them, so about {about} or more, and more movies if "
-                             "a few movies hold most rows")
+                             f"give a corpus with more {'labelled ' if labelled else ''}rows that differ: each split "
+                             f"gets about its share of them, so about {about} or more fill every split, more if a few "
+                             "movies hold most rows")
     if labelled and len({s.label for s in train if s.label is not None}) < 2:
         raise ValueError("the corpus's training split holds only one class; the reward model needs positive and "
                          "negative snippets: give a corpus with both labels")

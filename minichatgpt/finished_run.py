@@ -106,9 +106,9 @@ class FinishedRun:
         refuse_links(run_dir, stages.RUN_FILES)
         for stage, record in manifest.stages.items():
             if record.get("finished") and stage not in rebuilt:
+                restart = main_job(run_dir, "--restart", stage, config=recorded)
                 manifest.verify(stage, f"run {main_job(run_dir, config=recorded)} to write it again (it retrains "
-                                "nothing)" if stage == "report" else
-                                f"restore it, or rebuild it with {main_job(run_dir, '--restart', stage, config=recorded)}")
+                                "nothing)" if stage == "report" else f"restore it, or rebuild it with {restart}")
         run = cls(run_dir, manifest, config, cache_dir, data)
         if "report" in needs:
             run.config    # read, and checked, now
@@ -271,7 +271,8 @@ class Experiment:
     def __init__(self, run_dir, name, built_from, names=None):
         self.name, self.folder = name, path(run_dir, name)
         runs_dir, run_name = os.path.split(os.path.normpath(run_dir))
-        command = f"{EXPERIMENT_COMMANDS[name]} --runs-dir {shlex.quote(runs_dir or '.')} --name {shlex.quote(run_name)}"
+        command = (f"{EXPERIMENT_COMMANDS[name]} --runs-dir {shlex.quote(runs_dir or '.')} "
+                   f"--name {shlex.quote(run_name)}")
         again = f"delete {shlex.quote(self.folder)} to run {command} again"
         self.manifest = Manifest(self.folder, elsewhere=again)
         settings = f"delete {shlex.quote(self.folder)} to run {command} with these settings"

@@ -118,9 +118,9 @@ def largest_divisor(n, at_most):
 def splits_into(value, name, field, fixed=(), adjustable=(), even=""):
     """Refuse value(field) unless every field of `fixed` and of `adjustable` divides it, and it is even when `even`
     says why it must be: one refusal naming every violation, and one change that satisfies them all. The hint keeps
-    the fixed sizes (a method's group), moves the batch up to the next whole number of them if it must, and then
-    either moves it on to one the adjustable sizes divide too (if that is at most twice as far) or lowers each
-    adjustable size to the largest divisor of the batch."""
+    the fixed sizes (a method's group) and, if they divide it, the batch; otherwise it moves the batch up to the next
+    whole number of them. Then it lowers each adjustable size (a chunk, a mini-batch) that does not divide that batch
+    to its largest divisor below it."""
     batch = value(field)
     wrong = [f"a multiple of {name(f)} {value(f)}" for f in (*fixed, *adjustable) if batch % value(f)]
     if even and batch % 2:
@@ -128,13 +128,8 @@ def splits_into(value, name, field, fixed=(), adjustable=(), even=""):
     if not wrong:
         return
     need = math.lcm(*(value(f) for f in fixed), 2 if even else 1)
-    at_least = -(-batch // need) * need
-    every = math.lcm(need, *(value(f) for f in adjustable))
-    together = -(-batch // every) * every
-    if together <= 2 * at_least:
-        change = {field: together}
-    else:
-        change = {field: at_least, **{f: largest_divisor(at_least, value(f)) for f in adjustable}}
+    change = {field: -(-batch // need) * need}
+    change.update({f: largest_divisor(change[field], value(f)) for f in adjustable})
     use = " ".join(f"{name(f)} {v}" for f, v in change.items() if v != value(f))
     raise ValueError(f"{name(field)} {batch} must be {' and '.join(wrong)}; use {use}")
 

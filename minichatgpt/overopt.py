@@ -83,7 +83,8 @@ def scorers_of(run, ex, cfg):
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
     kinds = {**{str(s): "ngram" for s in cfg.proxy_sizes}, "full": run.config.reward_model, "gold": "ngram",
              "lexicon": "lexicon"}
-    return scorers, {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val, "lexicon": 0}, kinds
+    sizes = {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val, "lexicon": 0}
+    return scorers, sizes, kinds
 
 
 def cross_kind_scorers(run, ex, progress):

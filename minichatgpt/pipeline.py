@@ -10,7 +10,7 @@ same pretrained model and reward model. Run again, it skips the finished stages 
 an option or an input of a stage changed, it refuses and names the change, so a run folder never mixes two runs.
 Every check (each stage's whole record, both ways; the options against the corpus) comes before any work; --restart
 STAGE then deletes STAGE, the stages built on it, their training files, the report and the experiments built on
-the run. A stage records what the session that built it measured (test accuracies, tokens/s, its seconds), and the
+the run. A stage records what the process that built it measured (test accuracies, tokens/s, its seconds), and the
 summary is made from those records, so running again, resuming or swapping the RL stage reports the same numbers.
 The report is derived from the recorded stages: run again, a missing or edited report file is written again (the
 same bytes) and nothing is retrained. --ppo-seconds stops the RL stage unfinished; the same command again continues
@@ -42,24 +42,25 @@ from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
 
-# what a record that lacks an option stands for: the n-gram proxy is recorded by leaving --reward-model out, as
-# before the option existed, so that the runs made then still resume ("gpt" is recorded)
+# what a record that lacks an option stands for: the n-gram proxy is recorded by leaving --reward-model out, so that
+# every record without the option (a run made with the n-gram proxy) matches ("gpt" is recorded)
 ABSENT = {"--reward-model": "ngram"}
 
 
 def built_from(config, stage, data):
     """What the manifest records for a stage: the corpus fingerprint and the options that shape the stage (an RL
     stage, named after its method: the shared options the method uses, and its own)."""
+    uses = DRIVING[stage].uses if stage in METHODS else ()
     options = {o.flag: default_of(o, config) for o in OPTIONS
-               if o.stage in ("data", stage) or (o.stage == "rl" and stage in METHODS and o.flag in DRIVING[stage].uses)}
+               if o.stage in ("data", stage) or (o.stage == "rl" and o.flag in uses)}
     if options.get("--reward-model") == ABSENT["--reward-model"]:
         del options["--reward-model"]
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
 def not_recorded(stage):
-    """The shared options an RL stage's method does not use: not recorded, and not compared with what an older run
-    recorded of them."""
+    """The shared options an RL stage's method does not use: not recorded, and not compared with what a record holds
+    of them."""
     return {o.flag for o in OPTIONS if o.stage == "rl" and stage in METHODS and o.flag not in DRIVING[stage].uses}
 
 
@@ -137,9 +138,10 @@ class Stages:
     a restart delete anything.
 
     data: the corpus's (train, val, test, info); self.data holds them with the fingerprint the run recorded, if it
-    is this corpus's under an older naming of its rows (corpus.as_recorded). advice(stage): what a refusal of other options says to do
-    (advice_for by default); elsewhere: how to start afresh (Manifest). order: the stages this command builds
-    (default: the run's, stage_order). spent: seconds already spent for the first stage (reading the corpus).
+    is this corpus's with its rows named after the file (corpus.as_recorded). advice(stage): what a refusal of other
+    options says to do (advice_for by default); elsewhere: how to start afresh (Manifest). order: the stages this
+    command builds (default: the run's, stage_order). spent: seconds already spent for the first stage (reading the
+    corpus).
     """
 
     def __init__(self, config, run_dir, restart, data, advice=None, elsewhere="use a new --name", order=None,
@@ -185,8 +187,8 @@ class Stages:
             log.info("removed %s, left by a process that was killed", ", ".join(removed))
 
     def _eval_prompts_fit(self, config, method, test):
-        """Refuse (UsageError) more evaluation prompts than the test split holds (stages.held_out_room). A run recorded
-        before that was refused used that many: asked for them now, its RL stage is the same."""
+        """Refuse (UsageError) more evaluation prompts than the test split holds (stages.held_out_room). A run whose
+        record holds more used that many: asked for those, its RL stage is the same."""
         room = stages.held_out_room(test)
         if config.eval_prompts > room:
             raise UsageError(f"--eval-prompts {config.eval_prompts} is more than this corpus's {room} held-out prompts "
@@ -204,7 +206,7 @@ class Stages:
     def run(self, stage, inputs, build, load, finished=None):
         """build() the stage -> (result, metrics), or load() it -> result, if it is finished with these options and
         inputs ({name: sha256}) -> result. The manifest records the stage finished, with the metrics and the seconds
-        of the session that built it, unless finished(result) says it stopped early."""
+        of the process that built it, unless finished(result) says it stopped early."""
         record = {**self.records[stage], **{f"{name} sha256": digest for name, digest in inputs.items()}}
         if self.manifest.check(stage, record, self.artifacts(stage), self.advice(stage), ignore=not_recorded(stage),
                                absent=ABSENT):
@@ -267,7 +269,7 @@ def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judges=None, p
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def as_recorded(config):
+def config_record(config):
     """The config as the manifest records it with the report (JSON: tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
@@ -277,14 +279,14 @@ def _report(s, config, run_dir, cache_dir, data, policy, history):
     it wrote is unchanged; a missing or edited file of it is written again from the recorded stages, and said so;
     otherwise it is made afresh."""
     record = s.manifest.stages.get("report", {})
-    kept = record.get("finished") and record.get("built_from") == {"config": as_recorded(config)}
+    kept = record.get("finished") and record.get("built_from") == {"config": config_record(config)}
     damaged = s.manifest.damaged("report") if kept else {}
     if kept and not damaged:
         log.info("report: done already")
         return Outcome(read_json(path(run_dir, "summary.json")))
     if not kept:
         s.manifest.forget("report", REPORT)   # a kill before the new report is recorded leaves none
-        s.manifest.start("report", {"config": as_recorded(config)})
+        s.manifest.start("report", {"config": config_record(config)})
     run = FinishedRun.open(run_dir, cache_dir, needs=stage_order(config.method), config=config, data=data,
                            rebuilt=("report",))
     if kept:
@@ -303,7 +305,7 @@ def _report(s, config, run_dir, cache_dir, data, policy, history):
 def _write_report(run, policy, history, names, evaluate_seconds=None):
     """Write the report files `names` (of REPORT) -> (the summary, the names written). summary.json is made from the
     stages' records and the evaluation (run again when summary.json or samples.md is to be written: it samples from
-    a fixed seed, so it gives the same numbers); evaluate_seconds: the evaluation time recorded by the session that
+    a fixed seed, so it gives the same numbers); evaluate_seconds: the evaluation time recorded by the process that
     first made the report (None: measured now)."""
     method, wrote = run.config.method, []
     summary = read_json(path(run.run_dir, "summary.json")) if "summary.json" not in names else None
@@ -331,15 +333,16 @@ def _write_report(run, policy, history, names, evaluate_seconds=None):
 
 def _summary(run, history, before, after, evaluate_seconds, files):
     """summary.json: the before/after metrics, a few examples, the data, what each stage was built with and what the
-    session that built it measured (its seconds, and the pretraining, reward model and gold metrics), the config,
+    process that built it measured (its seconds, and the pretraining, reward model and gold metrics), the config,
     and the report's files. Every number comes from the stages' records or the evaluation, so the summary of a run
-    is the same whichever session writes it."""
+    is the same whichever process writes it."""
     (before, before_samples), (after, after_samples) = before, after
     method, manifest = run.config.method, run.manifest
     prompt_texts = [run.tokenizer.decode([int(t) for t in q]) for q in run.held_out(3)]
     seconds = {stage: manifest.metrics(stage).get("seconds") for stage in stage_order(method)}
     timings = {"data_and_tokenizer": seconds["tokenizer"], "pretrain": seconds["pretrain"],
-               "reward": _sum(seconds["reward"], seconds["gold"]), method: seconds[method], "evaluate": evaluate_seconds}
+               "reward": _sum(seconds["reward"], seconds["gold"]), method: seconds[method],
+               "evaluate": evaluate_seconds}
     timings["total"] = _sum(*timings.values())
     summary = {
         "method": method, "reference": before, "policy": after, "ppo_steps": len(history),
@@ -353,7 +356,7 @@ def _summary(run, history, before, after, evaluate_seconds, files):
                       "after_lexicon": float(after_samples["scores"]["lexicon"][i])} for i in range(len(prompt_texts))],
     }
     measured = {"pretrain": PRETRAIN_METRICS, "reward": ("val", "test"), "gold": ("test",)}
-    for stage, keys in measured.items():     # a stage recorded before its metrics were has none to report
+    for stage, keys in measured.items():     # a record without metrics has none to report
         if all(k in manifest.metrics(stage) for k in keys):
             summary[stage] = {k: manifest.metrics(stage)[k] for k in keys}
     return summary
@@ -363,5 +366,5 @@ DATA_INFO = ("corpus_sha256", "snippets", "duplicates_removed", "conflicting_lab
 
 
 def _sum(*seconds):
-    """The total of some recorded seconds; None if one is unknown (recorded before a stage recorded its time)."""
+    """The total of some recorded seconds; None if one is unknown (a record without them)."""
     return None if any(t is None for t in seconds) else sum(seconds)

@@ -274,7 +274,7 @@ class Manifest:
             self.save()
 
     def finish(self, stage, outputs, metrics=None):
-        """Mark the stage finished, with the sha256 of `outputs` (and of what it recorded before) and what the session
+        """Mark the stage finished, with the sha256 of `outputs` (and of what it recorded before) and what the process
         that built it measured (`metrics`, a JSON dict: test accuracies, tokens/s, its seconds)."""
         self.stages[stage]["finished"] = True
         if metrics is not None:
@@ -283,7 +283,7 @@ class Manifest:
         self.save()
 
     def metrics(self, stage):
-        """What the session that built the stage measured ({} if it recorded nothing)."""
+        """What the process that built the stage measured ({} if it recorded nothing)."""
         return self.stages.get(stage, {}).get("metrics", {})
 
     def forget(self, stage, artifacts):

@@ -80,8 +80,8 @@ def train_tokenizer(config, train):
     tokenizer = build_tokenizer([s.text for s in train], config.model.vocab_size)
     if tokenizer.vocab_size < config.model.vocab_size:
         raise UsageError(f"--vocab-size {config.model.vocab_size} is more than this corpus fills: its training split "
-                         f"gives {tokenizer.vocab_size} tokens (256 bytes, <|endoftext|> and every merge of a pair seen "
-                         f"at least twice); use --vocab-size {tokenizer.vocab_size} or less")
+                         f"gives {tokenizer.vocab_size} tokens (256 bytes, <|endoftext|> and every merge of a pair "
+                         f"seen at least twice); use --vocab-size {tokenizer.vocab_size} or less")
     return tokenizer
 
 
@@ -101,10 +101,10 @@ PRETRAIN_METRICS = ("step", "val_loss", "tokens_per_s", "elapsed", "stop_reason"
 
 def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True, on_eval=None):
     """Pretrain the GPT on every training snippet (reviews and plots) -> (model, metrics: PRETRAIN_METRICS, tokens/s
-    of the session that finished it); resumes if killed. on_eval: called with each evaluation's record."""
+    of the process that finished it); resumes if killed. on_eval: called with each evaluation's record."""
     train_ids = encode_corpus(tokenizer, [s.text for s in train])
     val_ids = encode_corpus(tokenizer, [s.text for s in val])
-    # a tokenizer.json of a run recorded before a short vocabulary was refused holds fewer tokens than asked
+    # a run's tokenizer.json may hold fewer tokens than asked, if its record says so
     model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
     log.info("pretraining %.2f M parameters on %d tokens (unigram entropy %.2f nats/token)",
              model.num_parameters() / 1e6, len(train_ids), unigram_entropy(train_ids, tokenizer.vocab_size))
