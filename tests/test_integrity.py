@@ -32,13 +32,10 @@ def where(run_dir):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, built_runs):
     """A finished tiny run with a finished comparison and over-optimisation experiment -> (run folder, corpus).
     Tests change a copy (copy_run)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    corpus = fixture_corpus(tmp / "reviews.csv")
-    cli.run_main(tiny_args(tmp, "done", corpus))
-    run_dir = tmp / "runs" / "done"
+    run_dir, corpus = built_runs.copy(tmp_path_factory.mktemp("finished"), "done"), built_runs.corpus
     cli.compare_main(where(run_dir) + COMPARE)
     cli.overopt_main(where(run_dir) + OVEROPT)
     return run_dir, corpus
