@@ -154,8 +154,9 @@ def run_main(argv=None):
     for e in summary["examples"]:
         print(f"prompt: {e['prompt']!r}\n  before ({e['before_score']:+.2f}): {e['before']!r}\n"
               f"  after  ({e['after_score']:+.2f}): {e['after']!r}")
-    done = f"wrote {', '.join(outcome.wrote)}" if outcome.wrote else "every stage and the report were done already"
-    print(f"\n{run_dir}/ in {time.perf_counter() - t0:.0f} s: {done}; the report is {', '.join(summary['wrote'])}")
+    seconds = time.perf_counter() - t0
+    print(f"\nwrote {run_dir}/ in {seconds:.0f} s: {', '.join(outcome.wrote)}" if outcome.wrote else
+          f"\n{run_dir}/ was done already ({seconds:.0f} s): {', '.join(summary['wrote'])}")
     return summary
 
 

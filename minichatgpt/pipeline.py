@@ -189,11 +189,11 @@ class Stages:
     def _eval_prompts_fit(self, config, method, test):
         """Refuse (UsageError) more evaluation prompts than the test split holds (stages.held_out_room). A run whose
         record holds more used that many: asked for those, its RL stage is the same."""
-        room = stages.held_out_room(test)
+        room, reviews = stages.held_out_room(test), len(stages.labelled(test)[0])
         if config.eval_prompts > room:
             raise UsageError(f"--eval-prompts {config.eval_prompts} is more than this corpus's {room} held-out prompts "
-                             f"(a quarter of its {len(stages.labelled(test)[0])} labelled "
-                             f"test reviews; the rest are the training prompts); use --eval-prompts {room} or fewer")
+                             f"(a quarter of its {reviews} labelled test reviews; the rest are the training prompts); "
+                             f"use --eval-prompts {room} or fewer")
         recorded = self.manifest.stages.get(method, {}).get("built_from", {}).get("--eval-prompts")
         if isinstance(recorded, int) and recorded > room == config.eval_prompts:
             self.records[method]["--eval-prompts"] = recorded

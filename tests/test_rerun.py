@@ -122,3 +122,10 @@ def test_running_again_removes_the_temporary_files_a_killed_process_left(built_r
         (run_dir / name).write_text("half written")
     cli.run_main(tiny_args(tmp_path, "x", built_runs.corpus))
     assert not any((run_dir / name).exists() for name in left) and (run_dir / "my notes.5.tmp").exists()
+
+
+def test_the_tokens_view_names_the_log_ratio_it_shows_under_each_score(built_runs):
+    view = (built_runs()[0] / "tokens.html").read_text()
+    rows = re.findall(r"<small>(.*?)</small>", view)
+    assert rows and all(re.fullmatch(r"score [+-]\d+\.\d\d, log-ratio [+-]\d+\.\d\d", row) for row in rows), rows[:2]
+    assert "on the reference's response it is not a KL" in view

@@ -215,3 +215,24 @@ def test_generation_inside_the_context_is_silent_and_the_default_stays_inside_it
     model.generation_config.max_length = model.config.n_positions
     said, _ = logged_by_generate(model, max_new_tokens=4)
     assert "max_new_tokens" in said and "max_length" in said, said
+
+
+def test_an_error_on_a_temporary_file_names_the_file_the_user_gave():
+    from minichatgpt.entry import message_of
+    error = OSError(2, "No such file or directory", "/proc/x.4242.tmp")
+    assert message_of(error) == "/proc/x: No such file or directory"
+
+
+# ---------------------------------------------------------------------------------------------- minichatgpt-pretrain
+
+
+def test_pretrain_into_a_run_of_the_main_job_names_only_its_own_options_and_never_advises_deleting_it(
+        built_runs, tmp_path, capsys):
+    run_dir = built_runs.copy(tmp_path, "r")
+    before = snapshot(run_dir)
+    status, err = run_cli(capsys, ["--out-dir", str(run_dir), "--corpus", str(built_runs.corpus), "--vocab-size", "300",
+                                   "--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
+                                   "--pretrain-steps", "30", "--samples", "0", "--quiet"], cli.pretrain_main)
+    assert_one_line_refusal(status, err, 1, "--n-layer: 1 -> 2", "use another --out-dir")
+    assert "delete" not in err and "--batch-size" not in err and "--eval-prompts" not in err
+    assert snapshot(run_dir) == before
