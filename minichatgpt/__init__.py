@@ -8,7 +8,7 @@ manifest, lock); `options` (the option mechanism) and `config` (every option and
 `collapse`, `evaluate` and `best_of_n` (sampling and measuring answers); `rlhf` (the loop every trainer shares);
 `stages` (the main job's stages); `finished_run` (a finished run, as everything built on it opens it); `report`
 and `token_view` (what a reader sees); the drivers `pipeline`, `compare` and `overopt`, which never import each
-other; and `cli` (the entry points).
+other; `entry` (how a command ends, and where it may write) and `cli` (the entry points).
 """
 from .config import RunConfig
 from .pipeline import run_pipeline

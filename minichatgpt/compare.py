@@ -50,6 +50,7 @@ from minigpt_np.checkpoint import atomic_write
 from reward.bradley_terry import agreement, fit_bradley_terry
 
 from .best_of_n import curve as best_of_n_curve
+from .config import COMPARE_OPTIONS
 from .best_of_n import kl_best_of_n
 from .evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
 from .finished_run import experiment
@@ -268,14 +269,16 @@ def final_metrics(history, policy, evaluate):
 
 
 def reward_model_agreement(setup, pairs, bon):
-    """A Bradley-Terry reward model fitted on DPO's pairs (the proxy's choices, the proxy's features), and how often
+    """A Bradley-Terry reward model fitted on DPO's pairs (the proxy's choices, the proxy's n-gram features; a GPT
+    reward model proxy has none, and the gold scorer's, of the same recipe, stand in), and how often
     it and the classifier (the proxy) agree with the gold scorer on which text of a pair is better -> dict.
 
     Pairs whose two texts the gold scorer scores alike are left out. On DPO's own pairs the proxy's agreement is the
     share of DPO's labels that the gold scorer confirms."""
     run = setup.run
     train = [(p["texts"][p["chosen"]], p["texts"][1 - p["chosen"]]) for p in pairs["pairs"]]
-    bradley_terry = fit_bradley_terry(train, run.proxy.featurizer)
+    featurizer = getattr(run.proxy, "featurizer", None) or run.gold.featurizer
+    bradley_terry = fit_bradley_terry(train, featurizer)
     with writing(setup.experiment.file("bradley_terry.npz")):
         bradley_terry.save(setup.experiment.file("bradley_terry.npz"))
     setup.experiment.wrote("bradley_terry.npz")
@@ -299,7 +302,8 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
     Refuses when the run is not finished, when compare/ holds results of other settings (its manifest), or while
     another process works in the run folder. Resumes from the files under compare/ after a kill.
     """
-    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir) as (run, ex):
+    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir,
+                    names={o.field: o.flag for o in COMPARE_OPTIONS}) as (run, ex):
         eval_queries = run.held_out(cfg.eval_prompts)
         setup = Setup(run, ex, eval_queries, run.evaluator(run.scorers, eval_queries, kl="exact"))
         results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens),

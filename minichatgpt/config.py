@@ -16,7 +16,7 @@ from ppo_np import METHODS
 from ppo_np.trainer import PPOConfig
 from reward.features import FEATURE_PRESETS
 
-from .options import Option, check_config, get, multiple_of, replace_fields
+from .options import Option, check_config, get, multiple_of, replace_fields, splits_into
 from .rlhf import RLHFConfig
 from .sampling import SamplingConfig
 
@@ -87,13 +87,16 @@ def method_options(prefix=""):
     return [Option(flag, prefix + field, text, stage, **bounds) for flag, field, text, stage, bounds in rows]
 
 
-def method_rules(value, name, method, batch, prefix=""):
-    """A step of `method` takes whole groups (RLOO's k, GRPO's G) or whole DPO pairs: batch (a field) must split."""
-    group = {"rloo": "rloo_k", "grpo": "grpo_group_size"}.get(method)
-    if group:
-        multiple_of(value, name, batch, prefix + group)
-    if method == "dpo" and value(batch) % 2:
-        raise ValueError(f"{name(batch)} must be even: DPO takes batch_size / 2 pairs per step, got {value(batch)}")
+GROUPS = {"rloo": "rloo_k", "grpo": "grpo_group_size"}   # a method's responses per prompt, whole in every step
+PAIRS = "DPO takes batch_size / 2 pairs per step"
+
+
+def method_rules(value, name, methods, batch, prefix="", adjustable=()):
+    """A step of each of `methods` takes whole groups (RLOO's k, GRPO's G) or whole DPO pairs, and the sizes in
+    `adjustable` (chunks, mini-batches) cut it evenly: batch (a field) must split into all of them (one refusal,
+    one hint)."""
+    splits_into(value, name, batch, [prefix + GROUPS[m] for m in methods if m in GROUPS], adjustable,
+                even=PAIRS if "dpo" in methods else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +141,16 @@ OPTIONS = [
     Option("--pretrain-steps", "pretrain.max_steps", "AdamW updates of pretraining", "pretrain"),
     Option("--pretrain-batch-size", "pretrain.batch_size", "windows per pretraining update", "pretrain"),
     Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
-    Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a plain stop, "
-           "recorded in the summary (the run then depends on the machine's speed)", above=0, kind=float),
+    Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a final stop, "
+           "recorded in the summary; the later stages are built on the model it reached, so running again does not "
+           "train it further (the run then depends on the machine's speed)", above=0, kind=float),
     Option("--reward-model", "reward_model", "the proxy PPO optimises: ngram (logistic regression on n-grams, "
            "seconds to fit) or gpt (the pretrained GPT with a scalar head on the last token, trained on the labels "
            "with binary cross-entropy, minutes); the gold stays the n-gram model refitted on every label", "reward",
            choices=("ngram", "gpt")),
     Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "rl"),
-    Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for PPO: a plain stop, resumable", above=0,
+    Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for the RL stage: it stops there unfinished, "
+           "without a report; the same command again (with or without it) continues to --ppo-steps", above=0,
            kind=float),
     Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "rl"),
     Option("--forward-batch-size", "sampling.forward_batch_size", "rows per forward pass in generation, scoring and "
@@ -176,10 +181,9 @@ OPTIONS = [
 def run_rules(value, name):
     """The main job's options that must agree: the batch splits into chunks and mini-batches, the channels into
     heads, and the longest prompt plus a response fits the context."""
-    for field in ("sampling.forward_batch_size", "ppo.mini_batch_size"):
-        multiple_of(value, name, "ppo.batch_size", field, hint=True)
+    method_rules(value, name, [value("method")], "ppo.batch_size", "methods.",
+                 adjustable=("sampling.forward_batch_size", "ppo.mini_batch_size"))
     multiple_of(value, name, "model.n_embd", "model.n_head")
-    method_rules(value, name, value("method"), "ppo.batch_size", "methods.")
     if value("reward_model") not in ("ngram", "gpt"):
         raise ValueError(f"{name('reward_model')} must be ngram or gpt, got {value('reward_model')!r}")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
@@ -190,16 +194,23 @@ def run_rules(value, name):
                          f"{name('model.block_size')}")
 
 
-def for_its_method_only(values, base):
-    """A method's own options, and PPO's KL controller, shape that method's RL stage alone: given on a command line
-    ({field: value}, set away from the config `base` it starts from) with another --method they would change
-    nothing, so they are refused (ValueError) rather than ignored. A recorded config is not checked: it holds every
-    method's values of its day."""
-    method = values.get("method", base.method)
+def for_its_method_only(values, given, uses):
+    """Refuse (ValueError) an option the command line gives (`given`: the fields it sets, at whatever value; values:
+    {field: value}, the method among them) that the method would not read: another method's own option (PPO's KL
+    controller is PPO's own), or a shared option the method does not use (not in `uses`, the flags of
+    methods.DRIVING[method].uses). Recorded, it would change nothing but the record. A recorded config is not
+    checked: it holds every method's values of its day."""
+    method = values.get("method", RunConfig.method)
     for o in OPTIONS:
-        if o.stage in METHODS and o.stage != method and o.field in values and values[o.field] != get(base, o.field):
-            raise ValueError(f"{o.flag} {values[o.field]} shapes --method {o.stage} only, and --method is {method}: "
-                             f"drop it, or use --method {o.stage}")
+        if o.field not in given:
+            continue
+        value = values[o.field]
+        typed = (o.flag if value else "--no-" + o.flag[2:]) if isinstance(value, bool) else f"{o.flag} {value}"
+        if o.stage in METHODS and o.stage != method:
+            raise ValueError(f"{typed} shapes --method {o.stage} only, and --method is {method}: drop it, or use "
+                             f"--method {o.stage}")
+        if o.stage == "rl" and o.flag not in uses:
+            raise ValueError(f"{typed} changes nothing with --method {method}, which does not use {o.flag}: drop it")
 
 
 # Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.
@@ -289,8 +300,7 @@ COMPARE_OPTIONS = [
 def compare_rules(value, name):
     """Every method's step takes whole groups (RLOO's k, GRPO's G) and whole DPO pairs, the budget is whole steps,
     and best-of-n's n = budget / eval_prompts is a whole number >= 2."""
-    for method in ("rloo", "grpo", "dpo"):
-        method_rules(value, name, method, "batch_size")
+    method_rules(value, name, ("rloo", "grpo", "dpo"), "batch_size")
     multiple_of(value, name, "budget", "batch_size")
     budget, prompts = value("budget"), value("eval_prompts")
     if budget % prompts or budget < 2 * prompts:

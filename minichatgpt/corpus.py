@@ -102,23 +102,44 @@ def normalised(text):
 
 
 def deduplicate(snippets):
-    """Drop every snippet whose normalised text was seen before -> (kept, number removed).
+    """Drop every snippet whose normalised text was seen before: the first one of a text is kept, with its label
+    -> (kept, number removed, how many removed ones had another label than the one kept).
 
     Duplicates would otherwise straddle the splits: the Rotten Tomatoes file holds 57, 35 of which sit in the
     test split under one movie name and in the training split under another.
     """
-    seen, kept = set(), []
+    first, kept, conflicting = {}, [], 0
     for s in snippets:
         key = normalised(s.text)
-        if key not in seen:
-            seen.add(key)
+        if key not in first:
+            first[key] = s
             kept.append(s)
-    return kept, len(snippets) - len(kept)
+        elif s.label != first[key].label:
+            conflicting += 1
+    return kept, len(snippets) - len(kept), conflicting
 
 
 def sha256_of_snippets(snippets):
     """A fingerprint of the corpus as loaded: texts, labels and movies, in order."""
     return hashlib.sha256(json.dumps([[s.text, s.label, s.movie] for s in snippets]).encode()).hexdigest()
+
+
+def sha256_named_by_file(snippets, file_name):
+    """The fingerprint of a file whose rows all lack a movie, with each row named after the file ("<file name>:
+    <line>"), as a run's record may hold it; None if some row has a movie. The split is the same under either name
+    (the names share a prefix, so they sort alike), so a run recorded that way is the same corpus."""
+    if not snippets or any(s.line is None for s in snippets):
+        return None
+    return hashlib.sha256(json.dumps([[s.text, s.label, f"{file_name}:{s.line}"] for s in snippets]).encode()
+                          ).hexdigest()
+
+
+def as_recorded(info, recorded):
+    """The corpus's info with the fingerprint a run recorded, when that is this corpus's fingerprint with its rows
+    named after the file (sha256_named_by_file) -> info; unchanged otherwise."""
+    if recorded is not None and recorded == info.get("sha256_named_by_file"):
+        return {**info, "corpus_sha256": recorded}
+    return info
 
 
 # The fewest labelled snippets each split must hold: both classes to fit the reward model on, a validation
@@ -130,16 +151,19 @@ MIN_TEXTS = {"train": 1, "val": 1, "test": 0}
 
 def check_size(train, val, test, fractions=(0.8, 0.1, 0.1), duplicates=0, labelled=True):
     """Refuse (ValueError) a corpus too small for the reward model, the PPO prompts and the evaluation (labelled), or
-    for pretraining alone. duplicates: how many rows were removed as duplicates before the split, said if any."""
+    for pretraining alone. duplicates: how many rows were removed as duplicates before the split, said if any. The
+    split is by movie, so a split's share of the rows is only about its fraction: the refusal says what that gives."""
     least, what = (MIN_LABELLED, "labelled snippets") if labelled else (MIN_TEXTS, "snippets")
     for name, part, fraction in zip(("train", "val", "test"), (train, val, test), fractions):
         n = sum(s.label is not None or not labelled for s in part)
         if n < least[name]:
-            needed = int(np.ceil(max(least[k] / f for k, f in zip(least, fractions)) * 1.5))
+            about = int(np.ceil(max(least[k] / f for k, f in zip(least, fractions))))
             removed = f", after {duplicates:,} duplicate rows were removed" if duplicates else ""
             raise ValueError(f"the corpus is too small: its {name} split holds {n} {what} and needs at least "
                              f"{least[name]} (splits are {', '.join(f'{f:.0%}' for f in fractions)} by movie{removed}); "
-                             f"give a corpus of at least {needed} {'labelled ' if labelled else ''}rows that differ")
+                             f"give a corpus with more {'labelled ' if labelled else ''}rows that differ: each split "
+                             f"gets about its share of them, so about {about} or more fill every split, more if a few "
+                             "movies hold most rows")
     if labelled and len({s.label for s in train if s.label is not None}) < 2:
         raise ValueError("the corpus's training split holds only one class; the reward model needs positive and "
                          "negative snippets: give a corpus with both labels")
@@ -152,9 +176,15 @@ def load_data(config, cache_dir=None, labelled=True):
     snippets = load_corpus(config.corpus, cache_dir=cache_dir, text_column=config.text_column,
                            label_column=config.label_column)
     info = {"corpus_sha256": sha256_of_snippets(snippets), "snippets": len(snippets)}
-    snippets, info["duplicates_removed"] = deduplicate(snippets)
+    named = sha256_named_by_file(snippets, Path(config.corpus).name)
+    snippets, info["duplicates_removed"], info["conflicting_labels"] = deduplicate(snippets)
+    if named:
+        info["sha256_named_by_file"] = named
     train, val, test = split(snippets, seed=config.seed)
     check_size(train, val, test, duplicates=info["duplicates_removed"], labelled=labelled)
     log.info("corpus: %d snippets (%d exact duplicates removed); split by movie into %d / %d / %d", len(snippets),
              info["duplicates_removed"], len(train), len(val), len(test))
+    if info["conflicting_labels"]:
+        log.warning("corpus: %d of the duplicate rows removed had another label than the first row of their text, "
+                    "whose label was kept", info["conflicting_labels"])
     return train, val, test, info

@@ -6,11 +6,20 @@ what the run was, so that a learner can take it on to `transformers` and TRL (do
     reward     the run's GPT reward model, if its proxy is one; the n-gram proxy has no Hugging Face form
 
 The run is opened through FinishedRun, so a run that is not finished, or whose files changed, is refused before
-anything is written; minigpt_np.export writes the folder under a temporary name and renames it into place.
+anything is written; minigpt_np.export writes the folder under a temporary name and renames it into place. The
+model card describes the model as loaded (its shape, the steps its checkpoint holds), not what the manifest says.
+
+generation_config.json asks for the run's response length in new tokens (max_new_tokens; as the policy was trained
+to answer), and sets no max_length: transformers 5.24.0 warns on every generate(max_new_tokens=...) when the
+generation config holds a max_length (generation/utils.py:2033-2039, has_default_max_length at :2785-2789). A
+prompt of the run's (at most query_max_tokens) plus that answer fits the position table (the main job's rule); so
+does pipeline("text-generation"), which adds its own 256 new tokens only where the generation config is silent
+(pipelines/base.py:1070-1075).
 """
 import os
 
 import minigpt_np as mg
+from minigpt_np.resume import training_state
 from minigpt_np.export import export_gpt, export_reward_gpt
 from reward import load_gpt_reward
 
@@ -32,15 +41,26 @@ def export_run(run_dir, model, out_dir, cache_dir=None):
         if reward_gpt is None:
             raise Refused(f"{run_dir}'s proxy is the n-gram model (reward.npz), which has no Hugging Face form; "
                           "export --model policy or reference, or build a run with a GPT reward model")
-        return export_reward_gpt(reward_gpt.state_dict(), reward_gpt.gpt.cfg, tokenizer_file, out_dir,
-                                 card=model_card(run, model, "GPT2ForSequenceClassification"))
+        return same_mode(export_reward_gpt(reward_gpt.state_dict(), reward_gpt.gpt.cfg, tokenizer_file, out_dir,
+                                           card=model_card(run, model, "GPT2ForSequenceClassification",
+                                                           reward_gpt.gpt.cfg)))
     if model == "policy":
         method, file = run.trained_policy()
         gpt = mg.load_checkpoint(file)
     else:
         method, gpt = None, run.pretrained()
-    return export_gpt(gpt, tokenizer_file, out_dir, card=model_card(run, model, "GPT2LMHeadModel", method,
-                                                                    gpt.cfg.value_head))
+    generation = {"max_length": None, "max_new_tokens": run.config.sampling.response_tokens}
+    return same_mode(export_gpt(gpt, tokenizer_file, out_dir, generation=generation,
+                                card=model_card(run, model, "GPT2LMHeadModel", gpt.cfg, method, gpt.cfg.value_head)))
+
+
+def same_mode(out_dir):
+    """Give every file of the exported folder the mode the JSON files got from the umask (safetensors writes its
+    files readable by their owner alone) -> out_dir."""
+    mode = os.stat(os.path.join(out_dir, "config.json")).st_mode & 0o777
+    for name in os.listdir(out_dir):
+        os.chmod(os.path.join(out_dir, name), mode)
+    return out_dir
 
 
 def proxy_gpt(run):
@@ -56,9 +76,11 @@ def proxy_gpt(run):
     return None
 
 
-def model_card(run, model, architecture, method=None, value_head=False):
-    """README.md's body: which run and model this is, the run's before/after table, and how to load it."""
+def model_card(run, model, architecture, cfg, method=None, value_head=False):
+    """README.md's body: which run and model this is (cfg: the GPTConfig of the model as loaded), the run's
+    before/after table, and how to load it."""
     c, summary = run.config, read_json(path(run.run_dir, "summary.json"))
+    pretrained = training_state(path(run.run_dir, "gpt_pretrained.npz"))
     corpus = c.corpus if c.corpus == "rotten_tomatoes" else os.path.basename(c.corpus)
     what = {"policy": f"the policy trained with {(method or 'ppo').upper()}",
             "reference": "the pretrained model every policy starts from (the reference)",
@@ -68,8 +90,8 @@ def model_card(run, model, architecture, method=None, value_head=False):
              f"--model {model}`.", "",
              f"- corpus: {corpus} (sha256 of its snippets {summary['data']['corpus_sha256'][:16]}...)",
              f"- seed: {c.seed}",
-             f"- pretraining: {c.pretrain.max_steps} steps at most, {c.model.n_layer} layers, {c.model.n_head} heads, "
-             f"{c.model.n_embd} channels, {c.model.block_size} positions",
+             f"- pretraining: {pretrained['step']} steps ({pretrained['stop_reason']}), {cfg.n_layer} layers, "
+             f"{cfg.n_head} heads, {cfg.n_embd} channels, {cfg.block_size} positions, {cfg.vocab_size} tokens",
              f"- RL: {(method or 'ppo').upper() if model == 'policy' else 'PPO'}, {summary['ppo_steps']} steps of "
              f"{c.ppo.batch_size} responses of at most {c.sampling.response_tokens} tokens", "",
              "## Before and after RL, on the run's held-out prompts", "",

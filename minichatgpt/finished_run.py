@@ -22,12 +22,13 @@ import minigpt_np as mg
 from reward.lexicon import VaderJudge
 
 from . import corpus, stages
-from .config import from_dict
+from .config import OPTIONS, RunConfig, from_dict
 from .evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
-from .options import UsageError
+from .methods import DRIVING
+from .options import UsageError, get
 from .rlhf import Task
 from .rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
-from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links
+from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links, remove_orphans
 
 BUILT_ON = stages.BASE_STAGES   # the stages an experiment on a run starts from
 
@@ -37,11 +38,38 @@ def trained_method(manifest):
     return next((method for method in stages.METHODS if method in manifest.stages), "ppo")
 
 
-def main_job(run_dir, *flags):
-    """The minichatgpt command line that works on run_dir, quoted for a shell: "minichatgpt --runs-dir R --name N"."""
+def main_job(run_dir, *flags, config=None):
+    """The minichatgpt command line that works on run_dir, quoted for a shell: "minichatgpt --runs-dir R --name N",
+    with the options of `config` (a RunConfig: the run's) that are not their defaults, so that it opens the run as it
+    was built."""
     runs_dir, name = os.path.split(os.path.normpath(run_dir))
     where = ["--runs-dir", runs_dir or "."] if os.path.normpath(runs_dir or ".") != "runs" else []
-    return " ".join(shlex.quote(word) for word in ["minichatgpt", *where, "--name", name, *flags])
+    words = ["minichatgpt", *where, "--name", name, *(options_of(config) if config is not None else []), *flags]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def options_of(config):
+    """The flags that make `config` (a RunConfig) from the defaults: every option the run's method reads whose value
+    is not its default -> ["--n-layer", "1", "--no-stop-at-eos", ...]."""
+    words, default = [], RunConfig()
+    for o in OPTIONS:
+        value = get(config, o.field)
+        if value == get(default, o.field) or value is None or (o.stage in stages.METHODS and o.stage != config.method) \
+                or (o.stage == "rl" and o.flag not in DRIVING[config.method].uses):
+            continue
+        if isinstance(value, bool):
+            words.append(o.flag if value else "--no-" + o.flag[2:])
+        else:
+            words += [o.flag, *(str(v) for v in value)] if o.many else [o.flag, str(value)]
+    return words
+
+
+def recorded_config(manifest):
+    """The RunConfig the manifest recorded with the report -> RunConfig, or None if it holds no readable one."""
+    try:
+        return from_dict(manifest.stages["report"]["built_from"]["config"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 class FinishedRun:
@@ -55,27 +83,32 @@ class FinishedRun:
             self.data = data
 
     @classmethod
-    def open(cls, run_dir, cache_dir=None, needs=None, config=None, data=None):
+    def open(cls, run_dir, cache_dir=None, needs=None, config=None, data=None, rebuilt=()):
         """Check a run folder and open it -> FinishedRun; Refused if a stage in `needs` (default: every stage of the
         run's method, and the report) is not finished, a file changed, or the folder holds a link.
 
         config: the RunConfig it was built with (the pipeline, which has it); by default the one the manifest
         recorded with the report. data: the corpus's (train, val, test, info), if already loaded. cache_dir: where
-        the default corpus is cached.
+        the default corpus is cached. rebuilt: stages whose files are not checked, since the caller writes them
+        again (the pipeline, the report). A refusal names the command that repairs the run, with the run's options.
         """
+        if not os.path.isdir(run_dir):
+            raise Refused(f"{run_dir}: no such run folder; give the --runs-dir and --name of a run of minichatgpt")
         manifest = Manifest(run_dir, elsewhere="build the run again under a new --name")
         if needs is None:
             needs = (*stages.stage_order(trained_method(manifest)), "report")
         missing = [s for s in needs if not manifest.stages.get(s, {}).get("finished")]
+        recorded = recorded_config(manifest)
         if missing:
             what = f"its {', '.join(missing)} stage{'s are' if len(missing) > 1 else ' is'} not finished"
             raise Refused(f"{run_dir} is not a finished run ({what}); run {main_job(run_dir)} first, with the "
                           "options it was started with")
         refuse_links(run_dir, stages.RUN_FILES)
         for stage, record in manifest.stages.items():
-            if record.get("finished"):
-                manifest.verify(stage, f"run {main_job(run_dir)} to write it again" if stage == "report" else
-                                f"restore it, or rebuild it with {main_job(run_dir, '--restart', stage)}")
+            if record.get("finished") and stage not in rebuilt:
+                restart = main_job(run_dir, "--restart", stage, config=recorded)
+                manifest.verify(stage, f"run {main_job(run_dir, config=recorded)} to write it again (it retrains "
+                                "nothing)" if stage == "report" else f"restore it, or rebuild it with {restart}")
         run = cls(run_dir, manifest, config, cache_dir, data)
         if "report" in needs:
             run.config    # read, and checked, now
@@ -110,6 +143,7 @@ class FinishedRun:
             raise Refused(f"{self.run_dir} was built from the corpus {spec}, which no longer loads as it did "
                           f"({reason}); put the run's corpus back at that path") from None
         recorded = self.manifest.stages["tokenizer"]["built_from"].get("corpus sha256")
+        data = (*data[:3], corpus.as_recorded(data[3], recorded))
         if data[3]["corpus_sha256"] != recorded:
             raise Refused(f"the corpus {spec} changed since {self.run_dir} was built from it (its snippets hash to "
                           f"{data[3]['corpus_sha256'][:12]}..., the run recorded {str(recorded)[:12]}...); put the "
@@ -219,6 +253,11 @@ class FinishedRun:
         return lambda policy: logged(self.evaluate(policy, scorers, queries, kl=kl)[0])
 
 
+# the command that makes each experiment's folder
+EXPERIMENT_COMMANDS = {"compare": "minichatgpt-compare", "overopt": "minichatgpt-overopt",
+                       "overopt_cross": "minichatgpt-overopt --cross-kind"}
+
+
 class Experiment:
     """An experiment's own folder, run_dir/<name>, and its record in the folder's manifest.json: the settings and run
     files it is built from, and the sha256 of every file it has finished writing there.
@@ -229,12 +268,16 @@ class Experiment:
     checkpoint recorded it (`rlhf.LoopState`).
     """
 
-    def __init__(self, run_dir, name, built_from):
+    def __init__(self, run_dir, name, built_from, names=None):
         self.name, self.folder = name, path(run_dir, name)
-        again = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} again"
+        runs_dir, run_name = os.path.split(os.path.normpath(run_dir))
+        command = (f"{EXPERIMENT_COMMANDS[name]} --runs-dir {shlex.quote(runs_dir or '.')} "
+                   f"--name {shlex.quote(run_name)}")
+        again = f"delete {shlex.quote(self.folder)} to run {command} again"
         self.manifest = Manifest(self.folder, elsewhere=again)
-        settings = f"delete {shlex.quote(self.folder)} to run minichatgpt-{name} with these settings"
-        finished = self.manifest.check(name, built_from, [], settings, changed_file=f"restore it, or {again}")
+        settings = f"delete {shlex.quote(self.folder)} to run {command} with these settings"
+        finished = self.manifest.check(name, built_from, [], settings, changed_file=f"restore it, or {again}",
+                                       names=names)
         if name not in self.manifest.stages:
             self.manifest.start(name, built_from)
         elif not finished:    # what an interrupted experiment recorded is checked too
@@ -254,18 +297,21 @@ class Experiment:
 
 
 @contextlib.contextmanager
-def experiment(run_dir, name, settings, cache_dir=None):
+def experiment(run_dir, name, settings, cache_dir=None, names=None):
     """An experiment on a finished run, in the run's lock -> yields (run, its Experiment).
 
     settings(run) -> {key: value}: what the experiment is built from besides the run's files; it refuses
     (UsageError) settings that do not fit the run, before anything is written. The folder's manifest records them
-    with the run's input hashes, refuses other ones, and marks the experiment finished when the block ends.
+    with the run's input hashes, refuses other ones (names: {key: its flag}, to name them as typed), and marks the
+    experiment finished when the block ends. The temporary files a killed process left there are removed first.
     """
     FinishedRun.open(run_dir)                  # refuse before the lock, which would create the folder
     with Lock(run_dir):
         run = FinishedRun.open(run_dir, cache_dir)
         built_from = {**{k: str(v) for k, v in settings(run).items()}, **run.input_hashes}
-        ex = Experiment(run_dir, name, built_from)
+        ex = Experiment(run_dir, name, built_from, names)
+        remove_orphans(ex.folder)
+        remove_orphans(run_dir, stages.RUN_FILES)
         try:
             yield run, ex
         except DamagedFile as e:

@@ -12,9 +12,11 @@ So every method has the proxy score batch_size generated responses per step (DPO
 method computes from them is its own (ppo_np.METHODS); how many optimizer steps it takes is too: PPO and RLOO one per
 mini-batch, GRPO and REINFORCE one per pass over the batch, DPO one per mini-batch of pairs.
 
-`DRIVING` maps a method's name to how the loop drives it; `trainer_config` makes its trainer's config from the
-settings every method shares and the method's own options (a MethodOptions, or a CompareConfig, whose fields have
-the same names); `train` runs (or resumes) it.
+`DRIVING` maps a method's name to how the loop drives it and which of the options the methods share it uses
+(`SHARED`): the main job refuses the others with that method rather than record an option that changes nothing
+(REINFORCE takes one step per batch, so --ppo-epochs does nothing there). `trainer_config` makes its trainer's config
+from those shared settings and the method's own options (a MethodOptions, or a CompareConfig, whose fields have the
+same names); `train` runs (or resumes) it.
 """
 import dataclasses
 import time
@@ -34,11 +36,18 @@ from .sampling import sample_n, score, texts_of
 PAIRS_SEED_OFFSET = 2   # DPO's reference samples: rlhf.seed + 2 (the loop draws from seed and seed + 1)
 
 
+# The main job's options every method may take (config.OPTIONS of stage "rl"): the loop's length, the batch and how it
+# is cut, the learning rate, the passes over a batch, the responses' length and end, the held-out prompts.
+SHARED = ("--ppo-steps", "--batch-size", "--forward-batch-size", "--mini-batch-size", "--ppo-epochs", "--lr",
+          "--response-tokens", "--stop-at-eos", "--eval-prompts")
+
+
 @dataclasses.dataclass(frozen=True)
 class Driving:
     label: str                          # how logs, tables and reports name the method
     group: Optional[Callable]           # options -> responses per prompt in a step; None: DPO's fixed pairs
     value_head: bool = False            # the policy starts with the run's value head (PPO)
+    uses: tuple = SHARED                # the shared options its trainer or its loop reads
 
 
 DRIVING = {
@@ -46,7 +55,7 @@ DRIVING = {
     "rloo": Driving("RLOO", lambda o: o.rloo_k),
     "grpo": Driving("GRPO", lambda o: o.grpo_group_size),
     "dpo": Driving("DPO", None),
-    "reinforce": Driving("REINFORCE", lambda o: 1),
+    "reinforce": Driving("REINFORCE", lambda o: 1, uses=tuple(f for f in SHARED if f != "--ppo-epochs")),
 }
 assert set(DRIVING) == set(ppo_np.METHODS), "every method of ppo_np.METHODS needs its driving here"
 

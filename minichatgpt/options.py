@@ -107,8 +107,31 @@ def multiple_of(value, name, field, of, hint=False):
     """Refuse value(field) that is not a multiple of value(of); hint: also name the largest divisor that would do."""
     a, b = value(field), value(of)
     if a % b:
-        use = f"; use {name(of)} {max(d for d in range(1, b + 1) if a % d == 0)}" if hint else ""
+        use = f"; use {name(of)} {largest_divisor(a, b)}" if hint else ""
         raise ValueError(f"{name(field)} {a} must be a multiple of {name(of)} {b}{use}")
+
+
+def largest_divisor(n, at_most):
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
+def splits_into(value, name, field, fixed=(), adjustable=(), even=""):
+    """Refuse value(field) unless every field of `fixed` and of `adjustable` divides it, and it is even when `even`
+    says why it must be: one refusal naming every violation, and one change that satisfies them all. The hint keeps
+    the fixed sizes (a method's group) and, if they divide it, the batch; otherwise it moves the batch up to the next
+    whole number of them. Then it lowers each adjustable size (a chunk, a mini-batch) that does not divide that batch
+    to its largest divisor below it."""
+    batch = value(field)
+    wrong = [f"a multiple of {name(f)} {value(f)}" for f in (*fixed, *adjustable) if batch % value(f)]
+    if even and batch % 2:
+        wrong.append(f"even ({even})")
+    if not wrong:
+        return
+    need = math.lcm(*(value(f) for f in fixed), 2 if even else 1)
+    change = {field: -(-batch // need) * need}
+    change.update({f: largest_divisor(change[field], value(f)) for f in adjustable})
+    use = " ".join(f"{name(f)} {v}" for f, v in change.items() if v != value(f))
+    raise ValueError(f"{name(field)} {batch} must be {' and '.join(wrong)}; use {use}")
 
 
 def add_arguments(parser, options, config):
@@ -128,6 +151,21 @@ def add_arguments(parser, options, config):
 def dest(option):
     """The attribute argparse stores the option under."""
     return option.flag[2:].replace("-", "_")
+
+
+def given_fields(parser, argv, options):
+    """The fields of the rows whose flag argv gives, spelled out, abbreviated or as --no-<flag>, whatever its value
+    (argv parses: the parser has refused it otherwise) -> set. Found by parsing again with every default replaced
+    by a marker that no given value can equal."""
+    marker = object()
+    dests = [dest(o) for o in options if any(a.dest == dest(o) for a in parser._actions)]
+    saved = {d: parser.get_default(d) for d in dests}
+    parser.set_defaults(**{d: marker for d in dests})
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        parser.set_defaults(**saved)
+    return {o.field for o in options if dest(o) in saved and getattr(args, dest(o)) is not marker}
 
 
 def values_of(args, options):

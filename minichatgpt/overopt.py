@@ -31,10 +31,11 @@ from minigpt_np.checkpoint import load_npz, save_npz
 from reward import load_gpt_reward, load_scorer, train_scorer
 
 from .best_of_n import curve
+from .config import OVEROPT_OPTIONS
 from .evaluate import EVAL_SEED_OFFSET, logged, measured_in
 from .finished_run import experiment
 from .options import UsageError
-from .report import write_overopt_plot
+from .report import KINDS, write_overopt_plot
 from .rlhf import train_ppo
 from .run_folder import path, write_json, writing
 from .sampling import sample_n, score, texts_of
@@ -67,7 +68,9 @@ def train_proxies(train, val, sizes, seed):
 
 def scorers_of(run, ex, cfg):
     """The run's reward model ("full"), its judges (the gold scorer, the VADER lexicon) and a smaller proxy per size
-    (fitted once, then kept as overopt/proxy_<size>.npz) -> ({name: scorer}, {name: labelled training snippets it was fitted on})."""
+    (fitted once, then kept as overopt/proxy_<size>.npz) -> ({name: scorer}, {name: labelled training snippets it
+    was fitted on}, {name: its kind}). The smaller proxies are n-gram models whatever the run's proxy is: with a GPT
+    reward model run, "full" is of another kind than they are, which the results say."""
     train, val, _, _ = run.data
     scorers = {"full": run.proxy, "gold": run.gold, "lexicon": run.lexicon}
     for size in cfg.proxy_sizes:
@@ -78,14 +81,17 @@ def scorers_of(run, ex, cfg):
             ex.wrote(name)
         scorers[str(size)] = load_scorer(ex.file(name))
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
-    return scorers, {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val, "lexicon": 0}
+    kinds = {**{str(s): "ngram" for s in cfg.proxy_sizes}, "full": run.config.reward_model, "gold": "ngram",
+             "lexicon": "lexicon"}
+    sizes = {**{str(s): s for s in cfg.proxy_sizes}, "full": n_train, "gold": n_train + n_val, "lexicon": 0}
+    return scorers, sizes, kinds
 
 
 def cross_kind_scorers(run, ex, progress):
     """--cross-kind: a proxy of each kind fitted on the training split ("ngram", "gpt"; the run's reward model is one
     of them), the n-gram gold ("gold") and a GPT reward model fitted on every labelled training and validation
     snippet ("gpt_gold", trained once, resumably, and kept as overopt_cross/gold_gpt.npz), and the lexicon
-    -> (scorers, {name: labelled snippets it was fitted on})."""
+    -> (scorers, {name: labelled snippets it was fitted on}, {name: its kind})."""
     train, val, test, _ = run.data
     kind = run.config.reward_model     # the run's --reward-model, as its manifest records it
     scorers = {kind: run.proxy}
@@ -112,7 +118,8 @@ def cross_kind_scorers(run, ex, progress):
                                                        load_gpt_reward), lexicon=run.lexicon)
     n_train, n_val = len(labelled(train)[0]), len(labelled(val)[0])
     return scorers, {"ngram": n_train, "gpt": n_train, "gold": n_train + n_val, "gpt_gold": n_train + n_val,
-                     "lexicon": 0}
+                     "lexicon": 0}, {"ngram": "ngram", "gpt": "gpt", "gold": "ngram", "gpt_gold": "gpt",
+                                     "lexicon": "lexicon"}
 
 
 def judges_of(name, scorers, gold_of):
@@ -263,12 +270,13 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cross_kind"}   # the folder's name says it
     if cfg.cross_kind:
         settings.pop("proxy_sizes")
-    with experiment(run_dir, name, lambda run: built_from(cfg, run, settings), cache_dir) as (run, ex):
+    with experiment(run_dir, name, lambda run: built_from(cfg, run, settings), cache_dir,
+                    names={o.field: o.flag for o in OVEROPT_OPTIONS}) as (run, ex):
         if cfg.cross_kind:
-            scorers, sizes = cross_kind_scorers(run, ex, progress)
+            scorers, sizes, kinds = cross_kind_scorers(run, ex, progress)
             gold_of, trained = CROSS_GOLD, ("ngram", "gpt")
         else:
-            scorers, sizes = scorers_of(run, ex, cfg)
+            scorers, sizes, kinds = scorers_of(run, ex, cfg)
             gold_of, trained = {n: "gold" for n in scorers}, (str(min(cfg.proxy_sizes)), "full")   # smallest, largest
         test_texts, test_labels = labelled(run.data[2])
         accuracy = {n: scorer.metrics(test_texts, test_labels)["accuracy"] for n, scorer in scorers.items()}
@@ -276,7 +284,8 @@ def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
         bon = best_of_n_rows(run, ex, cfg, scorers, gold_of, queries, progress)
         rl = [row for proxy in trained for row in rl_rows(run, ex, cfg, proxy, scorers, gold_of, queries, progress)]
         results = {"settings": settings if cfg.cross_kind else dataclasses.asdict(cfg),
-                   "scorers": {n: {"train_snippets": sizes[n], "test_accuracy": accuracy[n]} for n in scorers},
+                   "scorers": {n: {"train_snippets": sizes[n], "test_accuracy": accuracy[n], "kind": kinds[n]}
+                               for n in scorers},
                    "golds": {proxy: gold_of[proxy] for proxy in scorers if proxy not in JUDGES},
                    "best_of_n": bon, "rl": rl, "fits": fits(bon, rl), "downturns": downturns(bon, rl, len(queries))}
         write_json(path(run_dir, f"{name}.json"), results)
@@ -336,9 +345,10 @@ def point(row, key):
 def format_results(results):
     """The experiment as text: the scorers, both curves (score gains over the reference, the lexicon's shares), the
     fits, and where each judge turns down."""
-    lines = ["scorer      train snippets   test accuracy"]
+    lines = ["scorer     kind               train snippets   test accuracy"]
     for name, s in results["scorers"].items():
-        lines.append(f"{name:10s} {s['train_snippets']:15,d} {s['test_accuracy']:15.3f}")
+        lines.append(f"{name:10s} {KINDS[s['kind']]:16s} {s['train_snippets']:16,d} "
+                     f"{s['test_accuracy']:15.3f}")
     golds = results.get("golds", {})
     for kind, title in (("best_of_n", "best-of-n (n: KL)"), ("rl", "PPO (step: KL)")):
         lines += ["", f"{title}; gain in mean log-odds over the reference, proxy / gold; lexicon positive / negative"]
@@ -350,7 +360,9 @@ def format_results(results):
             fit = results["fits"][f"{kind}/{name}/gold_score"]
             fitted = (f"gold fit alpha {fit['alpha']:+.3f} beta {fit['beta']:+.3f}" if fit["alpha"] is not None
                       else "no gold fit (fewer than 2 points past d = 0)")
-            lines.append(f"  proxy {name:5s} (gold {golds.get(name, 'gold')}) {fitted} | " + ", ".join(points))
+            of_kind = KINDS[results["scorers"][name]["kind"]]
+            lines.append(f"  proxy {name:5s} ({of_kind}; gold {golds.get(name, 'gold')}) {fitted} | "
+                         + ", ".join(points))
     lines += ["", "where each judge's share peaks; it turns down if the last point is below the peak by > 2 s.e."]
     for d in results.get("downturns", []):
         lines.append(f"  {d['kind']:9s} proxy {d['proxy']:5s} {d['judge']:16s} peak {d['peak']['share']:.3f} at "

@@ -10,6 +10,8 @@ from .run_folder import writing
 
 log = logging.getLogger(__name__)
 
+KINDS = {"ngram": "n-gram", "gpt": "GPT reward model", "lexicon": "lexicon"}   # how a scorer's kind is named
+
 TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO optimised, the gold and the lexicon judge
     ("reward model: positive", "reward_positive", "{:.3f}"),
     ("reward model: mean log-odds", "reward_mean", "{:+.3f}"),
@@ -173,7 +175,8 @@ def _overopt_curves(ax, lex, results, kind, name, color):
     """One proxy's curves of one kind ("best_of_n" or "rl"): its gold's and its own gains on ax, with the gold's
     fitted form d (alpha - beta d) or d (alpha - beta log d); the lexicon's shares on lex."""
     curve = [r for r in results[kind] if r["proxy"] == name]
-    label = f"proxy {name} ({results['scorers'][name]['train_snippets']:,} snippets)"
+    scorer = results["scorers"][name]
+    label = f"proxy {name} ({KINDS[scorer['kind']]}, {scorer['train_snippets']:,} snippets)"
     gold = results.get("golds", {}).get(name, "gold")
     d = np.sqrt([r["kl"] for r in curve])
     lex.plot(d, [r["lexicon_positive"] for r in curve], "o-", color=color, label=f"lexicon positive, {label}")

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -94,11 +95,14 @@ class Refused(Exception):
 
 
 def check_name(name):
-    """A run name is one path component: not empty, no separator, not "." or "..", at most NAME_MAX bytes."""
+    """A run name is one folder name: printable characters (spaces and any script allowed), no path separator, not
+    "." or "..", not starting with "-" (a command line would read it as an option), at most NAME_MAX bytes."""
     seps = [s for s in (os.sep, os.altsep, "/") if s]
-    if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
-        raise ValueError(f"--name must be one folder name (letters, digits, '-', '_', '.'), not {name!r}: "
-                         "the run folder is --runs-dir/--name, and nothing is written outside it")
+    if not name or name in (".", "..") or name.startswith("-") or any(s in name for s in seps) \
+            or not name.isprintable():
+        raise ValueError(f"--name must be one folder name of printable characters, without '/', not '.' or '..', "
+                         f"not starting with '-'; got {name!r}: the run folder is --runs-dir/--name, and nothing is "
+                         "written outside it")
     if len(os.fsencode(name)) > NAME_MAX:
         raise ValueError(f"--name is {len(os.fsencode(name))} bytes long, but a folder name holds at most {NAME_MAX}; "
                          "use a shorter one")
@@ -199,6 +203,7 @@ class Manifest:
             sound = isinstance(stages, dict) and all(
                 isinstance(r, dict) and isinstance(r.get("built_from"), dict)
                 and isinstance(r.get("finished", False), bool) and isinstance(r.get("outputs", {}), dict)
+                and isinstance(r.get("metrics", {}), dict)
                 and all(isinstance(d, str) for d in r.get("outputs", {}).values()) for r in stages.values())
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, IsADirectoryError):
             sound = False
@@ -210,12 +215,15 @@ class Manifest:
     def save(self):
         write_json(self.file, {"stages": self.stages})
 
-    def check(self, stage, built_from, artifacts, advice, partial=False, changed_file=None):
+    def check(self, stage, built_from, artifacts, advice, partial=False, changed_file=None, ignore=(), names=None,
+              absent=None):
         """Is `stage` done? Refuse if its record differs from built_from, or if its artifacts are foreign.
 
         -> True when it finished with this very record and its artifacts are the ones it wrote; False when it must
-        run (fresh, or resuming an interrupted run of the same record). partial: compare only the keys of
-        built_from (the options, before the input hashes are known) and say nothing of done. advice: what a
+        run (fresh, or resuming an interrupted run of the same record). The whole record is compared, both ways,
+        but for the keys in `ignore` (partial: the input hashes, not known before the stages they come from have
+        run; then nothing is said of done). names: {key: how a refusal names it} (a flag for a field); absent: {key:
+        the value a record without the key stands for} (an option recorded by leaving it out). advice: what a
         refusal says to do ("use a new --name, or --restart ..."); changed_file: what the refusal of a changed file
         says instead, if it differs.
         """
@@ -226,8 +234,8 @@ class Manifest:
                 raise Refused(f"{os.path.join(self.run_dir, present[0])} was not made by this run (the manifest has "
                               f"no record of the {stage} stage); move it away, or {self.elsewhere}")
             return False
-        stored = record["built_from"]
-        changes = changed({k: stored.get(k) for k in built_from} if partial else stored, built_from)
+        changes = changed({k: v for k, v in record["built_from"].items() if k not in ignore},
+                          {k: v for k, v in built_from.items() if k not in ignore}, names, absent)
         if changes:
             raise Refused(f"{self.run_dir} was built with other options or inputs for its {stage} stage: "
                           f"{'; '.join(changes)}; {advice}")
@@ -236,13 +244,22 @@ class Manifest:
         self.verify(stage, changed_file or advice)
         return True
 
-    def verify(self, stage, hint):
-        """Refuse if a file the stage recorded is missing or no longer has the sha256 recorded for it."""
+    def damaged(self, stage):
+        """The files the stage recorded that are missing or no longer have their recorded sha256 -> {name: what}."""
+        out = {}
         for name, digest in self.stages[stage].get("outputs", {}).items():
             file = os.path.join(self.run_dir, name)
-            if not os.path.exists(file) or sha256_of_file(file) != digest:
-                state = "is missing" if not os.path.exists(file) else "changed since this run wrote it"
-                raise Refused(f"{file} {state}; {hint}")
+            if not os.path.exists(file):
+                out[name] = "was missing"
+            elif sha256_of_file(file) != digest:
+                out[name] = "had changed"
+        return out
+
+    def verify(self, stage, hint):
+        """Refuse if a file the stage recorded is missing or no longer has the sha256 recorded for it."""
+        for name, what in self.damaged(stage).items():
+            state = "is missing" if what == "was missing" else "changed since this run wrote it"
+            raise Refused(f"{os.path.join(self.run_dir, name)} {state}; {hint}")
 
     def start(self, stage, built_from):
         self.stages[stage] = {"built_from": built_from, "finished": False}
@@ -256,11 +273,18 @@ class Manifest:
             outputs.update(digests)
             self.save()
 
-    def finish(self, stage, outputs):
-        """Mark the stage finished, with the sha256 of `outputs` (and of what it recorded before)."""
+    def finish(self, stage, outputs, metrics=None):
+        """Mark the stage finished, with the sha256 of `outputs` (and of what it recorded before) and what the process
+        that built it measured (`metrics`, a JSON dict: test accuracies, tokens/s, its seconds)."""
         self.stages[stage]["finished"] = True
+        if metrics is not None:
+            self.stages[stage]["metrics"] = metrics
         self.record(stage, outputs)
         self.save()
+
+    def metrics(self, stage):
+        """What the process that built the stage measured ({} if it recorded nothing)."""
+        return self.stages.get(stage, {}).get("metrics", {})
 
     def forget(self, stage, artifacts):
         """--restart: delete a stage's artifacts (files or folders) and its record."""
@@ -274,8 +298,28 @@ class Manifest:
             self.save()
 
 
-def changed(stored, current):
-    """Every key whose value differs between two flat dicts -> ["--n-layer: 4 -> 6", ...]."""
-    keys = sorted(set(stored) | set(current))
-    return [f"{k}: {stored.get(k, '(absent)')} -> {current.get(k, '(absent)')}" for k in keys
-            if stored.get(k) != current.get(k)]
+def changed(stored, current, names=None, absent=None):
+    """Every key whose value differs between two flat dicts -> ["--n-layer: 4 -> 6", ...]. names: {key: how to call
+    it}; absent: {key: the value a dict without the key stands for}."""
+    names, absent = names or {}, absent or {}
+
+    def value(d, k):
+        return d.get(k, absent.get(k, "(absent)"))
+    return [f"{names.get(k, k)}: {value(stored, k)} -> {value(current, k)}" for k in sorted(set(stored) | set(current))
+            if value(stored, k) != value(current, k)]
+
+
+ORPHAN = re.compile(r"\.\d+\.tmp$")   # atomic_write's <name>.<pid>.tmp
+
+
+def remove_orphans(folder, names=None):
+    """Delete the temporary files a killed process left in a folder (<name>.<pid>.tmp of atomic_write, for the names
+    `names`, or any name) -> the names deleted. Only under the folder's lock: no other process writes there then."""
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        stem = ORPHAN.sub("", name)
+        file = os.path.join(folder, name)
+        if stem != name and (names is None or stem in names) and os.path.isfile(file) and not os.path.islink(file):
+            os.unlink(file)
+            removed.append(name)
+    return removed

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import minigpt_np as mg
-from minigpt_np.data import encode_corpus, load_or_build_tokenizer
+from minigpt_np.data import build_tokenizer, encode_corpus
 from minigpt_np.metrics import unigram_entropy
 from minigpt_np.pretrain import pretrain
 from minigpt_np.checkpoint import load_npz
@@ -24,6 +24,7 @@ from reward.train import refit_scorer
 
 from ppo_np import METHODS as TRAINERS
 
+from .options import UsageError
 from .rlhf import make_queries
 from .run_folder import Refused, path, read_jsonl, writing
 
@@ -48,6 +49,8 @@ ARTIFACTS = {  # what each stage writes into the run folder
     "gold": ["gold.npz"],
     **{method: [f"gpt_{method}.npz", f"{method}_log.jsonl"] for method in METHODS},
 }
+# what a stage keeps while it trains and deletes once its artifacts are written: a restart of the stage deletes it too
+TRAINING_FILES = {"reward": ["reward_gpt_train.npz"]}
 DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
               **{method: ["tokenizer", "pretrain", "reward"] for method in METHODS}}
 
@@ -66,32 +69,54 @@ EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overop
 # what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
 BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
 # every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
-RUN_FILES = (".lock", "manifest.json", *(a for files in ARTIFACTS.values() for a in files), *REPORT, *BUILT_ON_RUN)
+RUN_FILES = (".lock", "manifest.json", *(a for files in ARTIFACTS.values() for a in files),
+             *(f for files in TRAINING_FILES.values() for f in files), *REPORT, *BUILT_ON_RUN)
 
 
-def tokenizer_stage(config, run_dir, train):
-    """Train the byte-level BPE on the training split (or load the run's tokenizer.json)."""
+def train_tokenizer(config, train):
+    """The byte-level BPE of --vocab-size tokens, trained on the training split in memory -> Tokenizer; UsageError if
+    the split cannot fill that many (it runs out of pairs seen twice), since the model would have another size than
+    asked."""
+    tokenizer = build_tokenizer([s.text for s in train], config.model.vocab_size)
+    if tokenizer.vocab_size < config.model.vocab_size:
+        raise UsageError(f"--vocab-size {config.model.vocab_size} is more than this corpus fills: its training split "
+                         f"gives {tokenizer.vocab_size} tokens (256 bytes, <|endoftext|> and every merge of a pair "
+                         f"seen at least twice); use --vocab-size {tokenizer.vocab_size} or less")
+    return tokenizer
+
+
+def save_tokenizer(run_dir, tokenizer):
+    """The tokenizer stage: write tokenizer.json -> (tokenizer, its metrics: the vocabulary it holds)."""
     with writing(path(run_dir, "tokenizer.json")):
-        return load_or_build_tokenizer(path(run_dir, "tokenizer.json"), [s.text for s in train],
-                                       default_vocab_size=config.model.vocab_size)
+        tokenizer.save(path(run_dir, "tokenizer.json"))
+    return tokenizer, {"vocab_size": tokenizer.vocab_size}
 
 
-def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True):
-    """Pretrain the GPT on every training snippet (reviews and plots) -> (model, metrics); resumes if killed."""
+def load_tokenizer(run_dir):
+    return mg.load_tokenizer(path(run_dir, "tokenizer.json"))
+
+
+PRETRAIN_METRICS = ("step", "val_loss", "tokens_per_s", "elapsed", "stop_reason")   # what the summary reports of it
+
+
+def pretrain_stage(config, run_dir, tokenizer, train, val, progress=True, on_eval=None):
+    """Pretrain the GPT on every training snippet (reviews and plots) -> (model, metrics: PRETRAIN_METRICS, tokens/s
+    of the process that finished it); resumes if killed. on_eval: called with each evaluation's record."""
     train_ids = encode_corpus(tokenizer, [s.text for s in train])
     val_ids = encode_corpus(tokenizer, [s.text for s in val])
-    # the tokenizer may hold fewer tokens than asked for (a small corpus runs out of merges)
+    # a run's tokenizer.json may hold fewer tokens than asked, if its record says so
     model = mg.GPT(dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size), seed=config.seed)
     log.info("pretraining %.2f M parameters on %d tokens (unigram entropy %.2f nats/token)",
              model.num_parameters() / 1e6, len(train_ids), unigram_entropy(train_ids, tokenizer.vocab_size))
     checkpoint = path(run_dir, "gpt_pretrained.npz")
     with writing(checkpoint):
-        metrics = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=progress)
-    return model, metrics
+        metrics = pretrain(model, train_ids, val_ids, config.pretrain, checkpoint_path=checkpoint, progress=progress,
+                           log=on_eval)
+    return model, {k: metrics.get(k) for k in PRETRAIN_METRICS}
 
 
 def load_pretrained(run_dir, tokenizer):
-    """The finished pretraining stage -> (model, metrics), checked against the run's tokenizer."""
+    """The finished pretraining stage -> (model, its training state), checked against the run's tokenizer."""
     file = path(run_dir, "gpt_pretrained.npz")
     model = mg.load_checkpoint(file)
     if model.cfg.vocab_size != tokenizer.vocab_size:
@@ -137,12 +162,12 @@ def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15):
 
 
 def reward_stage(run_dir, train, val, test):
-    """Train the reward model and write reward.npz -> (scorer, metrics)."""
+    """Train the reward model and write reward.npz -> (scorer, its metrics on the validation and test splits)."""
     scorer, metrics = train_reward_model(train, val, test)
     with writing(path(run_dir, "reward.npz")):
         scorer.save(path(run_dir, "reward.npz"))
     log.info("reward model: test accuracy %.3f", metrics["test"]["accuracy"])
-    return scorer, metrics
+    return scorer, {"val": metrics["val"], "test": metrics["test"]}
 
 
 def gpt_reward_stage(config, run_dir, tokenizer, train, val, test, progress=True):
@@ -151,7 +176,8 @@ def gpt_reward_stage(config, run_dir, tokenizer, train, val, test, progress=True
     Resumes after a kill from reward_gpt_train.npz, which is deleted once reward.npz is written."""
     model = train_gpt_reward_model(config, run_dir, tokenizer, labelled(train), labelled(val),
                                    path(run_dir, "reward_gpt_train.npz"), progress)
-    model.save(path(run_dir, "reward.npz"))
+    with writing(path(run_dir, "reward.npz")):
+        model.save(path(run_dir, "reward.npz"))
     os.unlink(path(run_dir, "reward_gpt_train.npz"))
     metrics = {"val": model.info["val"], "test": model.metrics(*labelled(test))}
     log.info("GPT reward model: test accuracy %.3f", metrics["test"]["accuracy"])
@@ -177,7 +203,7 @@ def gold_stage(run_dir, train, val, test, reward_model):
         gold.save(path(run_dir, "gold.npz"))
     metrics = gold.metrics(*labelled(test))
     log.info("gold scorer: test accuracy %.3f", metrics["accuracy"])
-    return gold, metrics
+    return gold, {"test": metrics}
 
 
 def load_scorer_of(run_dir, name):
@@ -186,9 +212,16 @@ def load_scorer_of(run_dir, name):
     return load_gpt_reward(file) if load_npz(file)[1].get("format") == GPT_REWARD_FORMAT else load_scorer(file)
 
 
+def held_out_room(test):
+    """How many evaluation prompts a split holds: a quarter of its labelled reviews, one prompt each (every text
+    encodes to at least one token), so that three quarters are left to train on."""
+    return len(labelled(test)[0]) // 4
+
+
 def prompts(config, tokenizer, test):
     """Held-out labelled reviews (never seen by the reward model), shuffled, cut into prompts of 2..8 tokens
-    -> (PPO training prompts, evaluation prompts): one quarter at most, config.eval_prompts, for evaluation."""
+    -> (PPO training prompts, evaluation prompts): config.eval_prompts for evaluation, at most held_out_room (the
+    main job refuses more; a run recorded with more used that many)."""
     rng = np.random.default_rng(config.seed)
     texts = [s.text for s in test if s.label is not None]
     texts = [texts[i] for i in rng.permutation(len(texts))]

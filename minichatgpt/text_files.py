@@ -3,7 +3,8 @@ folders of pos/ and neg/ reviews, and plain text.
 
 Every loader returns a list of ``Snippet(text, label, movie)``: label 1 = positive, 0 = negative, None =
 unlabelled (plot summaries, plain text). ``movie`` groups snippets that must stay in the same split; for data
-without a movie, each snippet is its own group.
+without a movie, each snippet is its own group, named after its line ("line 12"), not after the file, so that a
+renamed copy of a file is the same corpus.
 """
 import csv
 import io
@@ -11,7 +12,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,6 +31,7 @@ class Snippet:
     text: str
     label: Optional[int]  # 1 positive (fresh), 0 negative (rotten), None unlabelled (plot, plain text)
     movie: str            # split key: snippets of one movie never straddle train/val/test
+    line: Optional[int] = field(default=None, compare=False)   # for a row without a movie: its line, which names it
 
 
 def _decode(raw: bytes, path: Path) -> str:
@@ -112,7 +114,7 @@ def load_labelled_file(path: PathLike, text_column: str = "text", label_column: 
 
     ``movie_column`` names the grouping column for split(by="movie"). Left as None, a column called "movie"
     or "movie_name" is used if there is one; rows without a movie are each their own group
-    (``movie = "<file name>:<line>"``). Rows with empty text are skipped (logged).
+    (``movie = "line <line>"``). Rows with empty text are skipped (logged).
     """
     path, text = _read_text(path)
     required = [text_column, label_column] + ([movie_column] if movie_column else [])
@@ -133,8 +135,10 @@ def load_labelled_file(path: PathLike, text_column: str = "text", label_column: 
             skipped.append(line)
             continue
         key = movie_column or next((c for c in MOVIE_COLUMNS if c in row), None)
-        movie = str(row[key]) if key and row[key] not in (None, "") else f"{path.name}:{line}"
-        snippets.append(Snippet(body, label, movie))
+        if key and row[key] not in (None, ""):
+            snippets.append(Snippet(body, label, str(row[key])))
+        else:
+            snippets.append(Snippet(body, label, f"line {line}", line))
     if skipped:
         logger.warning("%s: skipped %d rows with empty text (first on line %d)", path, len(skipped), skipped[0])
     if not snippets:
@@ -217,7 +221,7 @@ def load_aclimdb(folder: PathLike) -> list:
 
 def load_plain_text(path: PathLike, unit: str = "line") -> list:
     """Unlabelled snippets from a text file: one per non-empty line (unit="line") or per blank-line-separated
-    paragraph (unit="paragraph"). Each is its own split group (``"<file name>:<line>"``)."""
+    paragraph (unit="paragraph"). Each is its own split group (``"line <line>"``)."""
     path, text = _read_text(path)
     if unit == "line":
         pieces = [(k, s) for k, s in enumerate(text.splitlines(), start=1) if s.strip()]
@@ -232,4 +236,4 @@ def load_plain_text(path: PathLike, unit: str = "line") -> list:
                 lines = []
     else:
         raise ValueError(f"unit must be 'line' or 'paragraph', got {unit!r}")
-    return [Snippet(s.strip(), None, f"{path.name}:{k}") for k, s in pieces]
+    return [Snippet(s.strip(), None, f"line {k}", k) for k, s in pieces]

@@ -130,7 +130,7 @@ def write_token_view(path, run, policy, history, n=6):
             n_tokens = int(mask[i].sum())
             kl = _spans(tokenizer, responses[i], logratio[i, :n_tokens], kl_scale, "220,40,40", "40,80,220")
             adv = _spans(tokenizer, responses[i], advantages[i, :n_tokens], adv_scale, "30,160,60", "150,50,170")
-            parts.append(f"<tr><td class=who>{who}<br><small>score {scores[i]:+.2f}, KL "
+            parts.append(f"<tr><td class=who>{who}<br><small>score {scores[i]:+.2f}, log-ratio "
                          f"{logratio[i].sum():+.2f}</small></td><td>{kl}</td><td>{adv}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>\n")
@@ -150,6 +150,9 @@ log-ratio log&nbsp;&pi;(y) &minus; log&nbsp;&pi;<sub>ref</sub>(y) under the fina
 where the policy now prefers the token, <b style="color:#25d">blue</b> where it avoids it (full colour at
 {kl_scale:.2f} nats). Right column: {credit}:
 <b style="color:#1a4">green</b> better than expected, <b style="color:#939">purple</b> worse (full colour at
-{adv_scale:.2f}). Hover a token for its number.</p>
+{adv_scale:.2f}). Hover a token for its number. Under each score, the response's log-ratio: the middle column's
+sum, log&nbsp;&pi;(y)&nbsp;&minus;&nbsp;log&nbsp;&pi;<sub>ref</sub>(y) under the final policy; on the policy's own
+response it is the sampled estimate of its KL to the reference, on the reference's response it is not a KL (the
+reference is at KL 0 from itself), and negative where the policy now avoids what the reference said.</p>
 <table><tr><th></th><th>KL view</th><th>credit view</th></tr></table>
 """

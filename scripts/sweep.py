@@ -8,24 +8,27 @@ here seeds the method's shuffles, prompts and sampling but not the run's splits)
 `minichatgpt` checks them, over the run's own settings. `--` ends the script's own flags. The setting's method
 runs from where the main job starts it, with the run's prompts, as the main job's RL stage runs it; then the policy
 answers the run's held-out evaluation prompts (--eval-on validation: prompts cut from the validation split's
-reviews, to choose on), measured as the main job measures them, the lexicon judge included.
-One JSON line per setting is appended to --out (default runs/<name>/sweep.jsonl), and a table row is printed. This
-is the development script behind the frontier table in the README; it prints figures and asserts nothing.
+reviews, to choose on), all of them, or the first N a setting's --eval-prompts N asks for (more than the run holds
+is refused), measured as the main job measures them, the lexicon judge included.
+The sweep works in the run's lock, as every command on a run does, so the run cannot be rebuilt under it. One JSON
+line per setting is appended to --out (default runs/<name>/sweep.jsonl, which a restart of the run deletes), and a
+table row is printed. Every setting and --out are checked before the first one runs; a refusal is one line on
+stderr. This is the development script behind the frontier table in the README; it prints figures and asserts
+nothing.
 """
-import argparse
 import dataclasses
 import json
 import os
 import shlex
-import sys
 import tempfile
 import time
 
 from minichatgpt import config as defaults
+from minichatgpt.entry import checked_output, run_cli
 from minichatgpt.finished_run import FinishedRun
 from minichatgpt.methods import DRIVING, train_run
-from minichatgpt.options import Parser, UsageError, add_arguments, checked
-from minichatgpt.run_folder import check_name, path
+from minichatgpt.options import Parser, UsageError, add_arguments, checked, given_fields
+from minichatgpt.run_folder import Lock, check_name, path
 from minichatgpt.stages import METHODS
 
 COLUMNS = [("reward_positive", "RM+", "{:.2f}"), ("gold_positive", "gold+", "{:.2f}"), ("gold_mean", "gold", "{:+.2f}"),
@@ -38,52 +41,84 @@ SWEPT = [o for o in defaults.OPTIONS
 
 def setting_of(text, run_config):
     """"--lr 1e-4 --ppo-steps 80" -> the RunConfig of the run with those options set, checked as the main job's."""
+    return checked_setting(text, run_config)[0]
+
+
+def checked_setting(text, run_config):
+    """A setting's text -> (its RunConfig, the fields it gives), checked as the main job checks its command line
+    (an option the setting's method does not read is refused); UsageError naming the setting otherwise."""
     parser = Parser(prog="setting", add_help=False)
     add_arguments(parser, SWEPT, run_config)
-    values = checked(parser.parse_args(shlex.split(text)), SWEPT, run_config, defaults.run_rules)
+    argv = shlex.split(text)
+    values = checked(parser.parse_args(argv), SWEPT, run_config, defaults.run_rules)
+    given = given_fields(parser, argv, SWEPT)
+    values.setdefault("method", run_config.method)
     try:
-        defaults.for_its_method_only(values, run_config)
-        return defaults.with_values(values, run_config)
+        defaults.for_its_method_only(values, given, DRIVING[values["method"]].uses)
+        return defaults.with_values(values, run_config), given
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def eval_queries(run, config, given, on):
+    """The prompts a setting is measured on: the run's held-out ones (on "validation": those cut from the validation
+    split), all of them, or the first config.eval_prompts if the setting gives --eval-prompts (UsageError for more
+    than there are)."""
+    if on == "validation":
+        queries = run.validation_prompts
+        if "eval_prompts" in given and config.eval_prompts > len(queries):
+            raise UsageError(f"--eval-prompts {config.eval_prompts} is more than the run's {len(queries)} validation "
+                             f"prompts; use --eval-prompts {len(queries)} or fewer")
+        return queries[:config.eval_prompts] if "eval_prompts" in given else queries
+    return run.held_out(config.eval_prompts, "--eval-prompts") if "eval_prompts" in given else run.held_out()
+
+
+def sweep(argv):
+    p = Parser(prog="sweep.py", description=__doc__)
     p.add_argument("settings", nargs="+",
                    help='each the main job\'s RL flags, e.g. "--lr 1e-4 --ppo-steps 80" or '
                         '"--method grpo --grpo-beta 0.1"')
     p.add_argument("--name", default="default")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="the JSON-lines file rows are appended to (default: the run's "
+                   "sweep.jsonl); outside the run folder otherwise")
     p.add_argument("--eval-on", choices=("test", "validation"), default="test",
                    help="measure each setting on the run's held-out test prompts, or on prompts cut from the "
                         "validation split's reviews (choose there, then report on test)")
-    args = p.parse_args()
-    run = FinishedRun.open(os.path.join(args.runs_dir, check_name(args.name)))
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = p.parse_args(argv)
     try:
-        settings = [(text, setting_of(text, run.config)) for text in args.settings]   # every one checked first
-    except UsageError as e:
-        print(f"sweep.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    out = args.out or path(run.run_dir, "sweep.jsonl")
-    print(f"{'setting':48s} " + " ".join(f"{label:>6s}" for _, label, _ in COLUMNS) + "   time")
-    for text, config in settings:
-        t0 = time.perf_counter()
-        policy = run.policy_start(DRIVING[config.method].value_head)
-        task = dataclasses.replace(run.task(), sampling=config.sampling)
-        with tempfile.TemporaryDirectory() as tmp:
-            history = train_run(config, policy, task, os.path.join(tmp, "policy.npz"), os.path.join(tmp, "log.jsonl"),
-                                progress=False)
-        seconds = time.perf_counter() - t0
-        queries = run.validation_prompts if args.eval_on == "validation" else None
-        metrics, _ = run.evaluate(policy, queries=queries, sampling=config.sampling)
-        row = {"setting": text, "method": config.method, "eval_on": args.eval_on, **metrics, "seconds": seconds,
-               "final_kl_coef": history[-1].get("objective/kl_coef")}
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{text:48s} " + " ".join(f"{fmt.format(metrics[key]):>6s}" for key, _, fmt in COLUMNS)
-              + f" {seconds:5.0f}s  {metrics['top_word']}", flush=True)
+        run_dir = os.path.join(args.runs_dir, check_name(args.name))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = checked_output(args.out, "--out") if args.out is not None else path(run_dir, "sweep.jsonl")
+    FinishedRun.open(run_dir)                  # refuse before the lock, which would create the folder
+    with Lock(run_dir):
+        run = FinishedRun.open(run_dir)
+        settings = []
+        for text in args.settings:            # every one checked first
+            config, given = checked_setting(text, run.config)
+            settings.append((text, config, eval_queries(run, config, given, args.eval_on)))
+        print(f"{'setting':48s} " + " ".join(f"{label:>6s}" for _, label, _ in COLUMNS) + "   time")
+        for text, config, queries in settings:
+            t0 = time.perf_counter()
+            policy = run.policy_start(DRIVING[config.method].value_head)
+            task = dataclasses.replace(run.task(), sampling=config.sampling)
+            with tempfile.TemporaryDirectory() as tmp:
+                history = train_run(config, policy, task, os.path.join(tmp, "policy.npz"),
+                                    os.path.join(tmp, "log.jsonl"), progress=False)
+            seconds = time.perf_counter() - t0
+            metrics, _ = run.evaluate(policy, queries=queries, sampling=config.sampling)
+            row = {"setting": text, "method": config.method, "eval_on": args.eval_on, "eval_prompts": len(queries),
+                   **metrics, "seconds": seconds, "final_kl_coef": history[-1].get("objective/kl_coef")}
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{text:48s} " + " ".join(f"{fmt.format(metrics[key]):>6s}" for key, _, fmt in COLUMNS)
+                  + f" {seconds:5.0f}s  {metrics['top_word']}", flush=True)
+
+
+def main(argv=None):
+    run_cli("sweep.py", sweep, argv)
 
 
 if __name__ == "__main__":

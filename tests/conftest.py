@@ -1,4 +1,5 @@
-"""Make the project importable from a source checkout, and keep BLAS to one thread in tests.
+"""Make the project importable from a source checkout, and keep BLAS to one thread in tests; and the tiny runs the
+tests share.
 
 The tests use tiny matrices, where a second OpenBLAS thread only adds synchronisation; on a busy machine it
 made some test files 10x slower. Set before numpy is first imported; an explicit setting wins.
@@ -6,5 +7,14 @@ made some test files 10x slower. Set before numpy is first imported; an explicit
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def built_runs(tmp_path_factory):
+    """Finished tiny runs built once per pytest run, by their extra flags (tiny_run.Built); copy one to change it."""
+    from tiny_run import Built
+    return Built(tmp_path_factory.mktemp("built"))

@@ -136,7 +136,7 @@ def test_compare_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     # other settings on the same compare/ folder are refused, and so is a second process
     with pytest.raises(SystemExit) as e:
         cli.compare_main(where + TINY + ["--grpo-beta", "0.1"])
-    assert e.value.code == 1 and "grpo_beta: 0.25 -> 0.1" in capsys.readouterr().err
+    assert e.value.code == 1 and "--grpo-beta: 0.25 -> 0.1" in capsys.readouterr().err
     with Lock(str(run_dir)), pytest.raises(SystemExit) as e:
         cli.compare_main(where + TINY)
     assert e.value.code == 1 and "in use by another minichatgpt process" in capsys.readouterr().err

@@ -216,13 +216,13 @@ def test_labelled_csv_reads_every_label_spelling_quotes_and_movies():
     assert snippets[4].text == "Line one of a review\nthat goes on to a second line."
     assert [s.movie for s in snippets[:6]] == ["m1", "m1", "m2", "m2", "m3", "m3"]
     # rows without a movie are their own group, named by the line they start on (after a 2-line row)
-    assert [s.movie for s in snippets[6:8]] == ["reviews.csv:9", "reviews.csv:10"]
+    assert [s.movie for s in snippets[6:8]] == ["line 9", "line 10"]
 
 
 def test_labelled_jsonl_reads_booleans_ints_and_words():
     snippets = text_files.load_labelled_file(FIXTURES / "reviews.jsonl")
     assert [s.label for s in snippets] == [1, 0, 1, 0, 1, 0]
-    assert snippets[2] == Snippet("Warm and wise, a d\u00e9light.", 1, "reviews.jsonl:4")
+    assert snippets[2] == Snippet("Warm and wise, a d\u00e9light.", 1, "line 4")
 
 
 def test_custom_column_names():
@@ -295,7 +295,7 @@ def test_plain_text_by_line_and_by_paragraph():
     lines = text_files.load_plain_text(FIXTURES / "plain.txt")
     assert [s.text for s in lines] == ["The first line of a story.", "A second line,", "and a third one.",
                                       "The last paragraph."]
-    assert all(s.label is None for s in lines) and lines[1].movie == "plain.txt:4"
+    assert all(s.label is None for s in lines) and lines[1].movie == "line 4"
     paragraphs = text_files.load_plain_text(FIXTURES / "plain.txt", unit="paragraph")
     assert [s.text for s in paragraphs] == ["The first line of a story.", "A second line,\nand a third one.",
                                            "The last paragraph."]

@@ -55,7 +55,7 @@ def greedy_pair(model, hf, idx, mask, eos):
                        eos_token_id=eos)
     with torch.no_grad():
         theirs = hf.generate(torch.from_numpy(idx), attention_mask=torch.from_numpy(mask), do_sample=False,
-                             max_length=model.cfg.block_size).numpy()
+                             max_new_tokens=model.cfg.block_size - idx.shape[1]).numpy()
     # transformers stops when every row has emitted eos; ours runs on and pads finished rows with eos
     return ours, np.pad(theirs, ((0, 0), (0, ours.shape[1] - theirs.shape[1])), constant_values=eos)
 

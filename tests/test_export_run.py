@@ -20,7 +20,7 @@ from minichatgpt.report import format_table
 from minichatgpt.run_folder import Manifest, read_json
 from reward import GPTRewardModel
 from test_export import greedy_pair, left_pad, positions
-from tiny_run import BAD, GOOD, assert_one_line_refusal, fixture_corpus, run_cli, snapshot, tiny_args
+from tiny_run import BAD, GOOD, assert_one_line_refusal, run_cli, snapshot
 
 LOGITS_ATOL = 1e-4      # float32 on both sides, as tests/test_export.py
 PROMPTS = ["the heist is", "iron coast is a", "night", "summer rain is one of the"]
@@ -28,10 +28,8 @@ SENTENCES = [f"the heist is {review} ." for review in GOOD[:2] + BAD[:2]] + ["un
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny")
-    cli.run_main(tiny_args(tmp, "run", fixture_corpus(tmp / "reviews.csv")))
-    return tmp / "runs" / "run"
+def run_dir(tmp_path_factory, built_runs):
+    return built_runs.copy(tmp_path_factory.mktemp("tiny"), "run")
 
 
 def export(capsys, run_dir, out, *flags):

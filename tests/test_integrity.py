@@ -32,13 +32,10 @@ def where(run_dir):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, built_runs):
     """A finished tiny run with a finished comparison and over-optimisation experiment -> (run folder, corpus).
     Tests change a copy (copy_run)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    corpus = fixture_corpus(tmp / "reviews.csv")
-    cli.run_main(tiny_args(tmp, "done", corpus))
-    run_dir = tmp / "runs" / "done"
+    run_dir, corpus = built_runs.copy(tmp_path_factory.mktemp("finished"), "done"), built_runs.corpus
     cli.compare_main(where(run_dir) + COMPARE)
     cli.overopt_main(where(run_dir) + OVEROPT)
     return run_dir, corpus
@@ -228,7 +225,7 @@ def test_a_file_an_experiment_wrote_is_checked_before_it_is_used_again(finished,
     argv = where(run_dir) + (OVEROPT if main == "overopt" else COMPARE)
     status, err = run_cli(capsys, argv, getattr(cli, f"{main}_main"))
     assert_one_line_refusal(status, err, 1, f"{run_dir / changed} changed since", "restore it, or delete "
-                            f"{run_dir / main} to run minichatgpt-{main} again")
+                            f"{run_dir / main} to run minichatgpt-{main} --runs-dir {run_dir.parent} --name x again")
     assert snapshot(run_dir) == before
 
 

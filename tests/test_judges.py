@@ -46,10 +46,10 @@ def test_best_of_n_curve_gives_each_verdict_share_of_the_proxy_pick():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, built_runs):
     tmp_path = tmp_path_factory.mktemp("judges")
-    corpus = fixture_corpus(tmp_path / "reviews.csv")
-    return tmp_path, corpus, cli.run_main(tiny_args(tmp_path, "demo", corpus))
+    run_dir = built_runs.copy(tmp_path, "demo")
+    return tmp_path, built_runs.corpus, json.loads((run_dir / "summary.json").read_text())
 
 
 def test_every_report_of_the_main_job_shows_the_lexicon_beside_proxy_and_gold(tiny, capsys):

@@ -136,7 +136,7 @@ def test_an_option_of_another_method_is_refused_not_ignored(tmp_path, capsys, co
     (["--method", "grpo", "--grpo-beta", "-1"], "--grpo-beta -1.0 is out of range"),
     (["--method", "dpo", "--dpo-beta", "0"], "--dpo-beta 0.0 is out of range"),
     (["--method", "dpo", "--batch-size", "9", "--forward-batch-size", "3", "--mini-batch-size", "3"],
-     "--batch-size must be even"),
+     "--batch-size 9 must be even"),
     (["--method", "reinforce", "--reinforce-kl-coef", "nan"], "--reinforce-kl-coef nan is out of range"),
     (["--method", "a2c"], "--method: invalid choice"),
 ])

@@ -157,7 +157,7 @@ def test_overopt_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     # other settings on the same folder are refused
     with pytest.raises(SystemExit) as e:
         cli.overopt_main(where + TINY[:-1] + ["--rl-kl-coef", "0.1", "--quiet"])
-    assert e.value.code == 1 and "rl_kl_coef: 0.02 -> 0.1" in capsys.readouterr().err
+    assert e.value.code == 1 and "--rl-kl-coef: 0.02 -> 0.1" in capsys.readouterr().err
 
 
 def test_overopt_refuses_an_unfinished_run(tmp_path, capsys):
@@ -185,7 +185,7 @@ def test_cross_kind_judges_each_proxy_by_a_gold_of_the_other_kind(tmp_path, caps
     corpus = fixture_corpus(tmp_path / "reviews.csv")
     cli.run_main(tiny_args(tmp_path, "run", corpus))
     where = ["--name", "run", "--runs-dir", str(tmp_path / "runs")]
-    cli.overopt_main(where + TINY + ["--cross-kind"])
+    cli.overopt_main(where + TINY[3:] + ["--cross-kind"])      # one proxy of each kind: no --proxy-sizes
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "runs" / "run" / "overopt_cross.json").read_text())
     assert (tmp_path / "runs" / "run" / "overopt_cross.png").stat().st_size > 10000

@@ -21,12 +21,11 @@ from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, 
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished tiny run: (tmp folder, corpus path); copy its run folder before changing it."""
+def finished_run(tmp_path_factory, built_runs):
+    """A finished tiny run, tmp/runs/done: (tmp folder, corpus path); copy its run folder before changing it."""
     tmp = tmp_path_factory.mktemp("finished")
-    corpus = fixture_corpus(tmp / "reviews.csv")
-    cli.run_main(tiny_args(tmp, "done", corpus))
-    return tmp, corpus
+    built_runs.copy(tmp, "done")
+    return tmp, built_runs.corpus
 
 
 def copy_run(finished_run, tmp_path, name="copy"):
@@ -59,7 +58,7 @@ def test_name_must_be_one_folder_name_and_nothing_outside_the_runs_dir_changes(t
     (["--ppo-steps", "5"], "--ppo-steps: 4 -> 5"),
     (["--seed", "7"], "--seed: 0 -> 7"),
     (["--lr", "0.001"], "--lr: 0.0002 -> 0.001"),
-    (["--eval-prompts", "12"], "--eval-prompts: 8 -> 12"),     # it decides which prompts PPO trained on
+    (["--eval-prompts", "2"], "--eval-prompts: 3 -> 2"),       # it decides which prompts PPO trained on
 ])
 def test_a_finished_run_refuses_changed_options_naming_old_and_new(finished_run, tmp_path, capsys, change, named):
     run_dir, corpus = copy_run(finished_run, tmp_path)
@@ -349,5 +348,5 @@ def test_a_missing_corpus_or_checkpoint_is_a_usage_error_and_creates_nothing(tmp
     assert_one_line_refusal(status, err, 2, "is not a model checkpoint")
     status, err = run_cli(capsys, ["--name", "nothing", "--runs-dir", str(tmp_path / "runs"), "--quiet"],
                           main=cli.overopt_main)
-    assert_one_line_refusal(status, err, 1, "is not a finished run")
+    assert_one_line_refusal(status, err, 1, "no such run folder")
     assert not (tmp_path / "runs").exists(), "a refusal created a run folder"

@@ -1,7 +1,10 @@
 """A tiny run of the main job for the tests: a labelled fixture corpus of 120 rows and options that make the
-whole pipeline take a few seconds; and how the tests run a command and read its refusal."""
+whole pipeline take a few seconds (its test split holds 12 labelled reviews: 3 held-out prompts); tiny runs built
+once per pytest run (`Built`, the `built_runs` fixture of conftest.py) to copy; and how the tests run a command
+and read its refusal."""
 import hashlib
 import os
+import shutil
 
 GOOD = ["a warm , funny and moving film", "the cast is wonderful and the script is smart",
         "a beautiful , heartfelt story told with grace", "one of the best films of the year",
@@ -28,7 +31,33 @@ def tiny_args(tmp_path, name, corpus, *extra):
             "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
             "--pretrain-steps", "30", "--pretrain-seconds", "60", "--ppo-steps", "4", "--batch-size", "8",
             "--forward-batch-size", "4", "--mini-batch-size", "4", "--response-tokens", "6",
-            "--eval-prompts", "8", "--checkpoint-every", "2", *extra]
+            "--eval-prompts", "3", "--checkpoint-every", "2", *extra]
+
+
+class Built:
+    """Finished tiny runs, each built once in `folder` from its extra flags, then copied by the tests that change one.
+
+        run_dir, corpus = built("--method", "grpo")       # the run (build it the first time)
+        copy = built.copy(tmp_path, "x", "--method", "grpo")   # tmp_path/runs/x, a copy to change
+    """
+
+    def __init__(self, folder):
+        self.folder, self.runs = folder, {}
+        self.corpus = fixture_corpus(folder / "reviews.csv")
+
+    def __call__(self, *extra):
+        if extra not in self.runs:
+            from minichatgpt import cli
+            name = f"built{len(self.runs)}"
+            cli.run_main(tiny_args(self.folder, name, self.corpus, *extra))
+            self.runs[extra] = self.folder / "runs" / name
+        return self.runs[extra], self.corpus
+
+    def copy(self, tmp_path, name, *extra):
+        """A copy of the run built from `extra`, as tmp_path/runs/<name> -> its path."""
+        copy = tmp_path / "runs" / name
+        shutil.copytree(self(*extra)[0], copy, symlinks=True)
+        return copy
 
 
 def kill_ppo_in_step(monkeypatch, n, error=KeyboardInterrupt):
