@@ -210,7 +210,7 @@ def test_an_unfinished_run_a_run_of_another_method_and_bad_options_are_refused_i
     status, err = run_cli(capsys, where(runs, "grpo"), one_file.main)
     assert_one_line_refusal(status, err, 1, "is a finished grpo run", "--name grpo-ppo --method ppo")
     status, err = run_cli(capsys, where(runs, "missing"), one_file.main)
-    assert_one_line_refusal(status, err, 1, "is not a finished run", "run minichatgpt")
+    assert_one_line_refusal(status, err, 1, "no such run folder", "--name of a run of minichatgpt")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     for argv, fragment in ((["--steps", "0"], "--steps must be a positive integer"),
