@@ -25,7 +25,7 @@ import numpy as np
 
 import minigpt_np as mg
 from minigpt_np.data import count_chars, encode_corpus
-from minigpt_np.memory import keep_freed_memory
+from minigpt_np.fast.memory import keep_freed_memory
 from minigpt_np.metrics import bits_per_char, unigram_entropy
 from minigpt_np.pretrain import pretrain
 from ppo_np.batch import left_pad
@@ -45,7 +45,8 @@ def run_cli(prog, body, argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     keep_freed_memory()    # training steps reuse their freed activations instead of faulting them back in
     try:
-        body(argv)
+        with mg.kernels.using("fast"):     # every command computes with the fast kernels, unless --kernels says
+            body(argv)
     except UsageError as e:
         print(f"{prog}: error: {e} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)

@@ -8,3 +8,17 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import pytest  # noqa: E402 - after the BLAS setting above
+
+
+@pytest.fixture(autouse=True)
+def kernels_left_as_found():
+    """Every test ends on the engine's default kernels, the reference: a test, or a command it ran, that left the
+    fast ones in use would change what every later test computes, so it fails (and the default is put back)."""
+    yield
+    import minigpt_np as mg
+    left = mg.kernels.in_use()
+    mg.kernels.use("reference")
+    assert left == "reference", f"the test left the {left} kernels in use"

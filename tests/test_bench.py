@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minigpt_np import ops
+from minigpt_np import kernels
+from minigpt_np.fast import ops
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
@@ -28,8 +29,9 @@ def transposed(shape):
     return shape[:-2] + (shape[-1], shape[-2])
 
 
-# Each function of minigpt_np.ops that computes matrix products -> the (a.shape, b.shape) of those products, from
-# its arguments; attention's per row block, as `blocks.in_row_blocks` calls it.
+# Each function of the fast kernels (minigpt_np.fast.ops, which the benchmark times) that computes matrix products ->
+# the (a.shape, b.shape) of those products, from its arguments; attention's per row block, as
+# `blocks.in_row_blocks` calls it.
 PRODUCTS_OF = {
     "linear_forward": lambda x, w, b=None: [(rows(x), w.shape)],
     "linear_backward": lambda dy, x, w, need_dx=True: [(rows(x)[::-1], rows(dy))]
@@ -44,7 +46,8 @@ PRODUCTS_OF = {
 
 
 def engine_products(cfg, batch, monkeypatch):
-    """(a.shape, b.shape) of every matrix product of one forward and backward of the engine on `batch` windows."""
+    """(a.shape, b.shape) of every matrix product of one forward and backward of the fast kernels on `batch`
+    windows."""
     seen = []
     for name, products_of in PRODUCTS_OF.items():
         def recorded(*args, _op=getattr(ops, name), _products_of=products_of, **kwargs):
@@ -53,7 +56,8 @@ def engine_products(cfg, batch, monkeypatch):
         monkeypatch.setattr(ops, name, recorded)
     model = mg.GPT(cfg, dtype=np.float32, seed=0)
     windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, cfg.block_size + 1))
-    model.loss(windows[:, :-1], windows[:, 1:]).backward()
+    with kernels.using("fast"):
+        model.loss(windows[:, :-1], windows[:, 1:]).backward()
     return sorted((tuple(map(int, a)), tuple(map(int, b))) for a, b in seen)
 
 
