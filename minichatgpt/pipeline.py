@@ -42,6 +42,8 @@ def built_from(config, stage, data):
                if o.stage in ("data", stage) or (o.stage == "rl" and stage in METHODS)}
     if options.get("--reward-model") == "ngram":   # the n-gram proxy is recorded as before the option existed, so
         del options["--reward-model"]              # runs made then still resume; "gpt" is recorded
+    if stage in METHODS or (stage == "reward" and config.reward_model == "gpt"):   # they train a GPT too
+        options["--kernels"] = config.kernels
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
@@ -76,7 +78,7 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
     Raises Refused when the run folder holds a stage built from other options or inputs, or a file it did not
     make, or is in use by another process.
     """
-    with Lock(run_dir):
+    with Lock(run_dir), mg.kernels.using(config.kernels):
         refuse_links(run_dir, RUN_FILES)
         timings, t_start = {}, time.perf_counter()
         data, policy, history, metrics = _build(config, run_dir, progress, cache_dir, restart, timings)

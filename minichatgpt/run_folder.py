@@ -227,7 +227,7 @@ class Manifest:
                               f"no record of the {stage} stage); move it away, or {self.elsewhere}")
             return False
         stored = record["built_from"]
-        changes = changed({k: stored.get(k) for k in built_from} if partial else stored, built_from)
+        changes = changed({k: stored[k] for k in built_from if k in stored} if partial else stored, built_from)
         if changes:
             raise Refused(f"{self.run_dir} was built with other options or inputs for its {stage} stage: "
                           f"{'; '.join(changes)}; {advice}")
@@ -274,8 +274,14 @@ class Manifest:
             self.save()
 
 
+# Options recorded only since a later version, and the value every run recorded before them was built with: a
+# record without one compares as if it held that value, so such runs still resume.
+RECORDED_SINCE = {"--kernels": "fast", "kernels": "fast"}
+
+
 def changed(stored, current):
     """Every key whose value differs between two flat dicts -> ["--n-layer: 4 -> 6", ...]."""
+    stored = {**{k: v for k, v in RECORDED_SINCE.items() if k in current}, **stored}
     keys = sorted(set(stored) | set(current))
     return [f"{k}: {stored.get(k, '(absent)')} -> {current.get(k, '(absent)')}" for k in keys
             if stored.get(k) != current.get(k)]

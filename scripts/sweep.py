@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import minigpt_np as mg
 from minichatgpt import config as defaults
 from minichatgpt.finished_run import FinishedRun
 from minichatgpt.methods import DRIVING, train_run
@@ -61,6 +62,7 @@ def main():
                         "validation split's reviews (choose there, then report on test)")
     args = p.parse_args()
     run = FinishedRun.open(os.path.join(args.runs_dir, check_name(args.name)))
+    mg.kernels.use(run.config.kernels)      # the kernels the run's own stages trained with
     try:
         settings = [(text, setting_of(text, run.config)) for text in args.settings]   # every one checked first
     except UsageError as e:
