@@ -140,7 +140,7 @@ def adamw_update(p, g, m, v, t, *, lr, betas, eps, weight_decay):
         p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
     p, g, m, v: arrays of one shape and dtype. `kernels.use("fast")` replaces it with
-    `minigpt_np.fast.optim.adamw_update`, which allocates nothing.
+    `minigpt_np.fast.optim.adamw_update`, which writes each line in place.
     """
     b1, b2 = betas
     if weight_decay != 0.0:

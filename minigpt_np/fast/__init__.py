@@ -6,7 +6,7 @@
 - `ops`: every forward/backward pair of `minigpt_np.ops`, same arguments and returns, in cache-sized row blocks
   (`blocks`), with in-place passes, einsum row sums and key-major attention scores;
 - `functional`: attention and the fused lm_head + cross-entropy, writing into arrays they own;
-- `optim`: AdamW's update without allocating;
+- `optim`: AdamW's update as in-place passes over one scratch array;
 - `pretrain`: a pretraining step's two micro-batches at once on two cores (`cores`, BLAS threads through
   threadpoolctl);
 - `memory`: glibc's malloc told to keep the memory a step frees (the program's choice, not the switch's).

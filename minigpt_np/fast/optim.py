@@ -1,5 +1,6 @@
-"""AdamW's update of one parameter, as `optim.adamw_update` computes it, without allocating: every line is an
-in-place pass over the parameter, its moments or one scratch array per parameter shape, kept between steps.
+"""AdamW's update of one parameter, as `optim.adamw_update` computes it, in place: every line is a pass over the
+parameter, its moments or one scratch array, so that the update allocates one array where the expressions of the
+reference allocate a temporary per operation.
 
 The same operations in the same order as the reference, so the same bits (tests/test_kernels.py).
 """
@@ -7,17 +8,12 @@ import math
 
 import numpy as np
 
-_scratch = {}          # (shape, dtype) -> an array of that shape; parameters are updated one after the other
-
 
 def adamw_update(p, g, m, v, t, *, lr, betas, eps, weight_decay):
     """One AdamW update in place of p, m, v (same shape and dtype as the gradient g) at the parameter's step t (from
     1): `optim.adamw_update`, written as in-place passes."""
     b1, b2 = betas
-    key = (p.shape, p.dtype.str)
-    s = _scratch.get(key)
-    if s is None:
-        s = _scratch[key] = np.empty_like(p)
+    s = np.empty_like(p)
     if weight_decay != 0.0:
         p *= 1.0 - lr * weight_decay
     # m <- b1 m + (1 - b1) g
