@@ -21,7 +21,10 @@ Each comparison has a negative control: the same check against a fast kernel who
 tolerance (the step: by 1e-2) must fail, and name the worst tensor.
 """
 import dataclasses
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,9 +345,6 @@ except ImportError:
 def test_the_reference_engine_needs_only_numpy_and_the_fast_kernels_threadpoolctl():
     """In a fresh interpreter where threadpoolctl cannot be imported: `import minigpt_np`, a training step and
     generation run on the reference kernels without loading minigpt_np.fast; the switch to it fails (the control)."""
-    import subprocess
-    import sys
-    from pathlib import Path
     ran = subprocess.run([sys.executable, "-c", ONLY_NUMPY], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert ran.returncode == 0, ran.stderr
