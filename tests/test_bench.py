@@ -80,3 +80,15 @@ def test_products_step_runs_both_halves():
     bench.run_products(products)
     for a, b, out in products:
         np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tiny_case_times_the_fast_kernels_torch_and_on_request_the_reference(monkeypatch):
+    """The benchmark's training case end to end on a tiny GPT, one repeat (its memory probe left out: it runs the
+    script's own cases in a fresh process). Timings are not checked, only that each engine ran the same first step."""
+    cfg = mg.GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    monkeypatch.setitem(bench.SIZES, "tiny", bench.TrainCase(cfg, 3))
+    monkeypatch.setattr(bench, "measure_memory", lambda *args: float("nan"))
+    with kernels.using("fast"):
+        rows, report = bench.bench_training("tiny", warmup=0, repeats=1, threads=1, reference=True)
+    assert [row[1] for row in rows] == ["numpy", "torch", "numpy reference", "numpy products"]
+    assert report["first_loss_abs_diff"] < 1e-5 and report["ms_reference"] > 0 and report["ms_numpy"] > 0
