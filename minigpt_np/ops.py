@@ -17,9 +17,14 @@ GELU_K = math.sqrt(2.0 / math.pi)   # a Python float, so float32 arrays stay flo
 
 # ---------------------------------------------------------------------------------------------------- linear
 def linear_forward(x, w, b=None):
-    """y = x W + b.   x (..., C), W (C, OC) (GPT-2 Conv1D layout: in, out), b (OC,) -> y (..., OC)."""
-    y = x @ w
-    return y if b is None else y + b
+    """y = x W + b.   x (..., C), W (C, OC) (GPT-2 Conv1D layout: in, out), b (OC,) -> y (..., OC).
+
+    The leading axes are flattened to N rows, so that every position goes through one product (N, C) @ (C, OC).
+    """
+    y = x.reshape(-1, x.shape[-1]) @ w                                      # (N, OC)
+    if b is not None:
+        y = y + b
+    return y.reshape(*x.shape[:-1], w.shape[1])
 
 
 def linear_backward(dy, x, w, need_dx=True):
@@ -27,19 +32,20 @@ def linear_backward(dy, x, w, need_dx=True):
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])       # (N, OC), (N, C)
     dw = x2.T @ dy2
     db = dy2.sum(axis=0)
-    dx = dy @ w.T if need_dx else None
+    dx = (dy2 @ w.T).reshape(x.shape) if need_dx else None
     return dx, dw, db
 
 
 def lm_head_forward(x, wte):
     """logits = x E^T with the token embedding E tied as output layer.   x (..., C), E (V, C) -> (..., V)."""
-    return x @ wte.T
+    return (x.reshape(-1, x.shape[-1]) @ wte.T).reshape(*x.shape[:-1], wte.shape[0])
 
 
 def lm_head_backward(dlogits, x, wte):
     """dx = dlogits E,  dE = dlogits^T x.   dlogits (..., V) -> dx (..., C), dE (V, C)."""
-    dx = (dlogits @ wte).reshape(x.shape)
-    dwte = dlogits.reshape(-1, dlogits.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    dl2 = dlogits.reshape(-1, dlogits.shape[-1])                             # (N, V)
+    dx = (dl2 @ wte).reshape(x.shape)
+    dwte = dl2.T @ x.reshape(-1, x.shape[-1])
     return dx, dwte
 
 
