@@ -104,7 +104,10 @@ def loss_and_gradients(model, windows):
     model.zero_grad()
     n, loss = windows[:, 1:].size, 0.0
     for part in micro_batches(windows):
-        loss += micro_step(model, part, n)
+        share = part[:, 1:].size / n                                   # n_i / n
+        part_loss = model.loss(part[:, :-1], part[:, 1:])              # L_i
+        part_loss.backward(np.asarray(share, dtype=part_loss.dtype))  # .grad += (n_i / n) dL_i/dtheta
+        loss += float(part_loss.data) * share
     return loss
 
 
@@ -117,15 +120,6 @@ def micro_batches(windows):
 def first_half(batch):
     """How many of a batch's windows go to the first micro-batch: ceil(batch / 2)."""
     return (batch + 1) // 2
-
-
-def micro_step(model, windows, n):
-    """(n_i / n) L_i for windows (b, T+1) holding n_i of the batch's n target tokens -> float; its backward adds
-    (n_i / n) dL_i/dtheta to every parameter's .grad."""
-    share = windows[:, 1:].size / n
-    loss = model.loss(windows[:, :-1], windows[:, 1:])
-    loss.backward(np.asarray(share, dtype=loss.dtype))
-    return float(loss.data) * share
 
 
 def validation_loss(model, windows, batch_size=32):

@@ -12,7 +12,9 @@ one generator in a fixed order.
 """
 import copy
 
-from ..pretrain import first_half, micro_step
+import numpy as np
+
+from ..pretrain import first_half
 from ..tensor import Tensor
 from .cores import on_two_cores
 
@@ -25,9 +27,9 @@ def loss_and_gradients(model, windows):
     model.zero_grad()
     n = windows[:, 1:].size
     if len(windows) == 1:
-        return micro_step(model, windows, n)
+        return _micro_batch(model, windows, n)
     half, twin = first_half(len(windows)), replica(model)
-    first, second = (lambda: micro_step(model, windows[:half], n)), (lambda: micro_step(twin, windows[half:], n))
+    first, second = (lambda: _micro_batch(model, windows[:half], n)), (lambda: _micro_batch(twin, windows[half:], n))
     if model.training and model.cfg.dropout > 0:
         losses = first(), second()          # dropout masks come from one generator: drawn in a fixed order
     else:
@@ -36,6 +38,14 @@ def loss_and_gradients(model, windows):
         if p.grad is not None:
             p.grad += twin.params[name].grad
     return losses[0] + losses[1]
+
+
+def _micro_batch(model, windows, n):
+    """(n_i / n) L_i for windows (b, T+1) holding n_i of the batch's n target tokens -> float; backward into .grad."""
+    share = windows[:, 1:].size / n
+    loss = model.loss(windows[:, :-1], windows[:, 1:])
+    loss.backward(np.asarray(share, dtype=loss.dtype))
+    return float(loss.data) * share
 
 
 def replica(model):
