@@ -173,7 +173,7 @@ def pretrain_command(argv):
     p = Parser(prog="minichatgpt-pretrain", description=pretrain_command.__doc__)
     p.add_argument("--out-dir", default="runs/pretrain", help="folder for tokenizer.json and gpt_pretrained.npz")
     _common(p)
-    _main_job_options(p, DATA_FIELDS, ("model.", "pretrain."))
+    _main_job_options(p, (*DATA_FIELDS, "kernels"), ("model.", "pretrain."))
     add_arguments(p, defaults.PRETRAIN_SAMPLE_OPTIONS, defaults.PRETRAIN_SAMPLES)
     args = p.parse_args(argv)
     config = checked_config(args)
@@ -184,7 +184,7 @@ def pretrain_command(argv):
     train, val, _, data = corpus.load_data(config, args.cache_dir, labelled=False)
     print(f"corpus: {data['snippets']:,} snippets ({data['duplicates_removed']} duplicates removed); train "
           f"{len(train):,}, val {len(val):,} (split by movie)")
-    with Lock(out_dir):
+    with Lock(out_dir), mg.kernels.using(config.kernels):
         tokenizer, model, val_cpt = _pretrained(config, out_dir, (train, val, _, data), not args.quiet)
     checkpoint = path(out_dir, "gpt_pretrained.npz")
     m = training_state(checkpoint)
@@ -372,6 +372,9 @@ def experiment_args(prog, description, options, config, rules, argv):
     _where(p, "the finished run folder under --runs-dir")
     _common(p)
     add_arguments(p, options, config)
+    p.add_argument("--kernels", choices=mg.kernels.CHOICES, default="fast",
+                   help="the engine's kernels for what the experiment trains and samples, recorded in its folder: "
+                        "fast (minigpt_np.fast) or reference (the plain equations, slower) (default: fast)")
     args = p.parse_args(argv)
     run_dir, cfg = _run_dir(args), checked_settings(args, options, config, rules)
     return args, run_dir, cfg, given_fields(p, argv, options)
@@ -389,7 +392,8 @@ def overopt_command(argv):
                          "takes no sizes; drop --proxy-sizes, or --cross-kind for proxies of several sizes")
     _log_to_stdout()
     t0 = time.perf_counter()
-    results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
+    results = overopt.run_overopt(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir,
+                                  kernels=args.kernels)
     print(overopt.format_results(results))
     name = "overopt_cross" if cfg.cross_kind else "overopt"
     print(f"\nwrote {run_dir}/{name}.json and {name}.png in {time.perf_counter() - t0:.0f} s")
@@ -407,7 +411,8 @@ def compare_command(argv):
                                             defaults.CompareConfig(), defaults.compare_rules, argv)
     _log_to_stdout()
     t0 = time.perf_counter()
-    results = compare.run_compare(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir)
+    results = compare.run_compare(run_dir, cfg, progress=not args.quiet, cache_dir=args.cache_dir,
+                                  kernels=args.kernels)
     print(compare.format_table(results))
     print()
     print(compare.format_agreement(results))

@@ -46,6 +46,7 @@ import tracemalloc
 
 import numpy as np
 
+import minigpt_np as mg
 from minigpt_np.checkpoint import atomic_write
 from reward.bradley_terry import agreement, fit_bradley_terry
 
@@ -296,14 +297,16 @@ def reward_model_agreement(setup, pairs, bon):
 # ---------------------------------------------------------------------------------------------- the experiment
 
 
-def run_compare(run_dir, cfg, progress=True, cache_dir=None):
+def run_compare(run_dir, cfg, progress=True, cache_dir=None, kernels="fast"):
     """The comparison on a finished run -> results, also written to compare.json, compare.png and compare.md.
 
-    Refuses when the run is not finished, when compare/ holds results of other settings (its manifest), or while
-    another process works in the run folder. Resumes from the files under compare/ after a kill.
+    Refuses when the run is not finished, when compare/ holds results of other settings (its manifest, which also
+    records the engine's `kernels`), or while another process works in the run folder. Resumes from the files under
+    compare/ after a kill.
     """
-    with experiment(run_dir, "compare", functools.partial(built_from, cfg), cache_dir,
-                    names={o.field: o.flag for o in COMPARE_OPTIONS}) as (run, ex):
+    settings = functools.partial(built_from, cfg, kernels=kernels)
+    with experiment(run_dir, "compare", settings, cache_dir,
+                    names={o.field: o.flag for o in COMPARE_OPTIONS}) as (run, ex), mg.kernels.using(kernels):
         eval_queries = run.held_out(cfg.eval_prompts)
         setup = Setup(run, ex, eval_queries, run.evaluator(run.scorers, eval_queries, kl="exact"))
         results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens),
@@ -315,13 +318,13 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None):
         return results
 
 
-def built_from(cfg, run):
+def built_from(cfg, run, kernels="fast"):
     """What the comparison is built from besides the run's files: its settings, the run's own settings that shape it
-    (FinishedRun.shaping) and the KL it measures. Refuses settings that do not fit the run (a batch its chunks do
-    not divide, more held-out prompts than it has) before anything is written."""
+    (FinishedRun.shaping), the KL it measures and the engine's kernels. Refuses settings that do not fit the run (a
+    batch its chunks do not divide, more held-out prompts than it has) before anything is written."""
     trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens)
     run.held_out(cfg.eval_prompts, "--eval-prompts")
-    return {**dataclasses.asdict(cfg), **run.shaping(), "kl_to_reference": "exact"}
+    return {**dataclasses.asdict(cfg), **run.shaping(), "kl_to_reference": "exact", "kernels": kernels}
 
 
 def compare_methods(setup, cfg, configs, progress):

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Optional
 
+from minigpt_np.kernels import CHOICES as KERNELS
 from minigpt_np.model import GPTConfig
 from minigpt_np.pretrain import PretrainConfig
 from ppo_np import METHODS
@@ -116,6 +117,8 @@ class RunConfig:
     methods: MethodOptions = dataclasses.field(default_factory=lambda: METHOD)   # their own options
     reward_model: str = "ngram"       # the proxy PPO optimises: "ngram" (logistic regression on n-grams) or "gpt"
                                       # (the pretrained GPT's trunk + a scalar head, reward.gpt_reward)
+    kernels: str = "fast"             # the engine's kernels in every stage that trains a GPT, and in the evaluation:
+                                      # "fast" (minigpt_np.fast) or "reference" (minigpt_np.ops, the plain equations)
 
     def __post_init__(self):
         check_config(self, OPTIONS, run_rules)
@@ -174,6 +177,10 @@ OPTIONS = [
     Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "rl"),
     Option("--method", "method", "what the RL stage trains with; its files are gpt_<method>.npz and "
            "<method>_log.jsonl, one method per run folder", choices=tuple(METHODS)),
+    # recorded with every stage that trains a GPT (pipeline.built_from): the numbers agree only up to rounding
+    Option("--kernels", "kernels", "the engine's kernels: fast (minigpt_np.fast, tuned for a CPU) or reference "
+           "(the equations in plain NumPy, slower); a run keeps the kernels it was started with", "pretrain",
+           choices=KERNELS),
     *method_options("methods."),
 ]
 
@@ -186,6 +193,8 @@ def run_rules(value, name):
     multiple_of(value, name, "model.n_embd", "model.n_head")
     if value("reward_model") not in ("ngram", "gpt"):
         raise ValueError(f"{name('reward_model')} must be ngram or gpt, got {value('reward_model')!r}")
+    if value("kernels") not in KERNELS:
+        raise ValueError(f"{name('kernels')} must be {' or '.join(KERNELS)}, got {value('kernels')!r}")
     prompt, response, block = (value(f) for f in ("rlhf.query_max_tokens", "sampling.response_tokens",
                                                   "model.block_size"))
     if prompt + response > block:

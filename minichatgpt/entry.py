@@ -8,7 +8,8 @@ import errno
 import os
 import sys
 
-from minigpt_np.memory import keep_freed_memory
+import minigpt_np as mg
+from minigpt_np.fast.memory import keep_freed_memory
 
 from .options import UsageError
 from .run_folder import ORPHAN, read_json
@@ -19,7 +20,8 @@ def run_cli(prog, body, argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     keep_freed_memory()    # training steps reuse their freed activations instead of faulting them back in
     try:
-        body(argv)
+        with mg.kernels.using("fast"):     # every command computes with the fast kernels, unless --kernels says
+            body(argv)
     except UsageError as e:
         print(f"{prog}: error: {e} (see {prog} --help)", file=sys.stderr)
         sys.exit(2)

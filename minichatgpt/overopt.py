@@ -27,6 +27,7 @@ import logging
 
 import numpy as np
 
+import minigpt_np as mg
 from minigpt_np.checkpoint import load_npz, save_npz
 from reward import load_gpt_reward, load_scorer, train_scorer
 
@@ -257,21 +258,22 @@ def fits(bon, rl):
 # ---------------------------------------------------------------------------------------------- the experiment
 
 
-def run_overopt(run_dir, cfg, progress=True, cache_dir=None):
+def run_overopt(run_dir, cfg, progress=True, cache_dir=None, kernels="fast"):
     """The whole experiment on a finished run -> results, also written to overopt.json and overopt.png
     (--cross-kind: overopt_cross.json and overopt_cross.png).
 
     Reuses the run's tokenizer, pretrained model, reward model (the proxy fitted on the full training split) and
     gold scorer; trains the smaller proxies (--cross-kind: the proxy of the other kind and the GPT gold); writes its
     own files under run_dir/overopt/ (overopt_cross/) and resumes from them after a kill. Refuses when the run is not
-    finished, or when that folder holds results of other settings.
+    finished, or when that folder holds results of other settings (its manifest, which also records the engine's
+    `kernels`).
     """
     name = "overopt_cross" if cfg.cross_kind else "overopt"
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "cross_kind"}   # the folder's name says it
     if cfg.cross_kind:
         settings.pop("proxy_sizes")
-    with experiment(run_dir, name, lambda run: built_from(cfg, run, settings), cache_dir,
-                    names={o.field: o.flag for o in OVEROPT_OPTIONS}) as (run, ex):
+    with experiment(run_dir, name, lambda run: {**built_from(cfg, run, settings), "kernels": kernels}, cache_dir,
+                    names={o.field: o.flag for o in OVEROPT_OPTIONS}) as (run, ex), mg.kernels.using(kernels):
         if cfg.cross_kind:
             scorers, sizes, kinds = cross_kind_scorers(run, ex, progress)
             gold_of, trained = CROSS_GOLD, ("ngram", "gpt")

@@ -55,6 +55,8 @@ def built_from(config, stage, data):
                if o.stage in ("data", stage) or (o.stage == "rl" and o.flag in uses)}
     if options.get("--reward-model") == ABSENT["--reward-model"]:
         del options["--reward-model"]
+    if stage in METHODS or (stage == "reward" and config.reward_model == "gpt"):   # they train a GPT too
+        options["--kernels"] = config.kernels
     return {"corpus sha256": data["corpus_sha256"], **options}
 
 
@@ -116,7 +118,7 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
 
 def run(config, run_dir, progress=True, cache_dir=None, restart=None):
     """run_pipeline, saying what it did -> Outcome."""
-    with Lock(run_dir):
+    with Lock(run_dir), mg.kernels.using(config.kernels):
         refuse_links(run_dir, RUN_FILES)
         t = time.perf_counter()
         data = corpus.load_data(config, cache_dir)

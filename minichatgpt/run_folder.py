@@ -298,10 +298,15 @@ class Manifest:
             self.save()
 
 
+# Settings a record may lack, and the value every record without them was built with: the kernels, recorded by the
+# stages that train a GPT (and the experiments); a record made before they were recorded ran the fast ones.
+RECORDED_SINCE = {"--kernels": "fast", "kernels": "fast"}
+
+
 def changed(stored, current, names=None, absent=None):
     """Every key whose value differs between two flat dicts -> ["--n-layer: 4 -> 6", ...]. names: {key: how to call
-    it}; absent: {key: the value a dict without the key stands for}."""
-    names, absent = names or {}, absent or {}
+    it}; absent: {key: the value a dict without the key stands for}, besides RECORDED_SINCE."""
+    names, absent = names or {}, {**RECORDED_SINCE, **(absent or {})}
 
     def value(d, k):
         return d.get(k, absent.get(k, "(absent)"))

@@ -2,6 +2,8 @@
 
 Every function returns a `Tensor`; its backward closure returns one gradient per parent, in order. The
 elementary arithmetic (add, mul, sum, reshape) lives with the Tensor in `tensor` and is re-exported here.
+`kernels.use("fast")` points `ops` here at `minigpt_np.fast.ops`, and replaces the two ops whose fast versions
+write into arrays they own (`causal_self_attention`, `lm_head_cross_entropy`) with `minigpt_np.fast.functional`'s.
 """
 import numpy as np
 
@@ -50,24 +52,19 @@ def causal_self_attention(qkv, n_head, key_mask=None, cache=None):
     key_mask (B, S): 1 for real tokens, 0 for padding, over all S key positions (S = T without a cache).
     cache: a `generate.LayerCache` holding earlier keys and values; the new ones are appended to it (no graph).
     """
-    B, T, C3 = qkv.shape
-    C = C3 // 3
+    T = qkv.shape[1]
     q, k, v = (ops.split_heads(part, n_head) for part in np.split(qkv.data, 3, axis=-1))   # (B, H, T, D) each
     if cache is not None:
         k, v = cache.append(k, v)                                                      # (B, H, S, D)
     allowed = ops.causal_allowed(T, k.shape[2], key_mask)
-    y = np.empty((B, T, C), dtype=q.dtype)                              # heads merged: each head writes its slice
-    _, att = ops.attention_forward(q, k, v, allowed, out=ops.split_heads(y, n_head))
+    y, att = ops.attention_forward(q, k, v, allowed)
 
     def backward(dy):
         # only a padding mask can leave a query row with no allowed key (see ops.attention_backward)
         dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), q, k, v, att,
                                             None if key_mask is None else allowed)
-        dqkv = np.empty(qkv.shape, dtype=dq.dtype)                                 # (B, T, 3C) = [dq | dk | dv]
-        for i, d in enumerate((dq, dk, dv)):
-            ops.split_heads(dqkv[..., i * C:(i + 1) * C], n_head)[...] = d          # merge heads straight into place
-        return (dqkv,)
-    return make(y, (qkv,), backward)
+        return (np.concatenate([ops.merge_heads(d) for d in (dq, dk, dv)], axis=-1),)   # (B, T, 3C)
+    return make(ops.merge_heads(y), (qkv,), backward)
 
 
 def dropout(x, p, rng):
@@ -91,19 +88,12 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
 
 def lm_head_cross_entropy(x, wte, targets, ignore_index=-100):
-    """L = cross_entropy(x E^T, targets): the tied lm_head and the loss as one op, for training and evaluation.
+    """L = cross_entropy(x E^T, targets): the tied lm_head and the loss, what pretraining and its evaluation call.
 
-    The same numbers as cross_entropy(lm_head(x, wte), targets), without a logits Tensor: the probabilities are
-    written over the logits, and the backward writes dlogits over them, so the step's largest array, (B, T, V),
-    exists once. x (B, T, C) Tensor, E (V, C) Tensor, targets int (B, T) -> scalar Tensor.
+    x (B, T, C) Tensor, E (V, C) Tensor, targets int (B, T) -> scalar Tensor. The fast kernels fuse the two ops, so
+    that the (B, T, V) logits exist once.
     """
-    V = wte.shape[0]
-    t = _flat_targets(targets, x.shape[:-1] + (V,), "lm_head_cross_entropy", ignore_index)
-    logits = ops.lm_head_forward(x.data, wte.data).reshape(-1, V)                    # (N, V), overwritten below
-    loss, probs = ops.cross_entropy_forward(logits, t, ignore_index, out=logits)
-    dlogits = _once("lm_head_cross_entropy", lambda dloss: ops.cross_entropy_backward(dloss, probs, t, ignore_index))
-    return make(np.asarray(loss, dtype=x.dtype), (x, wte),
-                lambda dloss: ops.lm_head_backward(dlogits(dloss), x.data, wte.data))
+    return cross_entropy(lm_head(x, wte), targets, ignore_index)
 
 
 def _flat_targets(targets, logits_shape, name, ignore_index):
@@ -122,7 +112,8 @@ def _flat_targets(targets, logits_shape, name, ignore_index):
 
 
 def _once(name, backward):
-    """backward, allowed to run once: it writes dlogits over the probabilities the forward kept."""
+    """backward, allowed to run once, as in PyTorch: the fast kernels write dlogits over the probabilities the
+    forward kept, and both kernels refuse the same things."""
     ran = False
 
     def run(dloss):

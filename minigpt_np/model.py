@@ -7,7 +7,6 @@
 
 Conv1D weights are stored (in, out) as in GPT-2, so a converted GPT-2 state dict loads unchanged.
 """
-import copy
 import dataclasses
 
 import numpy as np
@@ -94,14 +93,6 @@ class GPT:
 
     def num_parameters(self):
         return sum(p.data.size for p in self.params.values())
-
-    def replica(self):
-        """A GPT over the same parameter arrays, with gradients of its own: a second micro-batch's model in a
-        data-parallel step (`pretrain.loss_and_gradients`). It sees in-place updates of the arrays (AdamW's) but
-        not arrays replaced later (`load_state_dict`): make it again for each step."""
-        twin = copy.copy(self)
-        twin.params = {name: Tensor(p.data, requires_grad=p.requires_grad) for name, p in self.params.items()}
-        return twin
 
     def zero_grad(self):
         for p in self.params.values():

@@ -46,8 +46,7 @@ class AdamW:
         p  <- p - lr * m_hat / (sqrt(v_hat) + eps)
 
     The last line is evaluated as PyTorch does, p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps),
-    which is the same number up to rounding. m and v have the parameter's shape and dtype; every update is
-    done in place with one scratch buffer per parameter, so a step allocates nothing.
+    which is the same number up to rounding (`adamw_update`). m and v have the parameter's shape and dtype.
 
     params: model.named_parameters() (names are used in state_dict) or a list of Tensors (named "0", "1", ...).
     Parameters whose .grad is None are skipped and their step counter does not advance (as in PyTorch).
@@ -73,7 +72,6 @@ class AdamW:
         self.steps = [0] * len(self.named_params)  # per-parameter step counts, used for bias correction
         self.m = [np.zeros_like(p.data) for _, p in self.named_params]
         self.v = [np.zeros_like(p.data) for _, p in self.named_params]
-        self._scratch = [np.empty_like(p.data) for _, p in self.named_params]
         self.decay = [p.data.ndim >= 2 for _, p in self.named_params]
 
     def step(self, lr=None):
@@ -91,26 +89,8 @@ class AdamW:
             if g.shape != p.data.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, parameter has {p.data.shape}")
             self.steps[i] += 1
-            t = self.steps[i]
-            m, v, s = self.m[i], self.v[i], self._scratch[i]
-            if self.decay[i] and wd != 0.0:
-                p.data *= 1.0 - lr * wd
-            # m <- b1 m + (1 - b1) g
-            m *= b1
-            np.multiply(g, 1.0 - b1, out=s)
-            m += s
-            # v <- b2 v + (1 - b2) g^2
-            v *= b2
-            np.multiply(g, g, out=s)
-            s *= 1.0 - b2
-            v += s
-            # denominator sqrt(v) / sqrt(1 - b2^t) + eps, then the step (lr / (1 - b1^t)) m / denominator
-            np.sqrt(v, out=s)
-            s /= math.sqrt(1.0 - b2**t)
-            s += eps
-            np.divide(m, s, out=s)
-            s *= lr / (1.0 - b1**t)
-            p.data -= s
+            adamw_update(p.data, g, self.m[i], self.v[i], self.steps[i], lr=lr, betas=(b1, b2), eps=eps,
+                         weight_decay=wd if self.decay[i] else 0.0)
 
     def zero_grad(self):
         """Drop every gradient (set .grad to None), so the next backward starts from zero."""
@@ -151,6 +131,23 @@ class AdamW:
             self.steps[i] = int(sd[f"optim.step.{name}"])
             self.m[i][...] = sd[f"optim.m.{name}"]
             self.v[i][...] = sd[f"optim.v.{name}"]
+
+
+def adamw_update(p, g, m, v, t, *, lr, betas, eps, weight_decay):
+    """One AdamW update of a parameter p with gradient g at its step t (from 1); p, m and v change in place.
+
+        p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    p, g, m, v: arrays of one shape and dtype. `kernels.use("fast")` replaces it with
+    `minigpt_np.fast.optim.adamw_update`, which writes each line in place.
+    """
+    b1, b2 = betas
+    if weight_decay != 0.0:
+        p *= 1.0 - lr * weight_decay
+    m[...] = b1 * m + (1.0 - b1) * g
+    v[...] = b2 * v + (1.0 - b2) * g**2
+    p -= m / (np.sqrt(v) / math.sqrt(1.0 - b2**t) + eps) * (lr / (1.0 - b1**t))
 
 
 def clip_grad_norm(params, max_norm):

@@ -22,7 +22,6 @@ from typing import Optional
 
 import numpy as np
 
-from .cores import on_two_cores
 from .data import sample_windows, validation_windows
 from .optim import AdamW, clip_grad_norm, lr_schedule
 from .resume import resume, save_training_checkpoint, sha256_of_array
@@ -75,7 +74,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def train_step(model, optimizer, windows, lr, grad_clip):
-    """One AdamW update on windows (B, T+1) -> (loss, gradient norm before clipping).
+    """One AdamW update on windows (B, T+1) -> (loss, gradient norm before clipping), as nanoGPT's step: the
+    micro-batches' losses and backwards, their gradients accumulated (`loss_and_gradients`), a clip, the step.
 
     Raises TrainingDiverged, before the weights change, if the loss or the gradient norm is not finite.
     """
@@ -93,41 +93,33 @@ def train_step(model, optimizer, windows, lr, grad_clip):
 def loss_and_gradients(model, windows):
     """The mean next-token loss L over windows (B, T+1) -> float; every parameter's .grad is set to dL/dtheta.
 
-    Two micro-batches, the first ceil(B/2) windows and the rest, run at once on two cores (`cores.on_two_cores`),
-    the second on `model.replica()`. With n_i target tokens in micro-batch i and n = n_1 + n_2,
+    Micro-batch by micro-batch (`micro_batches`), each backward adding its share to the gradients. With n_i of the
+    batch's n target tokens in micro-batch i,
 
-        L = (n_1 / n) L_1 + (n_2 / n) L_2,      dL/dtheta = (n_1 / n) dL_1/dtheta + (n_2 / n) dL_2/dtheta
+        L = sum_i (n_i / n) L_i,      dL/dtheta = sum_i (n_i / n) dL_i/dtheta
 
-    each backward starts from dL/dL_i = n_i / n, and the second's gradients are added to the first's. With dropout
-    the parts run one after the other, so that their masks are drawn from the model's generator in a fixed order.
+    `kernels.use("fast")` replaces it with `minigpt_np.fast.pretrain.loss_and_gradients`, which runs the two
+    micro-batches at once on two cores.
     """
     model.zero_grad()
-    n = windows[:, 1:].size
-    if len(windows) == 1:
-        return _micro_batch(model, windows, n)
-    half, twin = first_half(len(windows)), model.replica()
-    first, second = (lambda: _micro_batch(model, windows[:half], n)), (lambda: _micro_batch(twin, windows[half:], n))
-    if model.training and model.cfg.dropout > 0:
-        losses = first(), second()          # dropout masks come from one generator: drawn in a fixed order
-    else:
-        losses = on_two_cores(first, second)
-    for name, p in model.params.items():
-        if p.grad is not None:
-            p.grad += twin.params[name].grad
-    return losses[0] + losses[1]
+    n, loss = windows[:, 1:].size, 0.0
+    for part in micro_batches(windows):
+        share = part[:, 1:].size / n                                   # n_i / n
+        part_loss = model.loss(part[:, :-1], part[:, 1:])              # L_i
+        part_loss.backward(np.asarray(share, dtype=part_loss.dtype))  # .grad += (n_i / n) dL_i/dtheta
+        loss += float(part_loss.data) * share
+    return loss
+
+
+def micro_batches(windows):
+    """The micro-batches of a step's windows (B, T+1): the first ceil(B/2) windows and the rest (one if B = 1)."""
+    half = first_half(len(windows))
+    return [windows] if len(windows) == 1 else [windows[:half], windows[half:]]
 
 
 def first_half(batch):
-    """How many of a batch's windows go to the first micro-batch of `loss_and_gradients`: ceil(batch / 2)."""
+    """How many of a batch's windows go to the first micro-batch: ceil(batch / 2)."""
     return (batch + 1) // 2
-
-
-def _micro_batch(model, windows, n):
-    """(n_i / n) L_i for windows (b, T+1) holding n_i of the batch's n target tokens -> float; backward into .grad."""
-    share = windows[:, 1:].size / n
-    loss = model.loss(windows[:, :-1], windows[:, 1:])
-    loss.backward(np.asarray(share, dtype=loss.dtype))
-    return float(loss.data) * share
 
 
 def validation_loss(model, windows, batch_size=32):

@@ -1,6 +1,6 @@
 """Benchmark the NumPy GPT (minigpt_np) against the same GPT in PyTorch, and KV-cache generation against recomputation.
 
-    python scripts/bench.py [--repeats 10] [--quick] [--threads N] [--default-malloc]
+    python scripts/bench.py [--repeats 10] [--quick] [--threads N] [--default-malloc] [--reference]
 
 Times, in one run:
   * the BLAS peak: one float32 matrix product of 2048 x 2048 by 2048 x 2048 with the same threads, in GFLOP/s; every
@@ -11,9 +11,11 @@ Times, in one run:
   * a full training step (forward, backward, AdamW, no clipping) of the same GPT-2 (pre-LN, tanh GELU, tied head),
     same weights, float32, in NumPy and in PyTorch on the CPU with the same number of threads, at vocab 2048, block
     64, 4 x 4 x 128, batch 32, and at a larger size (block 128, 6 x 6 x 192, batch 16). The PyTorch GPT is written
-    below in plain torch ops (addmm for the linears, explicit masked softmax attention). NumPy's forward and backward
-    run as two micro-batches on two cores (`minigpt_np.pretrain.loss_and_gradients`), PyTorch's as one batch on its
-    intra-op threads;
+    below in plain torch ops (addmm for the linears, explicit masked softmax attention). NumPy runs the fast kernels
+    (`minigpt_np.fast`), its forward and backward as two micro-batches on two cores
+    (`minigpt_np.fast.pretrain.loss_and_gradients`), PyTorch's as one batch on its intra-op threads; with
+    --reference, the same step on the reference kernels too (`minigpt_np.ops`, the plain equations), for its ratio
+    to PyTorch beside the fast kernels';
   * for each of these steps, its matrix products alone ("numpy products"): the same shapes and layouts on random
     operands, as two micro-batches on two cores, with no other work between them. A step split this way cannot be
     faster with this BLAS. The gap between the two rows is the rest of the step (GELU, softmax, LayerNorm,
@@ -21,14 +23,15 @@ Times, in one run:
   * greedy generation of 64 new tokens after an 8-token prompt (batch 8, default width, block 128), in NumPy,
     with the KV cache (`mg.generate`) and by re-running the whole sequence for every new token.
 Each case runs warm-up iterations, then the NumPy, products-alone and PyTorch (or KV and recompute) repeats
-interleaved, so a change in machine load hits every side alike; the figure is the median. Other processes on the
-machine distort the figures, multi-threaded BLAS most of all (a waiting thread spins): read them together with the
-load average printed. So does the engine before: a thread of it that still spins takes a core from the next step
-(PyTorch's pipeline step took 141 ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms
-alone; README, section "Speed").
+interleaved, so a change in machine load hits every side alike; the figure is the median. The reference kernels'
+step (--reference) is timed after them, its repeats on their own: its products run on every BLAS thread, which keep
+spinning after it and would slow the step timed next. Other processes on the machine distort the figures,
+multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed. So does
+the engine before: a thread of it that still spins takes a core from the next step (PyTorch's pipeline step took 141
+ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms alone; README, section "Speed").
 
 Like the minichatgpt command line, the benchmark first asks glibc's malloc to keep the memory a step frees
-(`minigpt_np.memory.keep_freed_memory`; it applies to the whole process, so to both engines). --default-malloc
+(`minigpt_np.fast.memory.keep_freed_memory`; it applies to the whole process, so to every engine). --default-malloc
 leaves malloc as it is, to show what the page faults cost.
 
 FLOPs are counted analytically, for matmuls only (2 FLOPs per multiply-add), with the attention score matrix counted
@@ -42,7 +45,8 @@ resident set follows the live arrays: Linux's high-water mark VmHWM (reset throu
 VmRSS before the step; where that is unavailable, resource.getrusage's ru_maxrss, which cannot be reset.
 
 The last line printed is JSON: train_step_ratio (NumPy ms / PyTorch ms, 4x4x128), train_step_ratio_large,
-pipeline_step_ratio, kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the BLAS peak, each case's
+pipeline_step_ratio (and each with the suffix _reference, for the reference kernels, with --reference),
+kv_cache_speedup (recompute ms / KV-cache ms for 64 new tokens), the BLAS peak, each case's
 fraction of it (the products alone included), the raw milliseconds and the conditions. It prints figures; it
 never asserts on them.
 """
@@ -65,10 +69,12 @@ import torch
 import torch.nn.functional as TF
 
 import minigpt_np as mg
-from minigpt_np import blocks, ops
-from minigpt_np.cores import on_two_cores
-from minigpt_np.memory import keep_freed_memory
-from minigpt_np.pretrain import PretrainConfig, first_half, loss_and_gradients, train_step
+from minigpt_np import pretrain
+from minigpt_np.fast import blocks
+from minigpt_np.fast import ops as fast_ops
+from minigpt_np.fast.cores import on_two_cores
+from minigpt_np.fast.memory import keep_freed_memory
+from minigpt_np.pretrain import PretrainConfig, first_half
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,18 +162,19 @@ def torch_gpt_loss(P, cfg, idx, targets):
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def make_numpy_trainer(model, case, idx, targets):
-    """One training step as pretraining takes it: `loss_and_gradients` (forward and backward, two micro-batches on
-    two cores), AdamW (`train_step` when clipping)."""
+def make_numpy_trainer(model, case, idx, targets, kernels="fast"):
+    """One training step as pretraining takes it, on `kernels`: `loss_and_gradients` (forward and backward; with
+    the fast kernels, two micro-batches on two cores), AdamW (`train_step` when clipping)."""
     optimizer = mg.AdamW(model.named_parameters(), lr=LR, betas=case.betas, weight_decay=WEIGHT_DECAY)
     windows = np.concatenate([idx, targets[:, -1:]], axis=1)       # the pipeline's (B, T+1) windows
 
     def step():
-        if case.grad_clip is not None:
-            return train_step(model, optimizer, windows, LR, case.grad_clip)[0]
-        loss = loss_and_gradients(model, windows)
-        optimizer.step()
-        return loss
+        with mg.kernels.using(kernels):
+            if case.grad_clip is not None:
+                return pretrain.train_step(model, optimizer, windows, LR, case.grad_clip)[0]
+            loss = pretrain.loss_and_gradients(model, windows)
+            optimizer.step()
+            return loss
     return step, model.zero_grad
 
 
@@ -200,7 +207,7 @@ def make_products_step(cfg, batch):
 
 def step_products(cfg, batch, seed):
     """The products of one forward and backward on a micro-batch of `batch` windows, as (a, b, out) operands for
-    np.matmul(a, b, out=out), random float32 in the layouts of `minigpt_np.ops`, with arrays of their own for every
+    np.matmul(a, b, out=out), random float32 in the layouts of `minigpt_np.fast.ops`, with arrays of their own for every
     layer (as the engine keeps each layer's activations): per layer, four linears (y = x W; dx = dy W^T,
     dW = x^T dy) and attention's six products; then the tied head's three (logits = x E^T; dx = dlogits E,
     dE = dlogits^T x)."""
@@ -222,12 +229,12 @@ def step_products(cfg, batch, seed):
 
 
 def attention_products(rand, B, T, C, H):
-    """One layer's attention products, as `ops.attention_forward` and `ops.attention_backward` compute them: over
+    """One layer's attention products, as the fast `attention_forward` and `attention_backward` compute them: over
     head-split views of (B, T, 3C) and (B, T, C) arrays, with key-major scores (S, T), q scaled into a copy in its
     own memory order, and cut into the batch-row blocks that `blocks.in_row_blocks` hands them."""
-    q, k, v = (ops.split_heads(part, H) for part in np.split(rand(B, T, 3 * C), 3, axis=-1))      # (B, H, T, D)
+    q, k, v = (fast_ops.split_heads(part, H) for part in np.split(rand(B, T, 3 * C), 3, axis=-1))      # (B,H,T,D)
     q_scaled = q * np.float32(1.0 / np.sqrt(C // H))
-    y, dy = ops.split_heads(np.empty((B, T, C), np.float32), H), ops.split_heads(rand(B, T, C), H)
+    y, dy = fast_ops.split_heads(np.empty((B, T, C), np.float32), H), fast_ops.split_heads(rand(B, T, C), H)
     att, ds = rand(B, H, T, T), rand(B, H, T, T)
     dq, dk, dv = (np.empty(q.shape, np.float32) for _ in range(3))
     products = []
@@ -355,14 +362,17 @@ def set_blas_threads(n):
 
 
 def build_training(size):
-    """The same GPT and batch in NumPy and torch: {"numpy": (step, zero_grad), "torch": (step, zero_grad)}."""
+    """The same GPT and batch in NumPy (fast and reference kernels, each on its own copy) and torch:
+    {"numpy": (step, zero_grad), "reference": (step, zero_grad), "torch": (step, zero_grad)}."""
     case = SIZES[size]
     cfg = case.cfg
-    model = mg.GPT(cfg, dtype=np.float32, seed=0)
+    model, reference = mg.GPT(cfg, dtype=np.float32, seed=0), mg.GPT(cfg, dtype=np.float32, seed=0)
     P = torch_params(model)
     windows = np.random.default_rng(1).integers(0, cfg.vocab_size, (case.batch, cfg.block_size + 1))
     idx, targets = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
-    return {"numpy": make_numpy_trainer(model, case, idx, targets), "torch": make_torch_trainer(P, case, idx, targets)}
+    return {"numpy": make_numpy_trainer(model, case, idx, targets),
+            "reference": make_numpy_trainer(reference, case, idx, targets, kernels="reference"),
+            "torch": make_torch_trainer(P, case, idx, targets)}
 
 
 def build_generation():
@@ -383,30 +393,37 @@ def blas_peak_gflops(repeats):
     return 2 * PEAK_N ** 3 / ms / 1e6
 
 
-def bench_training(size, warmup, repeats, threads):
+def bench_training(size, warmup, repeats, threads, reference=False):
+    """The case's fast NumPy step, its products alone and PyTorch's step, interleaved (and the reference kernels'
+    step, if asked) -> (table rows, figures)."""
     case = SIZES[size]
     cfg, batch = case.cfg, case.batch
     steps = build_training(size)
-    (np_step, _), (torch_step, _) = steps["numpy"], steps["torch"]
+    (np_step, _), (ref_step, _), (torch_step, _) = steps["numpy"], steps["reference"], steps["torch"]
     products = make_products_step(cfg, batch)
     loss_np, loss_torch = np_step(), torch_step()          # same weights, same batch: the same first loss
     # PyTorch's step follows the products, whose BLAS ran on one thread per half: no OpenBLAS thread left spinning
     (ms_np, faults_np), (ms_products, faults_products), (ms_torch, faults_torch) = interleaved_medians(
         [np_step, products, torch_step], warmup, repeats)
-    del steps, np_step, torch_step, products
-    mem_np, mem_torch = measure_memory(size, "numpy", threads), measure_memory(size, "torch", threads)
+    engines = [("numpy", "numpy", ms_np, faults_np), ("torch", "torch", ms_torch, faults_torch)]
+    if reference:   # after the others, not among them: its BLAS threads keep spinning and would slow the next step
+        engines.append(("numpy reference", "reference", *interleaved_medians([ref_step], warmup, repeats)[0]))
+    del steps, np_step, ref_step, torch_step, products
     tokens, flops = batch * cfg.block_size, train_flops(cfg, batch)
     clip = "" if case.grad_clip is None else f", clip {case.grad_clip:g}"
     shape = f"{cfg.n_layer}x{cfg.n_head}x{cfg.n_embd} V{cfg.vocab_size} T{cfg.block_size} B{batch}{clip}"
-    rows = [(f"train {size} ({shape})", engine, ms, tokens / ms * 1e3, flops / ms / 1e6, mem, faults)
-            for engine, ms, mem, faults in (("numpy", ms_np, mem_np, faults_np),
-                                            ("torch", ms_torch, mem_torch, faults_torch),
-                                            ("numpy products", ms_products, float("nan"), faults_products))]
-    return rows, {"ms_numpy": ms_np, "ms_torch": ms_torch, "ms_products": ms_products,
-                  "first_loss_abs_diff": abs(loss_np - loss_torch),
-                  "faults_numpy": faults_np, "faults_torch": faults_torch,
-                  "gflops_numpy": flops / ms_np / 1e6, "gflops_torch": flops / ms_torch / 1e6,
-                  "gflops_products": flops / ms_products / 1e6}
+    rows = [(f"train {size} ({shape})", label, ms, tokens / ms * 1e3, flops / ms / 1e6,
+             measure_memory(size, engine, threads), faults) for label, engine, ms, faults in engines]
+    rows.append((f"train {size} ({shape})", "numpy products", ms_products, tokens / ms_products * 1e3,
+                 flops / ms_products / 1e6, float("nan"), faults_products))
+    report = {"ms_numpy": ms_np, "ms_torch": ms_torch, "ms_products": ms_products,
+              "first_loss_abs_diff": abs(loss_np - loss_torch),
+              "faults_numpy": faults_np, "faults_torch": faults_torch,
+              "gflops_numpy": flops / ms_np / 1e6, "gflops_torch": flops / ms_torch / 1e6,
+              "gflops_products": flops / ms_products / 1e6}
+    if reference:
+        report.update(ms_reference=engines[2][2], gflops_reference=flops / engines[2][2] / 1e6)
+    return rows, report
 
 
 def bench_generation(warmup, repeats, threads):
@@ -445,8 +462,12 @@ def run_benchmark(argv=None):
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc returning freed memory to the kernel (the page faults it costs "
                              "show in faults/step); by default it keeps it, as the minichatgpt command line does")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time each training step on the reference kernels (minigpt_np.ops, the plain "
+                             "equations), after the other engines, and print their ratio to PyTorch")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    mg.kernels.use("fast")                              # the engine as the command line runs it
     if args.memory_probe:                               # the fresh process started by measure_memory
         print(memory_probe(*args.memory_probe))
         return None
@@ -462,7 +483,7 @@ def run_benchmark(argv=None):
     peak = blas_peak_gflops(max(repeats, 5))
     rows, report = [], {}
     for size in SIZES:
-        size_rows, r = bench_training(size, warmup, repeats, threads)
+        size_rows, r = bench_training(size, warmup, repeats, threads, args.reference)
         rows += size_rows
         report[size] = r
     gen_rows, gen = bench_generation(warmup, repeats, threads)
@@ -477,6 +498,9 @@ def run_benchmark(argv=None):
         "train_step_ratio": report["default"]["ms_numpy"] / report["default"]["ms_torch"],
         "train_step_ratio_large": report["large"]["ms_numpy"] / report["large"]["ms_torch"],
         "pipeline_step_ratio": report["pipeline"]["ms_numpy"] / report["pipeline"]["ms_torch"],
+        **({f"{key}_reference": report[size]["ms_reference"] / report[size]["ms_torch"] for key, size in
+            (("train_step_ratio", "default"), ("train_step_ratio_large", "large"), ("pipeline_step_ratio", "pipeline"))}
+           if args.reference else {}),
         "kv_cache_speedup": gen["ms_recompute"] / gen["ms_kv"],
         "blas_peak_gflops": peak,
         **{f"{size}_fraction_of_peak_{engine}": report[size][f"gflops_{engine}"] / peak
@@ -490,7 +514,8 @@ def run_benchmark(argv=None):
         "train_page_faults_numpy": report["default"]["faults_numpy"],
         "train_page_faults_torch": report["default"]["faults_torch"],
         "first_loss_abs_diff": max(report[s]["first_loss_abs_diff"] for s in SIZES),
-        "threads": threads, "elementwise_threads": blocks.threads(), "malloc": malloc, "repeats": repeats,
+        "kernels": "fast", "threads": threads, "elementwise_threads": blocks.threads(), "malloc": malloc,
+        "repeats": repeats,
         "warmup": warmup,
         "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),

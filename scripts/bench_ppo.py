@@ -2,11 +2,11 @@
 
     python scripts/bench_ppo.py [--batch-size 64] [--forward-batch-sizes 4 16 64] [--vocab-size 4096]
 
-Uses the default pipeline's GPT shape (4 x 4 x 128, block 64) with random weights, batch 64, 8-token queries and
-16-token responses, mini-batch 16, 4 PPO epochs. Peak memory is what tracemalloc sees at its high-water mark during
-the step (NumPy reports its array allocations to tracemalloc), measured in a separate untimed pass because tracing
-slows allocation down. forward_batch_size bounds the no-grad forward pass; the gradient passes are bounded by
-mini_batch_size. Prints a table and, last, JSON. It prints figures; it never asserts on them.
+Uses the default pipeline's GPT shape (4 x 4 x 128, block 64) on the fast kernels, with random weights, batch 64,
+8-token queries and 16-token responses, mini-batch 16, 4 PPO epochs. Peak memory is what tracemalloc sees at its
+high-water mark during the step (NumPy reports its array allocations to tracemalloc), measured in a separate untimed
+pass because tracing slows allocation down. forward_batch_size bounds the no-grad forward pass; the gradient passes
+are bounded by mini_batch_size. Prints a table and, last, JSON. It prints figures; it never asserts on them.
 """
 import argparse
 import json
@@ -43,6 +43,7 @@ def main(argv=None):
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
+    mg.kernels.use("fast")                                              # the engine as the command line runs it
     inputs = make_inputs(args.batch_size, args.vocab_size)
     rows = []
     for fbs in args.forward_batch_sizes:

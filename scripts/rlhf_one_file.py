@@ -322,7 +322,8 @@ def main(argv=None, model=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         run = open_run(args)
-        history = train(run, args, model)
+        with mg.kernels.using(run.config.kernels):       # the run's own kernels, so that its log is repeated exactly
+            history = train(run, args, model)
         print(compare_with_the_run(run, history))
         return history
     except UsageError as e:

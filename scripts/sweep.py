@@ -23,6 +23,7 @@ import shlex
 import tempfile
 import time
 
+import minigpt_np as mg
 from minichatgpt import config as defaults
 from minichatgpt.entry import checked_output, run_cli
 from minichatgpt.finished_run import FinishedRun
@@ -95,6 +96,7 @@ def sweep(argv):
     FinishedRun.open(run_dir)                  # refuse before the lock, which would create the folder
     with Lock(run_dir):
         run = FinishedRun.open(run_dir)
+        mg.kernels.use(run.config.kernels)      # the kernels the run's own stages trained with
         settings = []
         for text in args.settings:            # every one checked first
             config, given = checked_setting(text, run.config)

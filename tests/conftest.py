@@ -18,3 +18,14 @@ def built_runs(tmp_path_factory):
     """Finished tiny runs built once per pytest run, by their extra flags (tiny_run.Built); copy one to change it."""
     from tiny_run import Built
     return Built(tmp_path_factory.mktemp("built"))
+
+
+@pytest.fixture(autouse=True)
+def kernels_left_as_found():
+    """Every test ends on the engine's default kernels, the reference: a test, or a command it ran, that left the
+    fast ones in use would change what every later test computes, so it fails (and the default is put back)."""
+    yield
+    import minigpt_np as mg
+    left = mg.kernels.in_use()
+    mg.kernels.use("reference")
+    assert left == "reference", f"the test left the {left} kernels in use"

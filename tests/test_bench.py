@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minigpt_np import ops
+from minigpt_np import kernels
+from minigpt_np.fast import ops
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
@@ -28,8 +29,9 @@ def transposed(shape):
     return shape[:-2] + (shape[-1], shape[-2])
 
 
-# Each function of minigpt_np.ops that computes matrix products -> the (a.shape, b.shape) of those products, from
-# its arguments; attention's per row block, as `blocks.in_row_blocks` calls it.
+# Each function of the fast kernels (minigpt_np.fast.ops, which the benchmark times) that computes matrix products ->
+# the (a.shape, b.shape) of those products, from its arguments; attention's per row block, as
+# `blocks.in_row_blocks` calls it.
 PRODUCTS_OF = {
     "linear_forward": lambda x, w, b=None: [(rows(x), w.shape)],
     "linear_backward": lambda dy, x, w, need_dx=True: [(rows(x)[::-1], rows(dy))]
@@ -44,7 +46,8 @@ PRODUCTS_OF = {
 
 
 def engine_products(cfg, batch, monkeypatch):
-    """(a.shape, b.shape) of every matrix product of one forward and backward of the engine on `batch` windows."""
+    """(a.shape, b.shape) of every matrix product of one forward and backward of the fast kernels on `batch`
+    windows."""
     seen = []
     for name, products_of in PRODUCTS_OF.items():
         def recorded(*args, _op=getattr(ops, name), _products_of=products_of, **kwargs):
@@ -53,7 +56,8 @@ def engine_products(cfg, batch, monkeypatch):
         monkeypatch.setattr(ops, name, recorded)
     model = mg.GPT(cfg, dtype=np.float32, seed=0)
     windows = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, cfg.block_size + 1))
-    model.loss(windows[:, :-1], windows[:, 1:]).backward()
+    with kernels.using("fast"):
+        model.loss(windows[:, :-1], windows[:, 1:]).backward()
     return sorted((tuple(map(int, a)), tuple(map(int, b))) for a, b in seen)
 
 
@@ -76,3 +80,15 @@ def test_products_step_runs_both_halves():
     bench.run_products(products)
     for a, b, out in products:
         np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tiny_case_times_the_fast_kernels_torch_and_on_request_the_reference(monkeypatch):
+    """The benchmark's training case end to end on a tiny GPT, one repeat (its memory probe left out: it runs the
+    script's own cases in a fresh process). Timings are not checked, only that each engine ran the same first step."""
+    cfg = mg.GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    monkeypatch.setitem(bench.SIZES, "tiny", bench.TrainCase(cfg, 3))
+    monkeypatch.setattr(bench, "measure_memory", lambda *args: float("nan"))
+    with kernels.using("fast"):
+        rows, report = bench.bench_training("tiny", warmup=0, repeats=1, threads=1, reference=True)
+    assert [row[1] for row in rows] == ["numpy", "torch", "numpy reference", "numpy products"]
+    assert report["first_loss_abs_diff"] < 1e-5 and report["ms_reference"] > 0 and report["ms_numpy"] > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minigpt_np import blocks
+import minigpt_np.fast  # noqa: F401 - its functional's make is recorded too
 from minigpt_np import functional as F
 from minigpt_np.optim import AdamW
 
@@ -108,16 +108,19 @@ def test_adamw_steps_lower_the_loss_on_a_fixed_batch_and_move_every_weight():
     assert not unmoved, f"parameters the optimizer did not change: {unmoved}"
 
 
+@pytest.mark.parametrize("kernels", mg.kernels.CHOICES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_model_loss_equals_cross_entropy_of_the_logits_value_and_every_gradient(dtype):
-    """`model.loss` (lm_head and cross-entropy fused, what pretraining calls) gives the very same numbers."""
+def test_model_loss_equals_cross_entropy_of_the_logits_value_and_every_gradient(dtype, kernels):
+    """`model.loss` (lm_head and cross-entropy, fused by the fast kernels; what pretraining calls) gives the very
+    same numbers."""
     idx, targets = batch()
     targets = np.where(np.arange(T) < 2, -100, targets)                   # ignored positions too
     results = []
     for loss_fn in (lambda m: m.loss(idx, targets), lambda m: F.cross_entropy(m(idx), targets)):
         model = mg.GPT(CFG, dtype=dtype, seed=0)
-        loss = loss_fn(model)
-        loss.backward()
+        with mg.kernels.using(kernels):
+            loss = loss_fn(model)
+            loss.backward()
         results.append((loss.data, {k: p.grad for k, p in model.named_parameters()}))
     (fused, fused_grads), (composed, composed_grads) = results
     assert fused.dtype == dtype and fused == composed
@@ -125,33 +128,11 @@ def test_model_loss_equals_cross_entropy_of_the_logits_value_and_every_gradient(
         np.testing.assert_array_equal(fused_grads[name], composed_grads[name], err_msg=name)
 
 
-def test_row_blocks_and_threads_change_no_number(monkeypatch):
-    """The elementwise ops run in row blocks on several threads (`minigpt_np.blocks`): however the rows are cut and
-    shared, every number is the one computed in a single block on one thread, with and without a padding mask."""
-    idx, targets = batch()
-    mask = np.ones((B, T), dtype=np.int64)
-    mask[1, :3] = 0
-
-    def step():
-        model = mg.GPT(CFG, seed=0)
-        loss = model.loss(idx, targets)
-        padded = F.cross_entropy(model(idx, attention_mask=mask), np.where(mask == 1, targets, -100))
-        mg.tensor.backward([loss, padded], [np.ones((), np.float32), np.ones((), np.float32)])
-        return [loss.data, padded.data] + [p.grad for p in model.parameters()]
-    monkeypatch.setattr(blocks, "THREADS", 1)
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2 ** 30)
-    whole = step()
-    monkeypatch.setattr(blocks, "THREADS", 3)
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 64)                 # a row or two per block
-    split = step()
-    for a, b in zip(whole, split):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_a_float32_training_step_never_promotes_to_float64(monkeypatch):
-    """Every activation and every gradient of a float32 step, padded or not, is float32: a float64 that escaped into
-    one (a NumPy float64 scalar in an expression that allocates, say) would double the memory traffic of every op
-    after it, silently."""
+@pytest.mark.parametrize("kernels", mg.kernels.CHOICES)
+def test_a_float32_training_step_never_promotes_to_float64(monkeypatch, kernels):
+    """Every activation and every gradient of a float32 step, padded or not, is float32, on both kernels: a float64
+    that escaped into one (a NumPy float64 scalar in an expression that allocates, say) would double the memory
+    traffic of every op after it, silently."""
     seen = []
     make = mg.tensor.make
 
@@ -162,16 +143,17 @@ def test_a_float32_training_step_never_promotes_to_float64(monkeypatch):
             return grads
         seen.append(("output", backward_fn.__qualname__, np.asarray(data).dtype))
         return make(data, parents, backward)
-    monkeypatch.setattr(mg.tensor, "make", recording_make)
-    monkeypatch.setattr(F, "make", recording_make)
+    for module in (mg.tensor, F, mg.fast.functional):
+        monkeypatch.setattr(module, "make", recording_make)
     model = mg.GPT(dataclasses.replace(CFG, value_head=True), seed=0)
     idx, targets = batch()
     mask = np.ones((B, T), dtype=np.int64)
     mask[0, :2] = 0
-    logits, values = model.logits_and_values(idx, attention_mask=mask)
-    loss = F.cross_entropy(logits, targets) + model.loss(idx, targets) + values.sum()
-    loss.backward()
-    AdamW(model.named_parameters(), lr=1e-3).step()
+    with mg.kernels.using(kernels):
+        logits, values = model.logits_and_values(idx, attention_mask=mask)
+        loss = F.cross_entropy(logits, targets) + model.loss(idx, targets) + values.sum()
+        loss.backward()
+        AdamW(model.named_parameters(), lr=1e-3).step()
     promoted = sorted({(kind, name) for kind, name, dtype in seen if dtype != np.float32})
     assert len(seen) > 100 and not promoted, promoted
     assert all(p.data.dtype == np.float32 and p.grad.dtype == np.float32 for p in model.parameters())

@@ -10,7 +10,7 @@ import pytest
 
 import minigpt_np as mg
 from minigpt_np import functional as F
-from minigpt_np import blocks, ops
+from minigpt_np import fast, kernels, ops
 from minigpt_np import tensor as tensor_module
 from minigpt_np.tensor import Tensor, unbroadcast
 from gradcheck import gradcheck
@@ -217,9 +217,9 @@ def test_masked_attention_gives_no_gradient_to_padded_keys():
 def test_attention_gradcheck_catches_an_untransposed_key_gradient(monkeypatch):
     def attention_backward_untransposed(dy, q, k, v, att, allowed=None):
         scale = 1.0 / np.sqrt(q.shape[-1])
-        datt = v @ dy.swapaxes(-1, -2)                                # key-major (S, T), as att
-        ds = att * (datt - np.sum(datt * att, axis=-2, keepdims=True)) * scale
-        return ds.swapaxes(-1, -2) @ k, ds.swapaxes(-1, -2) @ q, att @ dy   # bug: dk = ds q, should be ds^T q
+        datt = dy @ v.swapaxes(-1, -2)                                # (T, S), as att
+        ds = att * (datt - np.sum(datt * att, axis=-1, keepdims=True)) * scale
+        return ds @ k, ds @ q, att.swapaxes(-1, -2) @ dy             # bug: dk = ds q, should be ds^T q
     monkeypatch.setattr(ops, "attention_backward", attention_backward_untransposed)
     assert_gradcheck_fails(attention_fn(None), {"qkv": randn(3, 5, 3 * 4)})
 
@@ -227,8 +227,8 @@ def test_attention_gradcheck_catches_an_untransposed_key_gradient(monkeypatch):
 def test_masked_attention_gradcheck_catches_a_missing_softmax_jacobian_term(monkeypatch):
     def attention_backward_no_sum(dy, q, k, v, att, allowed=None):
         scale = 1.0 / np.sqrt(q.shape[-1])
-        ds = att * (v @ dy.swapaxes(-1, -2)) * scale                 # bug: forgot - sum_S(datt * att)
-        return ds.swapaxes(-1, -2) @ k, ds @ q, att @ dy
+        ds = att * (dy @ v.swapaxes(-1, -2)) * scale                 # bug: forgot - sum_S(datt * att)
+        return ds @ k, ds.swapaxes(-1, -2) @ q, att.swapaxes(-1, -2) @ dy
     monkeypatch.setattr(ops, "attention_backward", attention_backward_no_sum)
     assert_gradcheck_fails(attention_fn(LEFT_PADDING), {"qkv": randn(3, 5, 3 * 4)})
 
@@ -241,23 +241,24 @@ def test_masked_attention_gradcheck_catches_gradient_in_query_rows_that_see_no_k
     assert_gradcheck_fails(attention_fn(LEFT_PADDING), {"qkv": randn(3, 5, 3 * 4)})
 
 
-def test_causal_allowed_is_key_major_and_laid_out_like_the_scores():
-    """allowed[b, 0, j, t] = (j <= t + S - T) and key_mask[b, j], C-ordered as the scores (S, T) it is added to."""
+def test_causal_allowed_is_each_querys_row_of_keys():
+    """allowed[b, 0, t, j] = (j <= t + S - T) and key_mask[b, j], with queries the last T of S positions."""
     key_mask = np.array([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
     for T, S, mask in [(4, 4, None), (3, 7, None), (1, 5, None), (3, 7, key_mask), (1, 7, key_mask)]:
         allowed = ops.causal_allowed(T, S, mask)
-        expected = np.array([[[[j <= t + S - T and (mask is None or mask[b, j] == 1) for t in range(T)]
-                               for j in range(S)]] for b in range(1 if mask is None else len(mask))])
+        expected = np.array([[[[j <= t + S - T and (mask is None or mask[b, j] == 1) for j in range(S)]
+                               for t in range(T)]] for b in range(1 if mask is None else len(mask))])
         assert allowed.dtype == bool and np.array_equal(allowed, expected)
-        assert allowed.flags.c_contiguous
 
 
-def test_attention_with_a_nan_query_gives_nan_there_and_nowhere_else():
-    """The softmax's shift skips NaN (np.fmax); the exp of a NaN score still makes that query's output NaN."""
-    q, k, v = randn(1, 2, 4, 3), randn(1, 2, 4, 3, seed=1), randn(1, 2, 4, 3, seed=2)
+@pytest.mark.parametrize("k", [ops, fast.ops], ids=["reference", "fast"])
+def test_attention_with_a_nan_query_gives_nan_there_and_nowhere_else(k):
+    """A NaN score makes its query's softmax NaN (the fast kernels' shift, np.fmax, skips NaN; the exp does not)."""
+    q, kk, v = randn(1, 2, 4, 3), randn(1, 2, 4, 3, seed=1), randn(1, 2, 4, 3, seed=2)
     q[0, 1, 2, 0] = np.nan
-    y, att = ops.attention_forward(q, k, v, ops.causal_allowed(4, 4))
-    assert np.isnan(y[0, 1, 2]).all() and np.isnan(att[0, 1, :, 2]).all()
+    y, att = k.attention_forward(q, kk, v, k.causal_allowed(4, 4))
+    att = att if k is ops else att.swapaxes(-1, -2)                     # the fast kernels keep it key-major
+    assert np.isnan(y[0, 1, 2]).all() and np.isnan(att[0, 1, 2, :]).all()
     y[0, 1, 2] = 0
     assert np.isfinite(y).all()
 
@@ -320,22 +321,6 @@ def test_cross_entropy_gradcheck_catches_dividing_by_all_rows(monkeypatch):
     assert_gradcheck_fails(lambda t: F.cross_entropy(t["logits"], CE_TARGETS), {"logits": 3.0 * randn(2, 4, 7)})
 
 
-def test_cross_entropy_over_many_row_blocks_equals_one_block(monkeypatch):
-    """The softmax runs in row blocks (`blocks.in_row_blocks`): blocks of one row give the same loss and gradient."""
-    logits, targets = 3.0 * randn(50, 7), np.where(randn(50, seed=1) > 1, -100, np.arange(50) % 7)
-
-    def loss_and_grad():
-        x = Tensor(logits.copy(), requires_grad=True)
-        loss = F.cross_entropy(x, targets)
-        loss.backward()
-        return float(loss.data), x.grad
-    one_block = loss_and_grad()
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1)
-    row_by_row = loss_and_grad()
-    assert one_block[0] == row_by_row[0]
-    np.testing.assert_array_equal(one_block[1], row_by_row[1])
-
-
 # ---------------------------------------------------------------------------------------- lm_head + cross_entropy
 LM_CE_INPUTS = {"x": randn(2, 4, 5), "E": randn(7, 5, seed=1)}
 
@@ -344,38 +329,20 @@ def test_lm_head_cross_entropy_backward_matches_finite_differences():
     gradcheck(lambda t: F.lm_head_cross_entropy(t["x"], t["E"], CE_TARGETS), LM_CE_INPUTS)
 
 
-def test_lm_head_cross_entropy_equals_lm_head_then_cross_entropy_exactly():
-    def loss_and_grads(fn):
-        x, E = (Tensor(a.copy(), requires_grad=True) for a in LM_CE_INPUTS.values())
-        loss = fn(x, E)
-        loss.backward()
-        return loss.data, x.grad, E.grad
-    fused = loss_and_grads(lambda x, E: F.lm_head_cross_entropy(x, E, CE_TARGETS))
-    composed = loss_and_grads(lambda x, E: F.cross_entropy(F.lm_head(x, E), CE_TARGETS))
-    for a, b in zip(fused, composed):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_lm_head_cross_entropy_gradcheck_catches_dividing_by_all_rows(monkeypatch):
     monkeypatch.setattr(ops, "cross_entropy_backward", cross_entropy_backward_all_rows)
     assert_gradcheck_fails(lambda t: F.lm_head_cross_entropy(t["x"], t["E"], CE_TARGETS), LM_CE_INPUTS)
 
 
-def test_lm_head_cross_entropy_backward_runs_once():
+@pytest.mark.parametrize("name", kernels.CHOICES)
+def test_lm_head_cross_entropy_backward_runs_once(name):
+    """As in PyTorch, on both kernels (the fast ones write dlogits over the probabilities the forward kept)."""
     x, E = (Tensor(a.copy(), requires_grad=True) for a in LM_CE_INPUTS.values())
-    loss = F.lm_head_cross_entropy(x, E, CE_TARGETS)
-    loss.backward()
-    with pytest.raises(RuntimeError, match="backward ran twice"):
+    with kernels.using(name):
+        loss = F.lm_head_cross_entropy(x, E, CE_TARGETS)
         loss.backward()
-
-
-def test_gelu_over_many_row_blocks_equals_one_block(monkeypatch):
-    x, dy = 2.0 * randn(6, 9), randn(6, 9, seed=1)
-    one_block = ops.gelu_forward(x), ops.gelu_backward(dy, x, ops.gelu_forward(x)[1])
-    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1)
-    row_by_row = ops.gelu_forward(x), ops.gelu_backward(dy, x, ops.gelu_forward(x)[1])
-    for a, b in zip((*one_block[0], one_block[1]), (*row_by_row[0], row_by_row[1])):
-        np.testing.assert_array_equal(a, b)
+        with pytest.raises(RuntimeError, match="backward ran twice"):
+            loss.backward()
 
 
 # ------------------------------------------------------------------------------------------------ the whole GPT

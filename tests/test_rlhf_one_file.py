@@ -169,8 +169,9 @@ def test_main_on_a_float64_policy_equals_the_trainer_on_its_own_rollouts(runs, m
     assert len(history) == 3 and cfg == run.config.ppo and pad == run.tokenizer.eos_token_id
     ours = state_of(history, policy, optimizer)
 
-    def trainer_at(cfg):
-        return trainer_on(rollouts_seen, as_float64(run.policy_start()), as_float64(run.ref_model), cfg, pad)
+    def trainer_at(cfg):   # on the kernels the file ran (the run's own)
+        with mg.kernels.using(run.config.kernels):
+            return trainer_on(rollouts_seen, as_float64(run.policy_start()), as_float64(run.ref_model), cfg, pad)
 
     error, name = worst_relative(ours, trainer_at(run.config.ppo))
     print(f"worst relative error {error:.2e} ({name})")

@@ -12,11 +12,9 @@ block as they finish one; the caller waits only for blocks a helper has started,
 been given a core yet). Every block is computed exactly as it would be alone, so the results depend neither
 on the block size nor on the thread count (tested).
 
-The thread count is 1 unless the environment variable MINIGPT_NP_THREADS or a program (THREADS) asks for more.
-On this project's 2-core machine a second thread made a pretraining step slower, 125.6 ms against 107.4 ms
-(`scripts/bench.py`'s pipeline case, two runs one after the other, no other work on the machine), and likewise
-on a busy machine: a helper has to be woken, and wait for a core, hundreds of times a step, and each op waits for
-its slowest block.
+The thread count is 1 unless the environment variable MINIGPT_NP_THREADS or a program (THREADS) asks for more:
+a helper has to be woken, and wait for a core, hundreds of times a step, and each op waits for its slowest block,
+which made a pretraining step slower on two cores (measured; docs/gpt.md, "The fast kernels").
 """
 import functools
 import os

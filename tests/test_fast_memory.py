@@ -11,7 +11,7 @@ import pytest
 REUSE = """
 import resource, sys
 import numpy as np
-from minigpt_np.memory import keep_freed_memory
+from minigpt_np.fast.memory import keep_freed_memory
 
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 a = np.ones(3 * 2 ** 20 // 4, np.float32)      # 3 MB: above malloc's default mmap threshold, below numpy's huge pages
@@ -41,7 +41,7 @@ def test_keep_freed_memory_reuses_a_freed_block_without_page_faults():
 THREADS = """
 import resource, sys, threading
 import numpy as np
-from minigpt_np.memory import keep_freed_memory
+from minigpt_np.fast.memory import keep_freed_memory
 
 applied = keep_freed_memory()
 made = {}

@@ -1,20 +1,18 @@
 """Keep the memory a training step frees, so the next step does not fault it back in page by page.
 
-A training step allocates its activations (some 60 MB for the default GPT at 16 x 64 tokens, the logits alone
-16 MB) and frees them after the backward pass. glibc's malloc serves blocks this large from fresh mmap regions or
-from the top of its heap, and by default gives both back to the kernel when they are freed. The next step then
-touches them again: one page fault and one zero-filled 4 KB page at a time, ~16,000 faults a step, about a fifth
-of the step's time. How much of that a process pays depends on its history: a process that loaded a corpus
-before training (the pipeline) sits on a heap whose top is trimmed every step, a fresh one (a benchmark) does not,
-which is most of why a pretraining step used to cost 1.5 times in the pipeline what it costs in the benchmark.
+A training step allocates its activations (the logits alone are B x T x V numbers) and frees them after the
+backward pass. glibc's malloc serves blocks this large from fresh mmap regions or from the top of its heap, and by
+default gives both back to the kernel when they are freed. The next step then touches them again: one page fault
+and one zero-filled 4 KB page at a time, thousands a step. How much of that a process pays depends on its history:
+a process that loaded a corpus before training (the pipeline) sits on a heap whose top is trimmed every step, a
+fresh one (a benchmark) does not (docs/gpt.md, "The fast kernels", has the measurements).
 
 `keep_freed_memory` asks malloc to keep every block up to 32 MB (its largest setting) on its own free lists and
 never to trim the heap: the resident set stays at the peak of a step, and the faults stop. It also keeps one heap
 (arena) for all threads: a training step runs its second micro-batch on a helper thread (`cores`), and glibc
-gives such a thread an arena of its own, whose heaps of at most 64 MB are unmapped again when a step frees them
-(2,440 faults a step, 127 against 96 ms, at the benchmark's 4x4x128 B32 case, measured). The numbers are not
-touched. It is a setting of the whole process, so the program decides, once: the command line does (minichatgpt's
-run_cli), and so does scripts/bench.py for both engines.
+gives such a thread an arena of its own, whose heaps of at most 64 MB are unmapped again when a step frees them.
+The numbers are not touched. It is a setting of the whole process, so the program decides, once: the command line
+does (minichatgpt's run_cli), and so does scripts/bench.py for both engines.
 """
 import ctypes
 
