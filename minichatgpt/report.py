@@ -5,7 +5,8 @@ import numpy as np
 
 from minigpt_np.checkpoint import atomic_write
 
-from .methods import DRIVING
+from ppo_np import METHODS
+
 from .run_folder import writing
 
 log = logging.getLogger(__name__)
@@ -27,39 +28,23 @@ TABLE = [  # (label, metrics key, format); the reward model is the proxy PPO opt
     ("reference NLL (nats/token)", "reference_nll", "{:.2f}"),
 ]
 
-CURVES = [  # (stats keys, title): rollouts of each PPO step, scored by the proxy, judged by the gold and the lexicon
+# (stats keys, title): what the loop logs of the rollouts of each step of a method that samples, scored by the proxy,
+# judged by the gold and the lexicon; the method's own panels (its Method's curves) follow
+LOOP_CURVES = [
     (("env/reward_mean", "env/gold_mean"), "mean log-odds: reward model, gold"),
     (("env/reward_positive", "env/gold_positive", "env/lexicon_positive", "env/lexicon_negative"),
      "positive shares: reward model, gold, lexicon (VADER); lexicon negative"),
     (("objective/kl",), "KL to reference (nats / response)"),
-    (("objective/kl_coef",), "kl_coef"),
     (("env/top_word_share", "env/unique_share"), "top-word share, unique share"),
     (("objective/response_length",), "response length (tokens)"),
-    (("ppo/policy/entropy",), "policy entropy (nats / token)"),
-    (("ppo/loss/value",), "value loss"),
-    (("ppo/policy/clipfrac",), "policy clipfrac"),
 ]
-# the other methods' own stats, in place of PPO's last four panels (DPO, which samples nothing in its loop: all)
-METHOD_CURVES = {
-    "rloo": [(("objective/kl_coef",), "kl_coef"), (("rloo/policy/entropy",), "policy entropy (nats / token)"),
-             (("rloo/loss/policy",), "policy loss"), (("rloo/policy/clipfrac",), "policy clipfrac")],
-    "grpo": [(("grpo/loss/kl",), "k3 KL term of the loss"), (("grpo/policy/entropy",), "policy entropy (nats / token)"),
-             (("grpo/loss/policy",), "policy loss"), (("grpo/policy/clipfrac",), "policy clipfrac")],
-    "reinforce": [(("objective/kl_coef",), "kl_coef"), (("reinforce/policy/entropy",), "policy entropy (nats / token)"),
-                  (("reinforce/loss/policy",), "policy loss"),
-                  (("reinforce/mean_rlhf_reward",), "mean reward with the KL penalty")],
-    "dpo": [(("dpo/rewards_train/chosen", "dpo/rewards_train/rejected"), "implicit rewards beta log(pi / pi_ref)"),
-            (("dpo/rewards_train/margins",), "implicit reward margin"), (("dpo/rewards_train/accuracies",), "accuracy"),
-            (("dpo/logps_train/chosen", "dpo/logps_train/rejected"), "log pi of the responses"),
-            (("dpo/loss/train",), "DPO loss"), (("dpo/identical_pairs",), "identical pairs")],
-}
 
 
 def curves_of(method):
-    """The panels of curves.png for a method's log."""
-    if method in ("ppo", "dpo"):
-        return CURVES if method == "ppo" else METHOD_CURVES["dpo"]
-    return CURVES[:3] + CURVES[4:6] + METHOD_CURVES[method]     # scores, shares, KL, collapse, length, its own
+    """The panels of curves.png for a method's log: the loop's (unless the method samples nothing in its loop), then
+    its own."""
+    own = list(METHODS[method].curves)
+    return own if METHODS[method].pairs else LOOP_CURVES + own
 
 
 def format_table(columns, extra_rows=(), labels=None):
@@ -102,7 +87,7 @@ def _save(fig, path):
 
 
 def write_curves(history, path, method="ppo"):
-    """Nine panels over the steps of the method's log -> True; False (with a warning) when matplotlib is not
+    """Up to nine panels (curves_of) over the steps of the method's log -> True; False (with a warning) when matplotlib is not
     installed."""
     plt = _pyplot(path)
     if plt is None:
@@ -118,7 +103,7 @@ def write_curves(history, path, method="ppo"):
         if len(keys) > 1:
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"{DRIVING[method].label} step")
+        ax.set_xlabel(f"{METHODS[method].label} step")
         ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)

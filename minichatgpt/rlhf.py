@@ -9,8 +9,9 @@ What the loop trains against travels as one `Task`: the prompts, the scorer, the
 the sampling settings and the hashes of the files they came from. The scorer and the tokenizer are duck-typed:
 `scorer.score(texts, forward_batch_size=...) -> (N,)` and `tokenizer.encode/decode/eos_token_id`. The loop
 checkpoints through `minigpt_np.resume`, as pretraining does, so a killed run started again continues bit for
-bit. `train_loop` is that loop for any trainer: PPO here, RLOO, GRPO (`rollout_step` with k responses per prompt)
-and DPO (a step over fixed pairs) in `minichatgpt.compare`.
+bit. `train_loop` is that loop for any trainer, and `train` runs any method of ppo_np.METHODS in it, as the
+method's Method says (minichatgpt.methods): PPO (`train_ppo`), a method of groups (`rollout_step` with k responses
+per prompt: RLOO, GRPO), a method that steps over fixed pairs (`pairs_step`: DPO).
 """
 import dataclasses
 import logging
@@ -19,14 +20,18 @@ from typing import Optional
 
 import numpy as np
 
+import ppo_np
 from minigpt_np.resume import resume, save_training_checkpoint, sha256_of_array
-from ppo_np.trainer import PPOTrainer
+from ppo_np.dpo import make_pairs
+from ppo_np.ppo import PPOTrainer
 
 from .collapse import collapse_metrics
+from .methods import DEFAULT, group_size, run_trainer_config
 from .run_folder import DamagedFile, read_jsonl, sha256_of_records, write_jsonl, writing
-from .sampling import judged, sample, score, texts_of
+from .sampling import judged, sample, sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
+PAIRS_SEED_OFFSET = 2   # the pairs' reference samples: rlhf.seed + 2 (the loop draws from seed and seed + 1)
 
 
 @dataclasses.dataclass
@@ -284,3 +289,76 @@ def _show(bar, stats):
     if bar is not None:
         bar.update(1)
         bar.set_postfix({label: f"{stats[key]:{fmt}}" for label, key, fmt in POSTFIX if key in stats})
+
+
+# ---------------------------------------------------------------------------------------------- every method
+
+
+def sample_pairs(task, n_pairs, seed, progress=False):
+    """The data of a method that steps over pairs (DPO): two reference samples for each of the first n_pairs training
+    prompts of the loop's prompt stream (seeded with `seed`), scored by the proxy (task.scorer), the higher score
+    chosen (ppo_np.dpo.make_pairs)
+    -> (prompts, responses (2 per prompt, consecutive), texts, proxy scores (n_pairs, 2), chosen (n_pairs,))."""
+    prompts = PromptStream(task.queries, np.random.default_rng(seed)).next_batch(n_pairs)
+    rng = np.random.default_rng(seed + PAIRS_SEED_OFFSET)
+    queries, responses = sample_n(task.ref_model, task.tokenizer, prompts, 2, task.sampling, rng, progress)
+    texts = texts_of(task.tokenizer, queries, responses)
+    proxy = score(task.scorer, texts, task.sampling).reshape(-1, 2)
+    return prompts, responses, texts, proxy, make_pairs(proxy, rng)
+
+
+def pair_items(prompts, responses, chosen):
+    """The fixed items a pairs method's loop steps over: (query, chosen response, rejected response) int arrays, one
+    per pair."""
+    return [tuple(np.asarray(a, dtype=np.int64) for a in (prompts[p], responses[2 * p + c], responses[2 * p + 1 - c]))
+            for p, c in enumerate(int(c) for c in chosen)]
+
+
+def pairs_step(trainer, pairs):
+    """One step on the next batch_size fixed pairs of the stream -> stats (with time/step, as rollout_step's)."""
+    t0 = time.perf_counter()
+    queries, chosen, rejected = (list(column) for column in zip(*pairs.next_batch(trainer.config.batch_size)))
+    stats = trainer.step(queries, chosen, rejected)
+    stats["time/step"] = time.perf_counter() - t0
+    return stats
+
+
+def train(name, policy, task, trainer_config, loop, checkpoint, log, *, pairs=None, progress=True,
+          evaluate=None, evaluate_every=0, measure=None):
+    """Run (or resume) method `name` from `policy` on `task` -> the per-step stats (also in `log`).
+
+    trainer_config: from `trainer_config`; loop: the RLHFConfig; pairs: the fixed (query, chosen, rejected) items of
+    a method that steps over pairs (`pair_items`). measure(step) -> step wraps each step (compare's `measured`). The
+    rest as in train_ppo, whose loop every method shares."""
+    if name == DEFAULT:     # PPO's loop also carries its KL controller's state
+        return train_ppo(policy, task, trainer_config, loop, checkpoint, log, progress=progress, evaluate=evaluate,
+                         evaluate_every=evaluate_every, measure=measure)
+    method = ppo_np.METHODS[name]
+    trainer = method.trainer(policy, task.ref_model, trainer_config, pad_token_id=task.tokenizer.eos_token_id)
+    if method.pairs:
+        items = pairs
+
+        def step(stream, rng):
+            return pairs_step(trainer, stream)
+        fp = fingerprint(trainer_config, loop, task, key=name, items=[np.concatenate(item) for item in items])
+    else:
+        items, group = task.queries, group_size(name, trainer_config)
+
+        def step(stream, rng):
+            return rollout_step(trainer, task, stream, rng, group_size=group)
+        fp = fingerprint(trainer_config, loop, task, key=name)
+    return train_loop(trainer, measure(step) if measure else step, items, loop, checkpoint, log, fp,
+                      name=method.label, progress=progress, evaluate=evaluate, evaluate_every=evaluate_every)
+
+
+def train_run(config, policy, task, checkpoint, log, progress=True):
+    """Run (or resume) a RunConfig's method (config.method, its options and the loop's settings) from `policy` on
+    `task` -> the per-step stats. A pairs method (DPO) first samples its pairs from the reference (`sample_pairs`):
+    the same ones again on a resume, from the same seed."""
+    pairs = None
+    if ppo_np.METHODS[config.method].pairs:
+        prompts, responses, _, _, chosen = sample_pairs(task, config.rlhf.steps * config.ppo.batch_size // 2,
+                                                        config.rlhf.seed, progress)
+        pairs = pair_items(prompts, responses, chosen)
+    return train(config.method, policy, task, run_trainer_config(config), config.rlhf, checkpoint, log, pairs=pairs,
+                 progress=progress)

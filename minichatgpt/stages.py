@@ -22,7 +22,7 @@ from reward import GPTRewardConfig, GPTRewardModel, Scorer, load_gpt_reward, loa
 from reward.gpt_reward import FORMAT as GPT_REWARD_FORMAT
 from reward.train import refit_scorer
 
-from ppo_np import METHODS as TRAINERS
+from ppo_np import METHODS
 
 from .options import UsageError
 from .rlhf import make_queries
@@ -30,9 +30,9 @@ from .run_folder import Refused, path, read_jsonl, writing
 
 log = logging.getLogger(__name__)
 
-# The RL stage is named after the run's method (--method), and writes gpt_<method>.npz and <method>_log.jsonl. A run
-# folder holds one method's RL stage: another method is another run folder (its report is then that method's alone).
-METHODS = tuple(TRAINERS)
+# The RL stage is named after the run's method (--method, a name of ppo_np.METHODS, read whenever asked, so that a
+# method added to it is a stage too), and writes gpt_<method>.npz and <method>_log.jsonl. A run folder holds one
+# method's RL stage: another method is another run folder (its report is then that method's alone).
 BASE_STAGES = ("tokenizer", "pretrain", "reward", "gold")
 
 
@@ -42,22 +42,30 @@ def stage_order(method="ppo"):
 
 
 STAGE_ORDER = stage_order()
-ARTIFACTS = {  # what each stage writes into the run folder
-    "tokenizer": ["tokenizer.json"],
-    "pretrain": ["gpt_pretrained.npz"],
-    "reward": ["reward.npz"],
-    "gold": ["gold.npz"],
-    **{method: [f"gpt_{method}.npz", f"{method}_log.jsonl"] for method in METHODS},
-}
+BASE_ARTIFACTS = {"tokenizer": ["tokenizer.json"], "pretrain": ["gpt_pretrained.npz"], "reward": ["reward.npz"],
+                  "gold": ["gold.npz"]}
+
+
+def artifacts(stage):
+    """What a stage writes into the run folder: a base stage's files, or an RL stage's checkpoint and log."""
+    return BASE_ARTIFACTS[stage] if stage in BASE_ARTIFACTS else [f"gpt_{stage}.npz", f"{stage}_log.jsonl"]
+
+
+def all_stages():
+    """Every stage a run folder may hold: the base stages and every method's RL stage."""
+    return (*BASE_STAGES, *METHODS)
+
+
 # what a stage keeps while it trains and deletes once its artifacts are written: a restart of the stage deletes it too
 TRAINING_FILES = {"reward": ["reward_gpt_train.npz"]}
-DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"],
-              **{method: ["tokenizer", "pretrain", "reward"] for method in METHODS}}
+BASE_DEPENDS_ON = {"tokenizer": [], "pretrain": ["tokenizer"], "reward": [], "gold": ["reward"]}
 
 
 def depends_on(reward_model="ngram"):
-    """DEPENDS_ON of a run whose proxy is `reward_model`: the GPT reward model is trained from the pretrained GPT."""
-    return {**DEPENDS_ON, "reward": ["tokenizer", "pretrain"]} if reward_model == "gpt" else DEPENDS_ON
+    """The stages each stage is built on, in a run whose proxy is `reward_model`: the GPT reward model is trained
+    from the pretrained GPT; an RL stage from the tokenizer, the pretrained GPT and the reward model."""
+    return {**BASE_DEPENDS_ON, **({"reward": ["tokenizer", "pretrain"]} if reward_model == "gpt" else {}),
+            **{method: ["tokenizer", "pretrain", "reward"] for method in METHODS}}
 
 
 # The report, made last from every stage: the evaluation and what shows it. The manifest records it as the stage
@@ -68,9 +76,13 @@ EXPERIMENTS = {"compare": ("compare.json", "compare.png", "compare.md"), "overop
                "overopt_cross": ("overopt_cross.json", "overopt_cross.png")}
 # what is built on a run besides its stages and report: the experiments' folders and results, the sweep's log
 BUILT_ON_RUN = (*(f for name, results in EXPERIMENTS.items() for f in (name, *results)), "sweep.jsonl")
-# every name the project reads or writes in a run folder: none may be a symbolic link (run_folder.refuse_links)
-RUN_FILES = (".lock", "manifest.json", *(a for files in ARTIFACTS.values() for a in files),
-             *(f for files in TRAINING_FILES.values() for f in files), *REPORT, *BUILT_ON_RUN)
+
+
+def run_files():
+    """Every name the project reads or writes in a run folder: none may be a symbolic link
+    (run_folder.refuse_links)."""
+    return (".lock", "manifest.json", *(a for stage in all_stages() for a in artifacts(stage)),
+            *(f for files in TRAINING_FILES.values() for f in files), *REPORT, *BUILT_ON_RUN)
 
 
 def train_tokenizer(config, train):
@@ -240,5 +252,5 @@ def policy_start(run_dir, seed, value_head=True):
 
 def load_policy(run_dir, method="ppo"):
     """The finished RL stage of `method` -> (policy, history); the log must hold every step."""
-    file, log_file = (path(run_dir, name) for name in ARTIFACTS[method])
+    file, log_file = (path(run_dir, name) for name in artifacts(method))
     return mg.load_checkpoint(file), read_jsonl(log_file, expect=training_state(file)["step"])

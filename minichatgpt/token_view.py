@@ -4,14 +4,10 @@ For each prompt, the reference's sampled response and the policy's, each token c
 the run's method would compute for it at its last step, under the final policy:
 
     KL view      log pi(y_t) - log pi_ref(y_t): red where the policy now prefers the token, blue where it avoids it
-    credit view  what the method pushes each token by (CREDIT): green up, purple down
-        ppo        the GAE advantage A_t from the per-token rewards (KL penalty on every token, the reward model's
-                   score on the last) and the value head
-        rloo       the response's leave-one-out advantage, on every token: r_i minus the mean r of the other k - 1
-                   responses to its prompt (r = score - beta KL), so each shown response is sampled with k - 1 more
-        grpo       the response's group-relative advantage (its score against the G - 1 others' to its prompt)
-        reinforce  the response's reward minus the mean reward of the responses shown (the batch-mean baseline)
-        dpo        beta log(pi(y_t) / pi_ref(y_t)): the implicit reward, token by token
+    credit view  what the method pushes each token by, as its Method's `credit` draws it: green up, purple down;
+                 e.g. PPO's GAE advantage A_t, RLOO's leave-one-out advantage of the response on every token (each
+                 shown response is sampled with the k - 1 more of its group), DPO's implicit reward
+                 beta log(pi(y_t) / pi_ref(y_t))
 
 A collapsed policy shows its exploited word in deep red, and the reference's sentences in blue.
 """
@@ -21,69 +17,26 @@ import html
 import numpy as np
 
 from minigpt_np.checkpoint import atomic_write
-from ppo_np import core
+from ppo_np import METHODS
 from ppo_np.batch import layout, response_logprobs, response_logprobs_and_values
-from ppo_np.grpo import grpo_advantages
-from ppo_np.rloo import rloo_advantages, rloo_rewards
 
 from .evaluate import EVAL_SEED_OFFSET
-from .methods import DRIVING, run_trainer_config
+from .methods import group_size, run_trainer_config
 from .run_folder import writing
 from .sampling import sample, texts_of
-
-
-def gae_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
-    rewards, _ = core.compute_rewards(scores, logprobs, ref_logprobs, cfg.init_kl_coef, mask)
-    return core.compute_advantages(values, rewards, cfg.gamma, cfg.lam, mask)[0]
-
-
-def rloo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
-    rewards, _ = rloo_rewards(scores, logprobs, ref_logprobs, cfg.kl_coef, mask)
-    return rloo_advantages(rewards, cfg.rloo_k)[:, None] * mask
-
-
-def grpo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
-    return grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)[:, None] * mask
-
-
-def reinforce_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
-    rewards, _ = rloo_rewards(scores, logprobs, ref_logprobs, cfg.kl_coef, mask)
-    return (rewards - rewards.mean())[:, None] * mask
-
-
-def dpo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
-    return cfg.beta * (logprobs - ref_logprobs) * mask
-
-
-# each method's credit: (cfg, scores (N,), logprobs, ref_logprobs, values or None, mask (N, R)) -> (N, R), and what the
-# view's right column says of it. cfg: the method's trainer config (PPO's init_kl_coef: its log's last kl_coef)
-CREDIT = {
-    "ppo": (gae_credit, "the token's GAE advantage from the per-token rewards (KL penalty with &beta;&nbsp;=&nbsp;"
-            "{kl_coef:.3f} on every token, the reward model's score on the last) and the policy's value head"),
-    "rloo": (rloo_credit, "the response's leave-one-out advantage, on every token: its reward (score &minus; "
-             "&beta;&nbsp;=&nbsp;{kl_coef:.3f} times its KL) minus the mean reward of {group_others} more responses "
-             "to its prompt, sampled with it"),
-    "grpo": (grpo_credit, "the response's group-relative advantage, on every token: its score against those of "
-             "{group_others} more responses to its prompt, sampled with it"),
-    "reinforce": (reinforce_credit, "the response's advantage, on every token: its reward (score &minus; &beta;&nbsp;="
-                  "&nbsp;{kl_coef:.3f} times its KL) minus the mean reward of the responses shown (the batch-mean "
-                  "baseline)"),
-    "dpo": (dpo_credit, "the token's implicit reward &beta;&nbsp;log(&pi;/&pi;<sub>ref</sub>), &beta;&nbsp;=&nbsp;"
-            "{beta:.3f}"),
-}
 
 
 def token_numbers(method, cfg, policy, ref_model, tokenizer, scorer, queries, responses):
     """Per-token log-ratio and the method's credit of each response under the final policy -> (scores (N,),
     logratio (N, R), credit (N, R), mask (N, R))."""
     batch = layout(queries, responses, tokenizer.eos_token_id)
-    if method == "ppo":
+    if METHODS[method].values:
         logprobs, values = response_logprobs_and_values(policy, batch, len(queries))
     else:
         logprobs, values = response_logprobs(policy, batch, len(queries)), None
     ref_logprobs = response_logprobs(ref_model, batch, len(queries))
     scores = scorer.score(texts_of(tokenizer, queries, responses))
-    credit = CREDIT[method][0](cfg, scores, logprobs, ref_logprobs, values, batch.mask)
+    credit = METHODS[method].credit(cfg, scores, logprobs, ref_logprobs, values, batch.mask)
     return scores, (logprobs - ref_logprobs) * batch.mask, credit, batch.mask
 
 
@@ -100,14 +53,14 @@ def _spans(tokenizer, response, values, scale, positive, negative):
 
 def write_token_view(path, run, policy, history, n=6):
     """Write tokens.html for the first n held-out prompts of a finished run: reference and policy samples, in the KL
-    and credit views, sampled as the evaluation samples them (with the group's other responses after each, for RLOO
-    and GRPO). history: the method's log (PPO's last kl_coef)."""
+    and credit views, sampled as the evaluation samples them (with the group's other responses after each, for a
+    method of groups: RLOO, GRPO). history: the method's log (the stats its Method's credit_from_log names: PPO's
+    last kl_coef)."""
     method = run.config.method
     cfg = run_trainer_config(run.config)
-    if method == "ppo":
-        cfg = dataclasses.replace(cfg, init_kl_coef=next(h["objective/kl_coef"] for h in reversed(history)
-                                                         if "objective/kl_coef" in h))
-    group = DRIVING[method].group(run.config.methods) if method in ("rloo", "grpo") else 1
+    cfg = dataclasses.replace(cfg, **{field: next(h[stat] for h in reversed(history) if stat in h)
+                                      for field, stat in METHODS[method].credit_from_log})
+    group = group_size(method, cfg)
     queries = run.held_out(n)
     repeated = [q for q in queries for _ in range(group)]
     sampling = dataclasses.replace(run.config.sampling, forward_batch_size=len(repeated))
@@ -120,9 +73,8 @@ def write_token_view(path, run, policy, history, n=6):
         rows.append((who, responses[shown], tuple(x[shown] for x in numbers)))
     kl_scale = max(float(np.abs(r[2][1]).max()) for r in rows)
     adv_scale = max(float(np.abs(r[2][2]).max()) for r in rows)
-    kl_coef = cfg.init_kl_coef if method == "ppo" else getattr(cfg, "kl_coef", None)
-    credit = CREDIT[method][1].format(kl_coef=kl_coef, beta=getattr(cfg, "beta", None), group_others=group - 1)
-    parts = [_HEAD.format(label=DRIVING[method].label, credit=credit, kl_scale=kl_scale, adv_scale=adv_scale)]
+    credit = METHODS[method].credit_text.format(**dataclasses.asdict(cfg), group_others=group - 1)
+    parts = [_HEAD.format(label=METHODS[method].label, credit=credit, kl_scale=kl_scale, adv_scale=adv_scale)]
     tokenizer = run.tokenizer
     for i, q in enumerate(queries):
         parts.append(f"<h3>{html.escape(tokenizer.decode([int(t) for t in q]))}</h3><table>")

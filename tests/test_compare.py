@@ -7,10 +7,10 @@ import pytest
 
 import ppo_np
 from minichatgpt import cli, compare, methods
-from minichatgpt.config import PPO, SAMPLING, CompareConfig
+from minichatgpt.config import PPO, SAMPLING, CompareConfig, method_defaults
 from minichatgpt.run_folder import Lock
 from ppo_np.grpo import GRPOTrainer
-from ppo_np.trainer import PPOTrainer
+from ppo_np.ppo import PPOTrainer
 
 from tiny_run import fixture_corpus, kill_in_step, tiny_args
 
@@ -25,13 +25,13 @@ def test_every_trained_method_generates_and_scores_the_same_responses_though_the
     assert set(configs) == {"ppo", "rloo", "grpo", "reinforce", "dpo"}
     budget = {}
     for name, config in configs.items():
-        group = methods.DRIVING[name].group
-        if group is None:      # DPO: batch_size pairs a step, two reference samples each, sampled up front
+        group = methods.group_size(name, config)
+        if ppo_np.METHODS[name].pairs:   # DPO: batch_size pairs a step, two reference samples each, sampled up front
             budget[name] = cfg.steps * 2 * config.batch_size
         else:                  # batch_size / group prompts a step, group responses each
-            prompts = config.batch_size // group(cfg)
-            assert prompts * group(cfg) == config.batch_size, name
-            budget[name] = cfg.steps * prompts * group(cfg)
+            prompts = config.batch_size // group
+            assert prompts * group == config.batch_size, name
+            budget[name] = cfg.steps * prompts * group
     assert set(budget.values()) == {cfg.budget}, budget
 
     def optimizer_steps(name):   # from the skeleton's own fields: mini-batches per step / mini-batches per AdamW step
@@ -49,8 +49,8 @@ def test_every_trained_method_generates_and_scores_the_same_responses_though_the
 
 @pytest.mark.parametrize("change, message", [
     (dict(budget=100), "budget 100 must be a multiple of batch_size 64"),
-    (dict(batch_size=62, budget=124 * 32), "batch_size 62 must be a multiple of rloo_k 4"),
-    (dict(rloo_k=1), "rloo_k 1 is out of range: rloo_k must be >= 2"),
+    (dict(batch_size=62, budget=124 * 32), "batch_size 62 must be a multiple of methods.rloo_k 4"),
+    (dict(methods={**method_defaults(), "rloo_k": 1}), "methods.rloo_k 1 is out of range: methods.rloo_k must be >= 2"),
     (dict(eval_prompts=300), "must be a multiple of eval_prompts 300"),
     (dict(budget=256, batch_size=64, eval_prompts=256), "at least twice it"),
     (dict(lr=float("nan")), "lr must be a finite number > 0"),
@@ -108,7 +108,7 @@ def test_compare_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     table = (run_dir / "compare.md").read_text()
     for label in ("reference", "PPO", "RLOO", "GRPO", "REINFORCE", "DPO", "best-of-n"):
         assert f" {label} |" in table and f" {label} |" in out, f"the table does not name {label}"
-    assert "Bradley-Terry" in out and set(results["methods"]) == set(compare.METHODS)
+    assert "Bradley-Terry" in out and set(results["methods"]) == {*ppo_np.METHODS, "best_of_n"}
 
     # the same budget of generated responses: from each trained method's log, DPO's pairs and best-of-n's samples
     budget, batch = 32, 8
@@ -120,7 +120,7 @@ def test_compare_command_end_to_end_with_resume_after_a_kill(tmp_path, capsys, m
     assert sum(len(p["responses"]) for p in pairs) == budget and len(pairs) == budget // 2
     bon = json.loads((run_dir / "compare" / "best_of_n.json").read_text())
     assert bon["n"] * results["reference"]["n"] == bon["generated"] == budget
-    assert {m: r["generated"] for m, r in results["methods"].items()} == {m: budget for m in compare.METHODS}
+    assert {m: r["generated"] for m, r in results["methods"].items()} == {m: budget for m in (*ppo_np.METHODS, "best_of_n")}
     assert all(r["steps"] == budget // batch for m, r in results["methods"].items() if m != "best_of_n")
     assert all(r["peak_mb"] > 0 and r["wall_seconds"] > 0 for r in results["methods"].values())
     assert [p["n"] for p in results["methods"]["best_of_n"]["curve"]] == [1, 2, 4, 8, 16]

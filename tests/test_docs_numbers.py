@@ -26,7 +26,7 @@ from pathlib import Path
 
 from minichatgpt import config
 from minigpt_np import ops
-from ppo_np.trainer import PPOConfig
+from ppo_np.ppo import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,7 +218,7 @@ def check_options_table(readme, run_config=None):
     start = next((i for i, line in enumerate(text) if re.match(r"#+\s.*Command-line options", line)), None)
     if start is None:
         return ["README.md: no 'Command-line options' section; update README.md or this test"], set()
-    options = {option.flag: option for option in config.OPTIONS}
+    options = {option.flag: option for option in config.run_options()}
     problems, checked = [], set()
     for number, line in enumerate(text[start + 1:], start=start + 2):
         if line.startswith("#"):

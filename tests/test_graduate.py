@@ -73,14 +73,14 @@ def check_our_flag(cell, cls, field):
     if flag is None:
         return None
     if flag.startswith("minichatgpt-compare "):
-        rows = {o.flag: o for o in app.COMPARE_OPTIONS}
+        rows = {o.flag: o for o in app.compare_options()}
         option = rows.get(flag.split()[1])
         if option is None:
             return f"minichatgpt-compare has no {flag.split()[1]}"
         if field and not (option.field.endswith(field) or field.endswith(option.field) or field in option.help):
             return f"{flag} sets {option.field}, not {cls}.{field}"
         return None
-    option = {o.flag: o for o in app.OPTIONS}.get(flag)
+    option = {o.flag: o for o in app.run_options()}.get(flag)
     if option is None:
         return f"minichatgpt has no {flag}"
     if field and option.field.split(".")[-1] != field:
@@ -243,6 +243,6 @@ def test_the_trl_script_runs_minichatgpt_compares_grpo():
     assert given["per_device_train_batch_size"] * given["gradient_accumulation_steps"] == compare.batch_size
     assert given["per_device_train_batch_size"] == app.PPO.mini_batch_size      # compare's forward passes with a graph
     assert (given["num_generations"], given["beta"], given["learning_rate"], given["num_iterations"]) == (
-        compare.grpo_group_size, compare.grpo_beta, compare.lr, compare.epochs)
+        compare.methods["grpo_group_size"], compare.methods["grpo_beta"], compare.lr, compare.epochs)
     assert given["max_steps"] == compare.steps * compare.epochs      # trl counts optimizer steps
     assert given["max_completion_length"] == app.SAMPLING.response_tokens

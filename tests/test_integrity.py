@@ -403,7 +403,7 @@ def test_the_experiments_name_only_their_own_options_when_the_corpus_changed(tmp
     corpus = fixture_corpus(tmp_path / "reviews.csv")
     cli.run_main(tiny_args(tmp_path, "x", corpus))
     run_dir = tmp_path / "runs" / "x"
-    own = {"--name", "--runs-dir", "--cache-dir", "--quiet", "--debug"} | {o.flag for o in config.COMPARE_OPTIONS}
+    own = {"--name", "--runs-dir", "--cache-dir", "--quiet", "--debug"} | {o.flag for o in config.compare_options()}
     for change in (lambda: corpus.write_text(corpus.read_text().replace("text,label", "review,label", 1)),
                    corpus.unlink):
         change()

@@ -39,7 +39,7 @@ def test_a_method_runs_the_whole_job_and_a_killed_run_resumes_to_the_same_bytes(
     log = without_time(run_dir / f"{method}_log.jsonl")
     stat, credit = OWN[method]
     assert [s["step"] for s in log] == [1, 2, 3, 4] and stat in log[0], log[0].keys()
-    label = methods.DRIVING[method].label
+    label = ppo_np.METHODS[method].label
     assert summary["method"] == method and summary["wrote"] == sorted(
         ["samples.md", "summary.json", f"{method}_log.jsonl", "tokens.html", "curves.png"])
     assert f"after {label} (policy)" in (run_dir / "samples.md").read_text()
@@ -120,10 +120,10 @@ def test_an_option_of_another_method_is_refused_not_ignored(tmp_path, capsys, co
     status, err = run_cli(capsys, tiny_args(tmp_path, "other", corpus, *flags))
     assert_one_line_refusal(status, err, 2, fragment)
     assert not (tmp_path / "runs").exists()
-    assert cli.checked_config(cli.pipeline_parser().parse_args(["--method", "rloo", "--rloo-k", "2"])).methods.rloo_k == 2
+    assert cli.checked_config(cli.pipeline_parser().parse_args(["--method", "rloo", "--rloo-k", "2"])).methods["rloo_k"] == 2
     # a recorded config holds every method's values of its day, and still opens when the defaults have moved on
-    from minichatgpt.config import MethodOptions, RunConfig
-    assert RunConfig(methods=MethodOptions(rloo_kl_coef=0.1)).methods.rloo_kl_coef == 0.1
+    from minichatgpt.config import RunConfig, method_defaults
+    assert RunConfig(methods={**method_defaults(), "rloo_kl_coef": 0.1}).methods["rloo_kl_coef"] == 0.1
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -12,7 +12,7 @@ from minichatgpt.options import Option, Parser, UsageError, add_arguments, check
 from tiny_run import fixture_corpus
 
 COMMANDS = [  # (rows, the config their defaults come from)
-    (config.OPTIONS, config.RunConfig()), (config.COMPARE_OPTIONS, config.CompareConfig()),
+    (config.run_options(), config.RunConfig()), (config.compare_options(), config.CompareConfig()),
     (config.OVEROPT_OPTIONS, config.OveroptConfig()), (config.SAMPLE_OPTIONS, config.SampleConfig()),
     (config.PRETRAIN_SAMPLE_OPTIONS, config.PRETRAIN_SAMPLES), (config.REWARD_FIT_OPTIONS, config.REWARD_FIT),
 ]
@@ -32,8 +32,8 @@ def test_each_command_parses_its_rows_to_the_defaults_of_its_config(options, def
 def test_compare_takes_its_shared_defaults_from_the_main_jobs_config():
     cfg, ppo, rlhf, run = config.CompareConfig(), config.PPO, config.RLHF, config.RunConfig()
     assert (cfg.lr, cfg.batch_size, cfg.epochs) == (ppo.lr, ppo.batch_size, ppo.ppo_epochs)
-    assert (cfg.rloo_kl_coef, cfg.grpo_beta, cfg.dpo_beta) == (config.METHOD.rloo_kl_coef, config.METHOD.grpo_beta,
-                                                               config.METHOD.dpo_beta)
+    assert cfg.methods == run.methods == config.method_defaults()
+    assert (run.methods["rloo_kl_coef"], run.methods["grpo_beta"], run.methods["dpo_beta"]) == (0.25, 0.25, 0.5)
     assert cfg.eval_prompts == run.eval_prompts
     # the budget: the main run's rollouts, rounded up to whole best-of-n samples per held-out prompt
     assert cfg.budget == 5888 == math.ceil(rlhf.steps * ppo.batch_size / run.eval_prompts) * run.eval_prompts
@@ -57,13 +57,13 @@ def test_a_value_outside_its_rows_bounds_is_refused_naming_the_flag(option, valu
 
 def test_the_same_rules_name_flags_on_the_command_line_and_fields_in_python():
     with pytest.raises(ValueError, match=r"^--budget 100 must be a multiple of --batch-size 64$"):
-        check({"budget": 100}, config.COMPARE_OPTIONS, config.CompareConfig(), config.compare_rules, by_flag=True)
+        check({"budget": 100}, config.compare_options(), config.CompareConfig(), config.compare_rules, by_flag=True)
     with pytest.raises(ValueError, match=r"^budget 100 must be a multiple of batch_size 64$"):
         config.CompareConfig(budget=100)
     with pytest.raises(ValueError, match="plus sampling.response_tokens 60 exceed model.block_size 64"):
         config.with_values({"sampling.response_tokens": 60})
     with pytest.raises(ValueError, match="plus --response-tokens 60 exceed --block-size 64"):
-        check({"sampling.response_tokens": 60}, config.OPTIONS, config.RunConfig(), config.run_rules, by_flag=True)
+        check({"sampling.response_tokens": 60}, config.run_options(), config.RunConfig(), config.run_rules, by_flag=True)
     with pytest.raises(ValueError, match="must equal sampling.forward_batch_size 16"):
         config.RunConfig(ppo=dataclasses.replace(config.PPO, forward_batch_size=8))
 
@@ -115,7 +115,7 @@ def test_a_sweep_setting_is_the_main_jobs_flags_over_the_runs_config():
     assert setting.ppo.seed == setting.rlhf.seed == 3 and setting.model == run.model
     assert sweep.setting_of("--seed 1", run).ppo.seed == 1
     other = sweep.setting_of("--method grpo --grpo-beta 0.1", run)
-    assert (other.method, other.methods.grpo_beta, other.ppo.lr) == ("grpo", 0.1, run.ppo.lr)
+    assert (other.method, other.methods["grpo_beta"], other.ppo.lr) == ("grpo", 0.1, run.ppo.lr)
     for text, message in (("--batch-size 20", "--batch-size 20 must be a multiple of --forward-batch-size 16"),
                           ("--lr 0", "--lr 0.0 is out of range: --lr must be > 0"),
                           ("--n-layer 2", "unrecognized arguments: --n-layer 2"),

@@ -8,7 +8,7 @@ import minigpt_np as mg
 from minichatgpt import cli, rlhf, stages
 from minigpt_np import pretrain as pretrain_module
 from minigpt_np.checkpoint import load_npz
-from ppo_np import trainer as trainer_module
+from ppo_np import ppo as trainer_module
 
 from tiny_run import fixture_corpus, kill_ppo_in_step, tiny_args
 

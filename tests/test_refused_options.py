@@ -1,7 +1,7 @@
 """An option the run would not read, or cannot honour, is refused in one line before anything is deleted or
 written, and never recorded.
 
-- Each method declares the shared options it uses (methods.DRIVING); the others, and another method's own options,
+- Each method declares the shared options it uses (its Method's `uses`); the others, and another method's own options,
   are refused whenever they are given, even at their defaults.
 - --eval-prompts above what the corpus holds out, and a --vocab-size the corpus cannot fill, are refused (with the
   value that would do), as compare, overopt and the sweep refuse what a run cannot give.
@@ -13,7 +13,9 @@ import shlex
 
 import pytest
 
-from minichatgpt import cli, config, methods
+import ppo_np
+from minichatgpt import cli, config
+from ppo_np.skeleton import SHARED
 from tiny_run import assert_one_line_refusal, fixture_corpus, run_cli, snapshot, tiny_args
 
 
@@ -44,10 +46,10 @@ def test_each_method_declares_the_shared_options_it_uses_and_a_run_that_recorded
     assert snapshot(run_dir) == before
     assert "--ppo-epochs" not in json.loads((built_runs("--method", "reinforce")[0] / "manifest.json").read_text())[
         "stages"]["reinforce"]["built_from"], "an option the method does not read was recorded"
-    shared = {o.flag for o in config.OPTIONS if o.stage == "rl"}
-    assert set(methods.SHARED) == shared
-    assert all(set(d.uses) <= shared for d in methods.DRIVING.values())
-    assert "--ppo-epochs" not in methods.DRIVING["reinforce"].uses and "--ppo-epochs" in methods.DRIVING["rloo"].uses
+    shared = {o.flag for o in config.run_options() if o.stage == "rl"}
+    assert set(SHARED) == shared
+    assert all(set(m.uses) <= shared for m in ppo_np.METHODS.values())
+    assert "--ppo-epochs" not in ppo_np.METHODS["reinforce"].uses and "--ppo-epochs" in ppo_np.METHODS["rloo"].uses
 
 
 @pytest.mark.parametrize("flags, fragment", [

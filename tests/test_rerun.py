@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from minichatgpt import cli, methods, stages
+from minichatgpt import cli, rlhf, stages
 from tiny_run import assert_one_line_refusal, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")
@@ -22,7 +22,7 @@ def refuse_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a stage was trained again")
     for module, name in ((stages, "pretrain_stage"), (stages, "train_reward_model"), (stages, "gpt_reward_stage"),
-                         (stages, "gold_stage"), (methods, "train_run")):
+                         (stages, "gold_stage"), (rlhf, "train_run")):
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -50,7 +50,7 @@ def test_a_resumed_run_and_a_swapped_rl_stage_report_what_the_stages_measured_wh
     with pytest.raises(KeyboardInterrupt):
         cli.run_main(tiny_args(tmp_path, "killed", built_runs.corpus))
     manifest = json.loads((tmp_path / "runs" / "killed" / "manifest.json").read_text())
-    monkeypatch.setattr("ppo_np.trainer.PPOTrainer.step", real_step)
+    monkeypatch.setattr("ppo_np.ppo.PPOTrainer.step", real_step)
     resumed = cli.run_main(tiny_args(tmp_path, "killed", built_runs.corpus))
     for stage in ("pretrain", "reward", "gold"):
         assert resumed[stage] == {k: v for k, v in manifest["stages"][stage]["metrics"].items() if k != "seconds"}

@@ -64,7 +64,7 @@ def test_a_run_whose_manifest_holds_no_metrics_still_opens_and_resumes(built_run
     real_step = kill_ppo_in_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         cli.run_main(tiny_args(tmp_path, "killed", built_runs.corpus))
-    monkeypatch.setattr("ppo_np.trainer.PPOTrainer.step", real_step)
+    monkeypatch.setattr("ppo_np.ppo.PPOTrainer.step", real_step)
     without_metrics(tmp_path / "runs" / "killed")
     resumed = cli.run_main(tiny_args(tmp_path, "killed", built_runs.corpus))
     whole = json.loads((built_runs()[0] / "summary.json").read_text())

@@ -16,7 +16,7 @@ import pytest
 
 from minichatgpt import cli
 from minigpt_np.resume import training_state
-from ppo_np import trainer as trainer_module
+from ppo_np import ppo as trainer_module
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
 

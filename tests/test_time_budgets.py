@@ -59,5 +59,5 @@ def test_a_run_stopped_by_pretrain_seconds_stays_stopped_and_says_so(built_runs,
     again = cli.run_main(args)
     assert "pretrain: done already" in [r.getMessage() for r in caplog.records]
     assert again["pretrain"] == summary["pretrain"]
-    help_ = {o.flag: o.help for o in config.OPTIONS}
+    help_ = {o.flag: o.help for o in config.run_options()}
     assert "a final stop" in help_["--pretrain-seconds"] and "continues to --ppo-steps" in help_["--ppo-seconds"]

@@ -62,7 +62,7 @@ class Built:
 
 def kill_ppo_in_step(monkeypatch, n, error=KeyboardInterrupt):
     """Make the n-th PPOTrainer.step raise `error` (a kill after the checkpoint of step n - 1); -> the real step."""
-    from ppo_np.trainer import PPOTrainer
+    from ppo_np.ppo import PPOTrainer
     return kill_in_step(monkeypatch, PPOTrainer, n, error)
 
 

@@ -9,8 +9,8 @@ of (query, response, score) triples. The equations are ppo_np/core.py's; read be
        model backward, AdamW                                                                           [skeleton]
     5. the stats; adaptive KL update with n_steps = batch_size                                          [ppo_finish]
 
-The batch layout (left-padded queries, right-padded responses) is `ppo_np.batch`. The module keeps its name from
-when PPO was the only method: the application imports PPOConfig and PPOTrainer from here.
+The batch layout (left-padded queries, right-padded responses) is `ppo_np.batch`. PPO is the application's default
+method: its own options are the run's PPO settings (minichatgpt's RunConfig.ppo).
 """
 import dataclasses
 from typing import Optional
@@ -18,14 +18,13 @@ from typing import Optional
 import numpy as np
 
 from . import checks, core
-from .skeleton import Method, Trainer, rollout_stats
+from .skeleton import Method, Option, Trainer, TrainerConfig, rollout_stats
 
 
 @dataclasses.dataclass
-class PPOConfig:
-    lr: float = 1.41e-5                 # Adam learning rate (TRL 0.1 default)
-    batch_size: int = 256               # (query, response, score) triples per PPO step
-    forward_batch_size: int = 16        # rows per no-grad forward pass (and per generation/scoring chunk): bounds memory
+class PPOConfig(TrainerConfig):
+    """TrainerConfig's lr (1.41e-5), batch_size (256 triples per step), forward_batch_size, max_grad_norm (None) and
+    weight_decay (0) are TRL 0.1's defaults; seed seeds the mini-batch shuffling."""
     mini_batch_size: int = 1            # rows per gradient step; TRL 0.1 hard-coded 1
     ppo_epochs: int = 4                 # passes over the batch per step
     adap_kl_ctrl: bool = True           # adapt kl_coef towards `target` (Ziegler et al. 2019) or keep it fixed
@@ -39,9 +38,6 @@ class PPOConfig:
     vf_coef: float = 0.1                # weight of the value loss
     score_clip: Optional[float] = None   # clip each score to [-score_clip, score_clip] before the rewards (TRL 0.7.11's
                                          # score_clip); None = off, as in TRL 0.1
-    max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off, as in TRL 0.1
-    weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam, as in TRL 0.1
-    seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
         checks.method_config("PPOConfig", self, "ppo_epochs", coefficients=("init_kl_coef",))
@@ -103,6 +99,34 @@ class PPOTrainer(Trainer):
                        if self.config.adap_kl_ctrl else core.FixedKLController(self.config.init_kl_coef))
 
 
-PPO = Method("ppo", PPOTrainer, PPOConfig, "ppo_epochs", ppo_prepare, ppo_minibatch_loss, core.ppo_loss_backward,
-             core.ppo_stats, forward=("logprobs", "ref_logprobs", "values"), check=ppo_check,
-             stats_timing="calc_stats", finish=ppo_finish)
+def gae_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    """tokens.html's credit: the GAE advantage A_t (sections 2 and 3, not whitened) of each token, (N, R)."""
+    rewards, _ = core.compute_rewards(scores, logprobs, ref_logprobs, cfg.init_kl_coef, mask)
+    return core.compute_advantages(values, rewards, cfg.gamma, cfg.lam, mask)[0]
+
+
+PPO = Method(
+    name="ppo", label="PPO", trainer=PPOTrainer, config=PPOConfig, epochs="ppo_epochs",
+    prepare=ppo_prepare, loss=ppo_minibatch_loss, loss_backward=core.ppo_loss_backward, stats=core.ppo_stats,
+    forward=("logprobs", "ref_logprobs", "values"), check=ppo_check, stats_timing="calc_stats", finish=ppo_finish,
+    clip="cliprange",
+    # The application's run fixes the KL coefficient: over its 90 steps the adaptive controller with TRL's horizon
+    # 10000 cannot move (0.128% per step at most), and a horizon short enough to move it lowered beta while the KL
+    # was still small and let the KL run away later (measured: 14 to 17 nats against a target of 10).
+    options=(
+        Option(flag="--init-kl-coef", field="init_kl_coef", default=0.2, at_least=0,
+               help="beta of the per-token KL penalty (its start with --adaptive-kl)"),
+        Option(flag="--target-kl", field="target", default=6.0, above=0,
+               help="KL (nats/response) the adaptive controller aims at"),
+        Option(flag="--horizon", field="horizon", default=10000, above=0,
+               help="adaptive KL controller horizon, in samples"),
+        Option(flag="--adaptive-kl", field="adap_kl_ctrl", default=False,
+               help="adapt the KL coefficient towards --target-kl (--no-adaptive-kl keeps it fixed at --init-kl-coef)"),
+    ),
+    curves=((("objective/kl_coef",), "kl_coef"), (("ppo/policy/entropy",), "policy entropy (nats / token)"),
+            (("ppo/loss/value",), "value loss"), (("ppo/policy/clipfrac",), "policy clipfrac")),
+    credit=gae_credit,
+    credit_text="the token's GAE advantage from the per-token rewards (KL penalty with &beta;&nbsp;=&nbsp;"
+                "{init_kl_coef:.3f} on every token, the reward model's score on the last) and the policy's value head",
+    credit_from_log=(("init_kl_coef", "objective/kl_coef"),),
+)
