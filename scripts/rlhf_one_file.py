@@ -23,10 +23,10 @@ import sys
 import numpy as np
 
 import minigpt_np as mg
-from minichatgpt.finished_run import FinishedRun, main_job, trained_method
-from minichatgpt.options import Parser, UsageError
-from minichatgpt.rlhf import PromptStream
-from minichatgpt.run_folder import DamagedFile, Refused, check_name
+from minichatgpt.run.finished_run import FinishedRun, main_job, trained_method
+from minichatgpt.settings.options import Parser, UsageError
+from minichatgpt.loop.rlhf import PromptStream
+from minichatgpt.run.run_folder import DamagedFile, Refused, check_name
 
 SHOWN = ("env/reward_mean", "objective/kl", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/val/var_explained")
 

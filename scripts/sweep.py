@@ -24,13 +24,13 @@ import tempfile
 import time
 
 import minigpt_np as mg
-from minichatgpt import config as defaults
-from minichatgpt.entry import checked_output, run_cli
-from minichatgpt.finished_run import FinishedRun
-from minichatgpt.rlhf import train_run
-from minichatgpt.options import Parser, UsageError, add_arguments, checked, given_fields
-from minichatgpt.run_folder import Lock, check_name, path
-from minichatgpt.stages import METHODS
+from minichatgpt.settings import config as defaults
+from minichatgpt.commands.entry import checked_output, run_cli
+from minichatgpt.run.finished_run import FinishedRun
+from minichatgpt.loop.rlhf import train_run
+from minichatgpt.settings.options import Parser, UsageError, add_arguments, checked, given_fields
+from minichatgpt.run.run_folder import Lock, check_name, path
+from minichatgpt.run.stages import METHODS
 
 COLUMNS = [("reward_positive", "RM+", "{:.2f}"), ("gold_positive", "gold+", "{:.2f}"), ("gold_mean", "gold", "{:+.2f}"),
            ("lexicon_positive", "lex+", "{:.2f}"), ("lexicon_negative", "lex-", "{:.2f}"),

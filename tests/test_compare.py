@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import ppo_np
-from minichatgpt import cli, compare, methods
-from minichatgpt.config import PPO, SAMPLING, CompareConfig, method_defaults
-from minichatgpt.run_folder import Lock
+from minichatgpt.commands import cli
+from minichatgpt.experiments import compare
+from minichatgpt.loop import methods
+from minichatgpt.settings.config import PPO, SAMPLING, CompareConfig, method_defaults
+from minichatgpt.run.run_folder import Lock
 from ppo_np.grpo import GRPOTrainer
 from ppo_np.ppo import PPOTrainer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minichatgpt import corpus, rotten_tomatoes, text_files
-from minichatgpt.text_files import Snippet
+from minichatgpt.data import corpus, rotten_tomatoes, text_files
+from minichatgpt.data.text_files import Snippet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,9 +5,11 @@ import json
 import logging
 import shutil
 
-from minichatgpt import cli, corpus
-from minichatgpt.config import with_values
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.commands import cli
+
+from minichatgpt.data import corpus
+from minichatgpt.settings.config import with_values
+from minichatgpt.run.finished_run import FinishedRun
 from tiny_run import assert_one_line_refusal, fixture_corpus, run_cli, tiny_args
 
 

@@ -3,7 +3,7 @@
 - the adaptive KL controller's largest moves over one horizon (ppo_np/core.py::AdaptiveKLController, docs/ppo.md
   section 10): within [(1 - 0.2 n/H)^(H/n), (1 + 0.2 n/H)^(H/n)], so the fall can exceed 1 - e^-0.2;
 - best-of-n's KL is at most log n - (n - 1)/n, and strictly below it on a discrete reference even when no two
-  responses score alike (docs/ppo.md section 16, minichatgpt/best_of_n.py::kl_best_of_n);
+  responses score alike (docs/ppo.md section 16, minichatgpt/loop/best_of_n.py::kl_best_of_n);
 - GRPO's loss is 0 at the first step only when the loss covers whole groups (docs/methods.md section 3).
 """
 import itertools
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minichatgpt import best_of_n
+from minichatgpt.loop import best_of_n
 from ppo_np import grpo
 from ppo_np.core import AdaptiveKLController
 

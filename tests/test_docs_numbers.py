@@ -24,7 +24,7 @@ import math
 import re
 from pathlib import Path
 
-from minichatgpt import config
+from minichatgpt.settings import config
 from minigpt_np import ops
 from ppo_np.ppo import PPOConfig
 

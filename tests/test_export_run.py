@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import minigpt_np as mg
-from minichatgpt import cli
-from minichatgpt.finished_run import FinishedRun
-from minichatgpt.report import format_table
-from minichatgpt.run_folder import Manifest, read_json
+from minichatgpt.commands import cli
+from minichatgpt.run.finished_run import FinishedRun
+from minichatgpt.evaluation.report import format_table
+from minichatgpt.run.run_folder import Manifest, read_json
 from reward import GPTRewardModel
 from test_export import greedy_pair, left_pad, positions
 from tiny_run import BAD, GOOD, assert_one_line_refusal, run_cli, snapshot

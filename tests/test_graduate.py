@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import transformers
-from minichatgpt import config as app
+from minichatgpt.settings import config as app
 from policy_gradcheck import group_batch, make_models
 from ppo_np import METHODS, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
 from ppo_np.reinforce import REINFORCEConfig

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import cli, config, overopt, rotten_tomatoes
-from minichatgpt.evaluate import exact_kl
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.commands import cli
+from minichatgpt.settings import config
+from minichatgpt.experiments import overopt
+from minichatgpt.data import rotten_tomatoes
+from minichatgpt.evaluation.evaluate import exact_kl
+from minichatgpt.run.finished_run import FinishedRun
 from ppo_np.batch import layout, response_logprobs
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from minichatgpt import cli
-from minichatgpt.best_of_n import curve
-from minichatgpt.finished_run import FinishedRun
-from minichatgpt.sampling import judged, verdicts
+from minichatgpt.commands import cli
+from minichatgpt.loop.best_of_n import curve
+from minichatgpt.run.finished_run import FinishedRun
+from minichatgpt.loop.sampling import judged, verdicts
 from reward.lexicon import VaderJudge, shares
 
 from tiny_run import fixture_corpus, tiny_args
@@ -84,7 +84,7 @@ def test_the_lexicon_only_judges_training_does_not_read_it(tiny, tmp_path, monke
 
 
 def test_the_main_job_runs_end_to_end_against_a_gpt_reward_model_and_resumes(tmp_path, monkeypatch, capsys):
-    from minichatgpt import stages
+    from minichatgpt.run import stages
     from reward.gpt_reward import GPTRewardModel
     corpus = fixture_corpus(tmp_path / "reviews.csv")
     args = tiny_args(tmp_path, "gpt", corpus, "--reward-model", "gpt")
@@ -112,7 +112,7 @@ def test_the_main_job_runs_end_to_end_against_a_gpt_reward_model_and_resumes(tmp
         stages.load_policy(str(run_dir))[0])[1]["texts"]))))
     # the GPT reward model is built on the pretrained GPT: --restart pretrain rebuilds it (and the gold), where the
     # n-gram proxy is kept
-    from minichatgpt.pipeline import affected
+    from minichatgpt.run.pipeline import affected
     assert affected("pretrain", "gpt") == ["pretrain", "reward", "gold", *stages.METHODS]
     assert affected("pretrain") == ["pretrain", *stages.METHODS]
     again = cli.run_main([*args, "--restart", "pretrain"])   # the summary has a stage's metrics if it ran

@@ -7,7 +7,9 @@ import pytest
 
 import minigpt_np as mg
 import ppo_np
-from minichatgpt import cli, methods, stages
+from minichatgpt.commands import cli
+from minichatgpt.loop import methods
+from minichatgpt.run import stages
 
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_in_step, run_cli, snapshot, tiny_args
 
@@ -122,7 +124,7 @@ def test_an_option_of_another_method_is_refused_not_ignored(tmp_path, capsys, co
     assert not (tmp_path / "runs").exists()
     assert cli.checked_config(cli.pipeline_parser().parse_args(["--method", "rloo", "--rloo-k", "2"])).methods["rloo_k"] == 2
     # a recorded config holds every method's values of its day, and still opens when the defaults have moved on
-    from minichatgpt.config import RunConfig, method_defaults
+    from minichatgpt.settings.config import RunConfig, method_defaults
     assert RunConfig(methods={**method_defaults(), "rloo_kl_coef": 0.1}).methods["rloo_kl_coef"] == 0.1
 
 
@@ -148,7 +150,7 @@ def test_bad_method_options_are_refused_in_one_line_before_anything_is_written(t
 
 
 def test_the_grpo_options_reach_the_trainer():
-    from minichatgpt.config import with_values
+    from minichatgpt.settings.config import with_values
     config = with_values({"method": "grpo", "methods.grpo_loss_type": "dr_grpo", "methods.grpo_epsilon_high": 0.28,
                           "methods.grpo_importance_sampling": "sequence", "methods.grpo_bias_correction_kl": True})
     cfg = methods.run_trainer_config(config)

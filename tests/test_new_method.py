@@ -9,7 +9,7 @@ import re
 import pytest
 
 import ppo_np
-from minichatgpt import cli
+from minichatgpt.commands import cli
 from toy_method import SIGN
 
 from tiny_run import assert_one_line_refusal, fixture_corpus, run_cli, tiny_args

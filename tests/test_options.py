@@ -6,8 +6,10 @@ import math
 
 import pytest
 
-from minichatgpt import cli, config
-from minichatgpt.options import Option, Parser, UsageError, add_arguments, check, checked, get
+from minichatgpt.commands import cli
+
+from minichatgpt.settings import config
+from minichatgpt.settings.options import Option, Parser, UsageError, add_arguments, check, checked, get
 
 from tiny_run import fixture_corpus
 
@@ -101,7 +103,7 @@ def test_reward_refuses_a_negative_l2(tmp_path, capsys):
 
 def _sweep():
     spec = importlib.util.spec_from_file_location("sweep", config.__file__.replace(
-        "minichatgpt/config.py", "scripts/sweep.py"))
+        "minichatgpt/settings/config.py", "scripts/sweep.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import best_of_n, cli, overopt
-from minichatgpt.collapse import collapse_metrics, distinct_n, top_content_word, unique_share, words
+from minichatgpt.loop import best_of_n
+from minichatgpt.commands import cli
+from minichatgpt.experiments import overopt
+from minichatgpt.loop.collapse import collapse_metrics, distinct_n, top_content_word, unique_share, words
 from ppo_np import batch as batch_module
 from tiny_run import fixture_corpus, kill_ppo_in_step, tiny_args
 
@@ -198,7 +200,7 @@ def test_cross_kind_judges_each_proxy_by_a_gold_of_the_other_kind(tmp_path, caps
     assert len(results["downturns"]) == 2 * 2 * 3 and "where each judge's share peaks" in out
     assert not (tmp_path / "runs" / "run" / "overopt_cross" / "gold_gpt_train.npz").exists()
     # the gold of the n-gram proxy's best-of-n at n = 1 is the GPT gold's mean over every reference sample
-    import minichatgpt.overopt as o
+    import minichatgpt.experiments.overopt as o
     from minigpt_np.checkpoint import load_npz
     scores, _ = load_npz(tmp_path / "runs" / "run" / "overopt_cross" / "best_of_n_scores.npz")
     first = next(r for r in results["best_of_n"] if r["proxy"] == "ngram")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import cli, rlhf, stages
+from minichatgpt.commands import cli
+from minichatgpt.loop import rlhf
+from minichatgpt.run import stages
 from minigpt_np import pretrain as pretrain_module
 from minigpt_np.checkpoint import load_npz
 from ppo_np import ppo as trainer_module

@@ -14,7 +14,8 @@ import shlex
 import pytest
 
 import ppo_np
-from minichatgpt import cli, config
+from minichatgpt.commands import cli
+from minichatgpt.settings import config
 from ppo_np.skeleton import SHARED
 from tiny_run import assert_one_line_refusal, fixture_corpus, run_cli, snapshot, tiny_args
 
@@ -102,7 +103,7 @@ def test_one_batch_size_hint_satisfies_every_constraint(tmp_path, capsys, flags)
 
 
 def test_the_name_rule_and_its_message_agree(tmp_path, capsys):
-    from minichatgpt.run_folder import check_name
+    from minichatgpt.run.run_folder import check_name
     for name in ("my run", "critique \u00e9t\u00e9 \U0001F3AC", "v1.2_b-3"):
         assert check_name(name) == name
     with pytest.raises(ValueError, match="not starting with '-'"):

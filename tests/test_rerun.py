@@ -11,7 +11,11 @@ import shlex
 
 import pytest
 
-from minichatgpt import cli, rlhf, stages
+from minichatgpt.commands import cli
+
+from minichatgpt.loop import rlhf
+
+from minichatgpt.run import stages
 from tiny_run import assert_one_line_refusal, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
 REPORT = ("summary.json", "samples.md", "tokens.html", "curves.png")

@@ -13,8 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from minichatgpt import cli
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.commands import cli
+from minichatgpt.run.finished_run import FinishedRun
 from tiny_run import assert_one_line_refusal, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
 GPT = ("--reward-model", "gpt")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from minichatgpt import corpus, text_files
-from minichatgpt.stages import train_reward_model
+from minichatgpt.data import corpus, text_files
+from minichatgpt.run.stages import train_reward_model
 from minigpt_np.checkpoint import load_npz, save_npz
 from reward import Scorer, load_scorer, train_scorer
 from reward.features import (FEATURE_PRESETS, FeatureConfig, Featurizer, char_ngrams, idf, nb_log_count_ratio,
@@ -353,7 +353,7 @@ def test_train_reward_model_reports_splits_and_metrics():
 
 
 def test_reward_command_writes_a_loadable_model(tmp_path, capsys):
-    from minichatgpt import cli
+    from minichatgpt.commands import cli
     out = tmp_path / "reward.npz"
     cli.reward_main(["--corpus", str(FIXTURES / "sentiment.csv"), "--out", str(out),
                      "--metrics", str(tmp_path / "metrics.json"), "--l2", "1e-4"])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import cli
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.commands import cli
+from minichatgpt.run.finished_run import FinishedRun
 from ppo_np import PPOConfig, PPOTrainer
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from minichatgpt import cli
+from minichatgpt.commands import cli
 from minigpt_np.resume import training_state
 from ppo_np import ppo as trainer_module
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
@@ -139,7 +139,7 @@ def test_an_experiment_refuses_a_run_file_replaced_since_its_stage_wrote_it(fini
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused_beside_the_model(finished_run, tmp_path):
-    from minichatgpt import stages
+    from minichatgpt.run import stages
     from minigpt_np.data import build_tokenizer
     run_dir, _ = copy_run(finished_run, tmp_path)
     other = build_tokenizer(["just a few words of text"] * 3, vocab_size=270)
@@ -176,7 +176,7 @@ def test_a_killed_run_whose_log_was_deleted_refuses_with_the_file_named(tmp_path
 
 
 def start_run(tmp_path, corpus, name, *extra):
-    code = "import sys; from minichatgpt.cli import main; main(sys.argv[1:])"
+    code = "import sys; from minichatgpt.commands.cli import main; main(sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, *tiny_args(tmp_path, name, corpus, *extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 

@@ -7,8 +7,10 @@ import shutil
 import pytest
 
 import minigpt_np as mg
-from minichatgpt import cli, config, pipeline
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.commands import cli
+from minichatgpt.settings import config
+from minichatgpt.run import pipeline
+from minichatgpt.run.finished_run import FinishedRun
 from tiny_run import assert_one_line_refusal, fixture_corpus, run_cli, snapshot, tiny_args
 
 COMPARE = ["--budget", "16", "--batch-size", "8", "--eval-prompts", "2", "--eval-every", "2", "--quiet"]

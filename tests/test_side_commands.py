@@ -18,9 +18,11 @@ import sys
 
 import pytest
 
-from minichatgpt import cli, config
-from minichatgpt.finished_run import Experiment
-from minichatgpt.run_folder import Refused
+from minichatgpt.commands import cli
+
+from minichatgpt.settings import config
+from minichatgpt.run.finished_run import Experiment
+from minichatgpt.run.run_folder import Refused
 from tiny_run import assert_one_line_refusal, run_cli, snapshot, tiny_args
 
 GPT = ("--reward-model", "gpt")
@@ -32,7 +34,7 @@ def where(run_dir):
 
 
 def sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep", config.__file__.replace("minichatgpt/config.py",
+    spec = importlib.util.spec_from_file_location("sweep", config.__file__.replace("minichatgpt/settings/config.py",
                                                                                    "scripts/sweep.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -128,7 +130,7 @@ def test_plain_overopt_on_a_gpt_reward_model_run_says_the_kind_of_every_scorer(b
         return real_plot(self, *args, label=label, **kwargs)
     matplotlib.axes.Axes.plot = plot
     try:
-        from minichatgpt.report import write_overopt_plot
+        from minichatgpt.evaluation.report import write_overopt_plot
         write_overopt_plot(json.loads((run_dir / "overopt.json").read_text()), str(tmp_path / "plot.png"))
     finally:
         matplotlib.axes.Axes.plot = real_plot
@@ -218,7 +220,7 @@ def test_generation_inside_the_context_is_silent_and_the_default_stays_inside_it
 
 
 def test_an_error_on_a_temporary_file_names_the_file_the_user_gave():
-    from minichatgpt.entry import message_of
+    from minichatgpt.commands.entry import message_of
     error = OSError(2, "No such file or directory", "/proc/x.4242.tmp")
     assert message_of(error) == "/proc/x: No such file or directory"
 

@@ -6,7 +6,9 @@ import json
 import numpy as np
 
 import minigpt_np as mg
-from minichatgpt import cli, config, rlhf
+from minichatgpt.commands import cli
+from minichatgpt.settings import config
+from minichatgpt.loop import rlhf
 from tiny_run import tiny_args
 
 

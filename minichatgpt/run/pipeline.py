@@ -27,16 +27,18 @@ import minigpt_np as mg
 from minigpt_np.resume import FingerprintMismatch, sha256_of_file
 from reward.lexicon import VaderJudge
 
-from . import corpus, rlhf, stages
-from .config import default_of, run_options
+from ..data import corpus
+from ..evaluation.report import write_curves, write_samples
+from ..evaluation.token_view import write_token_view
+from ..loop import rlhf
+from ..settings.config import default_of, run_options
+from ..settings.options import UsageError
+from . import stages
 from .finished_run import FinishedRun
-from .options import UsageError
-from .report import write_curves, write_samples
 from .run_folder import (DamagedFile, Lock, Manifest, Refused, path, read_json, refuse_links, remove_orphans,
                          write_json)
 from .stages import (BASE_STAGES, BUILT_ON_RUN, METHODS, PRETRAIN_METRICS, REPORT, TRAINING_FILES, all_stages,
                      artifacts, run_files, stage_order)
-from .token_view import write_token_view
 
 log = logging.getLogger(__name__)
 

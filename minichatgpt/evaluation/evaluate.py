@@ -19,8 +19,8 @@ import minigpt_np as mg
 from ppo_np.batch import forward_chunks, layout, response_logprobs
 from ppo_np.core import log_softmax
 
-from .collapse import collapse_metrics
-from .sampling import judged, sample, score, texts_of
+from ..loop.collapse import collapse_metrics
+from ..loop.sampling import judged, sample, score, texts_of
 
 EVAL_SEED_OFFSET = 12345   # an evaluation samples with its own generator, seeded with the run's seed + this
 PREFIX = "eval/"           # a training log's evaluation metrics: "eval/reward_mean", "eval/kl_to_reference", ...

@@ -17,7 +17,7 @@ DPO spend them before they answer and then answer each prompt with one sample; b
 prompts it answers, and would spend them again on every new prompt. That is its real price, which a budget of
 training samples cannot show; what the budget does hold equal is the proxy's information about the task.
 What it does not hold equal is the number of optimizer steps, since each method steps as its trainer steps
-(minichatgpt.methods, the driving the main job's --method uses too): PPO and RLOO one AdamW step per mini-batch,
+(each Method's group and pairs, as the main job's --method drives it too): PPO and RLOO one AdamW step per mini-batch,
 `epochs` passes over each batch (N / mini_batch_size x epochs steps); GRPO one per pass over the batch, whole groups
 in each (N / batch_size x epochs); REINFORCE, on-policy, one per batch (N / batch_size); DPO one per mini-batch of
 pairs, `epochs` passes over them. The rule is the budget of generated and scored responses, not the updates.
@@ -50,19 +50,19 @@ import minigpt_np as mg
 from minigpt_np.checkpoint import atomic_write
 from reward.bradley_terry import agreement, fit_bradley_terry
 
-from .best_of_n import curve as best_of_n_curve
-from .best_of_n import kl_best_of_n
-from .config import compare_options
-from .evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
-from .finished_run import experiment
-from .options import UsageError, multiple_of
-from .report import format_table as format_metrics
-from .report import write_compare_plot
+from ..evaluation.evaluate import EVAL_SEED_OFFSET, measure_responses, measured_in
+from ..evaluation.report import format_table as format_metrics
+from ..evaluation.report import write_compare_plot
+from ..loop.best_of_n import curve as best_of_n_curve
+from ..loop.best_of_n import kl_best_of_n
+from ..run.finished_run import experiment
+from ..settings.config import compare_options
+from ..settings.options import UsageError, multiple_of
 from ppo_np import METHODS
 
-from . import methods, rlhf
-from .run_folder import path, read_json, write_json, writing
-from .sampling import sample_n, score, texts_of
+from ..loop import methods, rlhf
+from ..loop.sampling import sample_n, score, texts_of
+from ..run.run_folder import path, read_json, write_json, writing
 
 log = logging.getLogger(__name__)
 

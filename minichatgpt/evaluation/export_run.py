@@ -23,9 +23,9 @@ from minigpt_np.resume import training_state
 from minigpt_np.export import export_gpt, export_reward_gpt
 from reward import load_gpt_reward
 
-from .finished_run import FinishedRun
+from ..run.finished_run import FinishedRun
+from ..run.run_folder import Refused, path, read_json
 from .report import format_table
-from .run_folder import Refused, path, read_json
 
 MODELS = ("policy", "reference", "reward")
 

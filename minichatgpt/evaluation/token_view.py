@@ -20,10 +20,10 @@ from minigpt_np.checkpoint import atomic_write
 from ppo_np import METHODS
 from ppo_np.batch import layout, response_logprobs, response_logprobs_and_values
 
+from ..loop.methods import group_size, run_trainer_config
+from ..loop.sampling import sample, texts_of
+from ..run.run_folder import writing
 from .evaluate import EVAL_SEED_OFFSET
-from .methods import group_size, run_trainer_config
-from .run_folder import writing
-from .sampling import sample, texts_of
 
 
 def token_numbers(method, cfg, policy, ref_model, tokenizer, scorer, queries, responses):

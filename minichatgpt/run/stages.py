@@ -24,8 +24,8 @@ from reward.train import refit_scorer
 
 from ppo_np import METHODS
 
-from .options import UsageError
-from .rlhf import make_queries
+from ..loop.rlhf import make_queries
+from ..settings.options import UsageError
 from .run_folder import Refused, path, read_jsonl, writing
 
 log = logging.getLogger(__name__)

@@ -31,16 +31,16 @@ import minigpt_np as mg
 from minigpt_np.checkpoint import load_npz, save_npz
 from reward import load_gpt_reward, load_scorer, train_scorer
 
-from .best_of_n import curve
-from .config import OVEROPT_OPTIONS
-from .evaluate import EVAL_SEED_OFFSET, logged, measured_in
-from .finished_run import experiment
-from .options import UsageError
-from .report import KINDS, write_overopt_plot
-from .rlhf import train_ppo
-from .run_folder import path, write_json, writing
-from .sampling import sample_n, score, texts_of
-from .stages import labelled, train_gpt_reward_model, train_reward_model
+from ..evaluation.evaluate import EVAL_SEED_OFFSET, logged, measured_in
+from ..evaluation.report import KINDS, write_overopt_plot
+from ..loop.best_of_n import curve
+from ..loop.rlhf import train_ppo
+from ..loop.sampling import sample_n, score, texts_of
+from ..run.finished_run import experiment
+from ..run.run_folder import path, write_json, writing
+from ..run.stages import labelled, train_gpt_reward_model, train_reward_model
+from ..settings.config import OVEROPT_OPTIONS
+from ..settings.options import UsageError
 
 log = logging.getLogger(__name__)
 

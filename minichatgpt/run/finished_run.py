@@ -21,12 +21,13 @@ import shlex
 import minigpt_np as mg
 from reward.lexicon import VaderJudge
 
-from . import corpus, stages
-from .config import RunConfig, from_dict, run_options
-from .evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
-from .options import UsageError, get
-from .rlhf import Task
-from .rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
+from ..data import corpus
+from ..data.rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
+from ..evaluation.evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
+from ..loop.rlhf import Task
+from ..settings.config import RunConfig, from_dict, run_options
+from ..settings.options import UsageError, get
+from . import stages
 from .run_folder import DamagedFile, Lock, Manifest, Refused, path, refuse_links, remove_orphans
 
 BUILT_ON = stages.BASE_STAGES   # the stages an experiment on a run starts from

@@ -10,7 +10,7 @@ the sampling settings and the hashes of the files they came from. The scorer and
 `scorer.score(texts, forward_batch_size=...) -> (N,)` and `tokenizer.encode/decode/eos_token_id`. The loop
 checkpoints through `minigpt_np.resume`, as pretraining does, so a killed run started again continues bit for
 bit. `train_loop` is that loop for any trainer, and `train` runs any method of ppo_np.METHODS in it, as the
-method's Method says (minichatgpt.methods): PPO (`train_ppo`), a method of groups (`rollout_step` with k responses
+method's Method says (loop.methods): PPO (`train_ppo`), a method of groups (`rollout_step` with k responses
 per prompt: RLOO, GRPO), a method that steps over fixed pairs (`pairs_step`: DPO).
 """
 import dataclasses
@@ -25,9 +25,9 @@ from minigpt_np.resume import resume, save_training_checkpoint, sha256_of_array
 from ppo_np.dpo import make_pairs
 from ppo_np.ppo import PPOTrainer
 
+from ..run.run_folder import DamagedFile, read_jsonl, sha256_of_records, write_jsonl, writing
 from .collapse import collapse_metrics
 from .methods import DEFAULT, group_size, run_trainer_config
-from .run_folder import DamagedFile, read_jsonl, sha256_of_records, write_jsonl, writing
 from .sampling import judged, sample, sample_n, score, texts_of
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def train_ppo(policy, task, ppo_config, config, checkpoint_path, log_path, *, pr
     and at the end; resumed if it exists, when its fingerprint (settings, prompts, task.inputs) matches. log_path:
     rewritten whole after every step. evaluate(policy) -> dict: measured after step 0, every evaluate_every
     steps and the last, and stored in that step's stats (step 0 as its own record); it must draw from its own generator.
-    measure(step) -> step: wraps each step of the loop, e.g. to trace its memory (minichatgpt.compare does).
+    measure(step) -> step: wraps each step of the loop, e.g. to trace its memory (experiments.compare does).
     """
     trainer = PPOTrainer(policy, task.ref_model, ppo_config, pad_token_id=task.tokenizer.eos_token_id)
 

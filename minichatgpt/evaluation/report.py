@@ -7,7 +7,7 @@ from minigpt_np.checkpoint import atomic_write
 
 from ppo_np import METHODS
 
-from .run_folder import writing
+from ..run.run_folder import writing
 
 log = logging.getLogger(__name__)
 

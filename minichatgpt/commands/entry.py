@@ -11,8 +11,8 @@ import sys
 import minigpt_np as mg
 from minigpt_np.fast.memory import keep_freed_memory
 
-from .options import UsageError
-from .run_folder import ORPHAN, read_json
+from ..run.run_folder import ORPHAN, read_json
+from ..settings.options import UsageError
 
 
 def run_cli(prog, body, argv):

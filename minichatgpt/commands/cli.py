@@ -28,15 +28,19 @@ from minigpt_np.metrics import bits_per_char, unigram_entropy
 from minigpt_np.resume import training_state
 from ppo_np.batch import left_pad
 
-from . import compare, corpus, export_run, methods, overopt, pipeline, stages
-from . import config as defaults
-from .finished_run import FinishedRun, trained_method
+from ..data import corpus
+from ..data.rotten_tomatoes import default_cache_dir
+from ..evaluation import export_run
+from ..evaluation.report import format_table
+from ..experiments import compare, overopt
+from ..loop import methods
+from ..run import pipeline, stages
+from ..run.finished_run import FinishedRun, trained_method
+from ..run.run_folder import Lock, Manifest, check_name, path, refuse_links, write_json
+from ..run.stages import BASE_STAGES, METHODS, run_files
+from ..settings import config as defaults
+from ..settings.options import Parser, UsageError, add_arguments, checked, dest, given_fields, replace_fields
 from .entry import checked_folder, checked_output, run_cli
-from .options import Parser, UsageError, add_arguments, checked, dest, given_fields, replace_fields
-from .report import format_table
-from .rotten_tomatoes import default_cache_dir
-from .run_folder import Lock, Manifest, check_name, path, refuse_links, write_json
-from .stages import BASE_STAGES, METHODS, run_files
 
 
 def _common(parser):

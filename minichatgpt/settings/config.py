@@ -21,10 +21,10 @@ from ppo_np import METHODS
 from ppo_np.ppo import PPOConfig
 from reward.features import FEATURE_PRESETS
 
-from .methods import DEFAULT, option_name
+from ..loop.methods import DEFAULT, option_name
+from ..loop.rlhf import RLHFConfig
+from ..loop.sampling import SamplingConfig
 from .options import Option, check_config, get, multiple_of, replace_fields, splits_into
-from .rlhf import RLHFConfig
-from .sampling import SamplingConfig
 
 MODEL = GPTConfig()
 PRETRAIN = PretrainConfig()
