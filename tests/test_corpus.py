@@ -1,4 +1,4 @@
-"""reward.corpus: every loader on small fixture files (good and broken), the checksummed Rotten Tomatoes path
+"""minichatgpt.data.corpus: every loader on small fixture files (good and broken), the checksummed Rotten Tomatoes path
 with a local fake wheel and a fake pip, and the deterministic by-movie splits. Offline and fast."""
 import bz2
 import hashlib
