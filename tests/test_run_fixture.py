@@ -1,8 +1,9 @@
 """Run folders kept as files (tests/fixtures/run_folder: the main job's tiny settings, the fixture corpus) still open,
 resume and take the experiments: code that no longer reads what the main job wrote fails here, not on a user's run.
 
-    finished/  a whole run: running the same command again does nothing ("done already"), and every file stays
-               byte-identical; compare and overopt build on it
+    finished/  a whole run, with a comparison and an over-optimisation study built on it: running the same command
+               again does nothing ("done already") and every file stays byte-identical; compare and overopt run
+               again with the same settings take their kept files as they are, and train nothing
     stopped/   a run whose RL stage was stopped after 1 of its 4 steps (--ppo-seconds): the same command resumes it
                from its checkpoint, keeps the step it logged, and finishes
 
@@ -52,12 +53,23 @@ def test_a_kept_finished_run_is_done_already_and_takes_the_experiments(tmp_path,
     assert snapshot(run_dir) == before
 
     where = ["--name", "finished", "--runs-dir", str(folder), "--quiet"]
+    kept = {name: json.loads((run_dir / name).read_text()) for name in ("compare.json", "overopt.json")}
+    experiments = {name: snapshot(run_dir / name) for name in ("compare", "overopt")}
     cli.compare_main(where + ["--budget", "32", "--batch-size", "8", "--eval-prompts", "2", "--eval-every", "2"])
     cli.overopt_main(where + ["--proxy-sizes", "10", "30", "--prompts", "3", "--n-max", "4", "--rl-steps", "4",
                               "--eval-every", "2"])
+    # every file the same bytes, and no policy's checkpoint written again (the small Bradley-Terry fit is redone)
+    for name, files in experiments.items():
+        again = snapshot(run_dir / name)
+        assert {f: again[f][0] for f in files} == {f: v[0] for f, v in files.items()}, name
+        trained = [f for f in files if f.endswith(".npz") and f != "bradley_terry.npz"]
+        assert trained and all(again[f] == files[f] for f in trained), name
     compare = json.loads((run_dir / "compare.json").read_text())
-    assert {"ppo", "rloo", "grpo", "dpo", "reinforce", "best_of_n"} <= set(compare["methods"])
-    assert json.loads((run_dir / "overopt.json").read_text())["rl"]
+    assert list(compare["methods"]) == list(kept["compare.json"]["methods"]) == \
+        ["ppo", "rloo", "grpo", "reinforce", "dpo", "best_of_n"]
+    for method, result in compare["methods"].items():
+        assert result["metrics"] == kept["compare.json"]["methods"][method]["metrics"], method
+    assert json.loads((run_dir / "overopt.json").read_text())["rl"] == kept["overopt.json"]["rl"]
     capsys.readouterr()
 
 

@@ -350,3 +350,15 @@ def test_a_missing_corpus_or_checkpoint_is_a_usage_error_and_creates_nothing(tmp
                           main=cli.overopt_main)
     assert_one_line_refusal(status, err, 1, "no such run folder")
     assert not (tmp_path / "runs").exists(), "a refusal created a run folder"
+
+
+def test_a_dict_an_experiment_recorded_as_text_matches_whatever_the_order_of_its_keys():
+    """An experiment's manifest keeps each setting as its text (the run's PPO settings as a dict's text), so a config
+    whose fields are declared in another order must still match; another value must not (the negative control)."""
+    from minichatgpt.run.run_folder import changed
+    stored = {"run ppo": str({"lr": 0.0002, "ppo_epochs": 2, "seed": 0}), "budget": "256"}
+    reordered = {"run ppo": str({"lr": 0.0002, "seed": 0, "ppo_epochs": 2}), "budget": "256"}
+    assert changed(stored, reordered) == []
+    other = {"run ppo": str({"lr": 0.0002, "seed": 1, "ppo_epochs": 2}), "budget": "256"}
+    assert changed(stored, other) == [f"run ppo: {stored['run ppo']} -> {other['run ppo']}"]
+    assert changed(stored, {**reordered, "budget": "512"}) == ["budget: 256 -> 512"]

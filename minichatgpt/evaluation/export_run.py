@@ -21,6 +21,7 @@ import os
 import minigpt_np as mg
 from minigpt_np.resume import training_state
 from minigpt_np.export import export_gpt, export_reward_gpt
+from ppo_np import METHODS
 from reward import load_gpt_reward
 
 from ..run.finished_run import FinishedRun
@@ -82,7 +83,8 @@ def model_card(run, model, architecture, cfg, method=None, value_head=False):
     c, summary = run.config, read_json(path(run.run_dir, "summary.json"))
     pretrained = training_state(path(run.run_dir, "gpt_pretrained.npz"))
     corpus = c.corpus if c.corpus == "rotten_tomatoes" else os.path.basename(c.corpus)
-    what = {"policy": f"the policy trained with {(method or 'ppo').upper()}",
+    label = METHODS[method or run.config.method].label
+    what = {"policy": f"the policy trained with {label}",
             "reference": "the pretrained model every policy starts from (the reference)",
             "reward": "the GPT reward model the policy was trained against (the proxy)"}[model]
     lines = [f"# minichatgpt run `{os.path.basename(os.path.normpath(run.run_dir))}`: {model}", "",
@@ -92,7 +94,7 @@ def model_card(run, model, architecture, cfg, method=None, value_head=False):
              f"- seed: {c.seed}",
              f"- pretraining: {pretrained['step']} steps ({pretrained['stop_reason']}), {cfg.n_layer} layers, "
              f"{cfg.n_head} heads, {cfg.n_embd} channels, {cfg.block_size} positions, {cfg.vocab_size} tokens",
-             f"- RL: {(method or 'ppo').upper() if model == 'policy' else 'PPO'}, {summary['ppo_steps']} steps of "
+             f"- RL: {label}, {summary['ppo_steps']} steps of "
              f"{c.ppo.batch_size} responses of at most {c.sampling.response_tokens} tokens", "",
              "## Before and after RL, on the run's held-out prompts", "",
              format_table({"reference": summary["reference"], "policy": summary["policy"]}), "",

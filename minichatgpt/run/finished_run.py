@@ -24,6 +24,7 @@ from reward.lexicon import VaderJudge
 from ..data import corpus
 from ..data.rotten_tomatoes import ROTTEN_TOMATOES_CSV, CorpusUnavailableError, default_cache_dir
 from ..evaluation.evaluate import EVAL_SEED_OFFSET, evaluate_policy, logged
+from ..loop.methods import DEFAULT
 from ..loop.rlhf import Task
 from ..settings.config import RunConfig, from_dict, run_options
 from ..settings.options import UsageError, get
@@ -34,8 +35,8 @@ BUILT_ON = stages.BASE_STAGES   # the stages an experiment on a run starts from
 
 
 def trained_method(manifest):
-    """The method whose RL stage a run folder holds (one per folder; "ppo" while it holds none)."""
-    return next((method for method in stages.METHODS if method in manifest.stages), "ppo")
+    """The method whose RL stage a run folder holds (one per folder; the default while it holds none)."""
+    return next((method for method in stages.METHODS if method in manifest.stages), DEFAULT)
 
 
 def main_job(run_dir, *flags, config=None):

@@ -6,6 +6,7 @@ atomic_write replaces a name, so it never writes through a symbolic link to a fi
 send the writes elsewhere, so nothing the project reads or writes in a run folder may be a link (`refuse_links`,
 checked by every command that works in one).
 """
+import ast
 import contextlib
 import errno
 import hashlib
@@ -311,7 +312,18 @@ def changed(stored, current, names=None, absent=None):
     def value(d, k):
         return d.get(k, absent.get(k, "(absent)"))
     return [f"{names.get(k, k)}: {value(stored, k)} -> {value(current, k)}" for k in sorted(set(stored) | set(current))
-            if value(stored, k) != value(current, k)]
+            if read_back(value(stored, k)) != read_back(value(current, k))]
+
+
+def read_back(value):
+    """A recorded value, a dict recorded as its text (an experiment records every setting as text) read back as the
+    dict: the order of its keys is no part of what it records (a config's fields may be declared in another order)."""
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
 
 
 ORPHAN = re.compile(r"\.\d+\.tmp$")   # atomic_write's <name>.<pid>.tmp

@@ -89,7 +89,7 @@ class RunConfig:
     rlhf: RLHFConfig = dataclasses.field(default_factory=lambda: RLHF)
     sampling: SamplingConfig = dataclasses.field(default_factory=lambda: SAMPLING)
     eval_prompts: int = 256           # held-out prompts for the before/after evaluation
-    method: str = "ppo"               # what the RL stage trains with: a name of ppo_np.METHODS
+    method: str = DEFAULT             # what the RL stage trains with: a name of ppo_np.METHODS
     methods: dict = dataclasses.field(default_factory=method_defaults)   # the other methods' own options
     reward_model: str = "ngram"       # the proxy PPO optimises: "ngram" (logistic regression on n-grams) or "gpt"
                                       # (the pretrained GPT's trunk + a scalar head, reward.gpt_reward)
