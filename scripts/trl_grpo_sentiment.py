@@ -7,7 +7,7 @@ proxy never saw (docs/graduate.md, section 3). Not run in CI.
     python scripts/trl_grpo_sentiment.py --name default /tmp/reference_hf /tmp/grpo_out
 
 Written against trl 1.16.0 and transformers 5.25.0 (trl 1.16.0 asks for transformers>=4.56.2), with datasets for
-the prompt table. Every GRPOConfig field and GRPOTrainer argument named here is checked by tests/test_graduate.py
+the prompt table. Every GRPOConfig field and GRPOTrainer argument named here is checked by tests/methods/test_graduate.py
 against tests/data/trl_1_16_0_fields.json, extracted from the trl 1.16.0 wheel (scripts/trl_fields.py).
 
 The options are minichatgpt-compare's GRPO (minichatgpt/settings/config.py, CompareConfig; compare.py) in trl's names: 64

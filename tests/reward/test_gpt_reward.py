@@ -24,9 +24,9 @@ from reward.gpt_reward import (FORMAT, GPTRewardModel, auc, last_non_pad_token, 
 from reward import gpt_reward_train
 from reward.gpt_reward_train import GPTRewardConfig, preference_pairs, train_gpt_reward
 from reward.losses import bce_loss, bce_loss_backward, pairwise_loss, pairwise_loss_backward
-from tests.gradcheck import gradcheck
-from tests.test_gpt_parity_torch import random_state_dict, torch_hidden_states
-from tests.tiny_run import BAD, GOOD
+from gradcheck import gradcheck
+from test_gpt_parity_torch import random_state_dict, torch_hidden_states
+from tiny_run import BAD, GOOD
 
 CFG = dict(vocab_size=23, block_size=10, n_layer=2, n_head=2, n_embd=16)
 PAD = 0

@@ -601,7 +601,7 @@ def test_grpo_learns_a_token_level_reward_quickly():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# docs/methods.md as a whole: the defaults it quotes, with the checker of tests/test_docs_numbers.py
+# docs/methods.md as a whole: the defaults it quotes, with the checker of tests/docs/test_docs_numbers.py
 
 
 def test_methods_doc_quotes_the_code_defaults():

@@ -14,7 +14,7 @@ import pytest
 from minichatgpt.data import corpus, rotten_tomatoes, text_files
 from minichatgpt.data.text_files import Snippet
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 FAKE_RT_CSV = (
     "category,text,movie_name,has_plot_and_reviews\n"

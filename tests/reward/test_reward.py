@@ -18,7 +18,7 @@ from reward.features import (FEATURE_PRESETS, FeatureConfig, Featurizer, char_ng
 from reward.logreg import fit_logistic_regression, lbfgs, log_loss, logistic_loss, sigmoid
 from reward.sparse import CSR, hstack
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 POSITIVE = ["A wonderful, funny and moving film.", "Brilliant, charming and great fun.",
             "One of the best movies of the year.", "A superb, delightful comedy."]

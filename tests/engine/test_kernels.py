@@ -346,6 +346,6 @@ def test_the_reference_engine_needs_only_numpy_and_the_fast_kernels_threadpoolct
     """In a fresh interpreter where threadpoolctl cannot be imported: `import minigpt_np`, a training step and
     generation run on the reference kernels without loading minigpt_np.fast; the switch to it fails (the control)."""
     ran = subprocess.run([sys.executable, "-c", ONLY_NUMPY], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == ["[]", "the fast kernels need threadpoolctl reference"]

@@ -19,7 +19,7 @@ from minichatgpt.commands import cli
 
 from tiny_run import assert_one_line_refusal, run_cli, snapshot
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_folder"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run_folder"
 TINY = ["--quiet", "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32",
         "--pretrain-steps", "30", "--pretrain-seconds", "60", "--ppo-steps", "4", "--batch-size", "8",
         "--forward-batch-size", "4", "--mini-batch-size", "4", "--response-tokens", "6", "--eval-prompts", "3",

@@ -18,7 +18,7 @@ from ppo_np import METHODS, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
 from ppo_np.reinforce import REINFORCEConfig
 from reward import GPTRewardConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "graduate.md"
 SCRIPT = ROOT / "scripts" / "trl_grpo_sentiment.py"
 TRL = {version: json.loads((ROOT / "tests" / "data" / f"trl_{version}_fields.json").read_text())

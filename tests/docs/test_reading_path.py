@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 READING = ROOT / "docs" / "reading.md"
 ORDER = ["minigpt_np/tensor.py", "minigpt_np/ops.py", "minigpt_np/model.py", "scripts/rlhf_one_file.py",
          "ppo_np/core.py", "ppo_np/skeleton.py", "notebooks/ppo_step.ipynb"]

@@ -18,7 +18,7 @@ from minichatgpt.run.finished_run import FinishedRun
 from ppo_np import PPOConfig, PPOTrainer
 from tiny_run import assert_one_line_refusal, fixture_corpus, kill_ppo_in_step, run_cli, snapshot, tiny_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "rlhf_one_file.py"
 TOL = 1e-12
 

@@ -10,7 +10,7 @@ the break.
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = ("run.pipeline", "experiments.compare", "experiments.overopt")   # scripts/sweep.py is the fourth
 LIBRARIES = ("minigpt_np", "reward", "ppo_np")
 LONGEST = 6

@@ -22,7 +22,7 @@ from reward import GPTRewardModel
 from test_export import greedy_pair, left_pad, positions
 from tiny_run import BAD, GOOD, assert_one_line_refusal, run_cli, snapshot
 
-LOGITS_ATOL = 1e-4      # float32 on both sides, as tests/test_export.py
+LOGITS_ATOL = 1e-4      # float32 on both sides, as tests/engine/test_export.py
 PROMPTS = ["the heist is", "iron coast is a", "night", "summer rain is one of the"]
 SENTENCES = [f"the heist is {review} ." for review in GOOD[:2] + BAD[:2]] + ["unseen words: zygote 42 €"]
 

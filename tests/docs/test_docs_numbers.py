@@ -28,7 +28,7 @@ from minichatgpt.settings import config
 from minigpt_np import ops
 from ppo_np.ppo import PPOConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # 10^{-5} | 4,096 | 2e-4 | 0.95 | 2 \times 10^{-4}
 NUMBER = (r"(10\^\{-?\d+\}"
@@ -91,7 +91,7 @@ def check_quotes(doc, quotes, root=ROOT):
         if not matches:
             sources = ", ".join(n for n, _ in quote.numbers)
             problems.append(f"{name}: no longer contains the wording {quote.wording!r} (it quotes {sources}); "
-                            "update the doc or the quote in tests/test_docs_numbers.py")
+                            "update the doc or the quote in tests/docs/test_docs_numbers.py")
         for match in matches:
             for i, (source, value) in enumerate(quote.numbers, start=1):
                 if not agrees(match.group(i), value, quote.approx):

@@ -560,7 +560,7 @@ def test_fixed_kl_controller_never_moves():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bad input: refused where it enters (PPOConfig, Trainer.step: tests/test_ppo_trainer.py); the equations check shapes
+# bad input: refused where it enters (PPOConfig, Trainer.step: tests/methods/test_ppo_trainer.py); the equations check shapes
 
 
 def test_the_equations_assert_their_shapes_and_leave_values_to_the_boundaries():

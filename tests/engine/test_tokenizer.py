@@ -108,7 +108,7 @@ def test_training_is_deterministic_across_processes(tok, tmp_path):
         "train_tokenizer(texts, vocab_size=400, min_frequency=2).save(sys.argv[2])"
     )
     (tmp_path / "texts.json").write_text(json.dumps(TEXTS))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "texts.json"), str(tmp_path / "tok.json")],
                    check=True, cwd=root)
     assert load_tokenizer(tmp_path / "tok.json").hf.to_str() == tok.hf.to_str()

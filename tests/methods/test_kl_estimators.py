@@ -1,6 +1,6 @@
 """ppo_np.kl: the k1, k2, k3 estimators and their backward against torch autograd of the published formulas, and
 every claim of the module docstring about their bias and their gradients, checked by exact enumeration of all
-sequences of a tiny GPT (vocabulary 7, length 3: 343 sequences), as tests/test_overopt.py enumerates one."""
+sequences of a tiny GPT (vocabulary 7, length 3: 343 sequences), as tests/app/test_overopt.py enumerates one."""
 import itertools
 
 import numpy as np
