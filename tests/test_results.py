@@ -60,6 +60,42 @@ def test_every_shape_claim_names_tables_that_exist():
     assert sum(map(len, named.values())) >= 20, named
 
 
+def gains_without_collapse(summary):
+    """The policy is more positive than the reference to the gold and to the lexicon, and its answers stay varied."""
+    r, p = summary["reference"], summary["policy"]
+    return (p["gold_positive"] > r["gold_positive"] and p["lexicon_positive"] > r["lexicon_positive"]
+            and p["unique_share"] >= 0.95 and p["top_word_share"] <= 0.40)
+
+
+# claims of the README that code can check on the measured JSON: (source, the claim, its check)
+CLAIMS = [
+    ("quick", "the quick run's policy gains on the gold and on the lexicon without collapsing",
+     lambda d: gains_without_collapse(d["quick"]["entries"][0]["summary"])),
+    ("main", "all three judges find the policy's answers more positive than the reference's, on every seed, and the "
+             "answers stay varied",
+     lambda d: all(e["summary"]["policy"][k] > e["summary"]["reference"][k] and e["summary"]["policy"]["unique_share"]
+                   >= 0.95 for e in d["main"]["entries"] for k in ("reward_positive", "gold_positive",
+                                                                       "lexicon_positive"))),
+]
+
+
+def test_the_readmes_claims_hold_on_the_measured_tables():
+    data = results.load(results.RESULTS)
+    checked = [(claim, check(data)) for source, claim, check in CLAIMS if source in data]
+    assert checked, "no source of a checked claim is measured"
+    failed = [claim for claim, holds in checked if not holds]
+    assert not failed, f"claims the measured tables no longer support; change the prose, then this list: {failed}"
+
+
+def test_a_claim_fails_on_a_policy_that_gained_nothing():
+    """Negative control: the quick run's JSON with the policy's gold share set back to the reference's."""
+    data = json.loads((results.RESULTS / "quick.json").read_text())
+    summary = data["entries"][0]["summary"]
+    assert gains_without_collapse(summary)
+    summary["policy"]["gold_positive"] = summary["reference"]["gold_positive"]
+    assert not CLAIMS[0][2]({"quick": data})
+
+
 def test_the_check_catches_a_table_edited_by_hand(tmp_path):
     """Negative control: one digit of a rendered table changed in a copy of the docs is reported, by name."""
     root = docs_copy(tmp_path)
@@ -159,3 +195,14 @@ def test_a_table_of_a_source_not_measured_says_so(name, tmp_path):
     sources, _ = results.TABLES[name]
     text = results.rendered(name, {}, tmp_path / "README.md")
     assert text.startswith("*Not measured yet:") and f"--only {sources[0]}" in text, text
+
+
+def test_the_readme_with_every_table_rendered_is_at_most_250_lines():
+    """The README's tables at their full size: the quick run's JSON stands in for each seed of the main job (the same
+    printed table, the same rows)."""
+    quick = json.loads((results.RESULTS / "quick.json").read_text())
+    main = {**quick, "source": "main", "entries": [{**quick["entries"][0], "seed": seed} for seed in results.SEEDS]}
+    readme = ROOT / "README.md"
+    text, problems = results.render_text(readme.read_text(encoding="utf-8"), {"quick": quick, "main": main}, readme)
+    assert not problems and "Not measured yet" not in text
+    assert text.count("\n") <= 250, text.count("\n")
