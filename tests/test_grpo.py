@@ -523,7 +523,7 @@ def test_at_one_iteration_every_ratio_is_exactly_1_and_the_step_is_one_adamw_ste
 
 
 def test_a_step_per_mini_batch_splits_groups_and_leaves_ratio_1_after_the_first():
-    """gradient_accumulation_steps=1, the stepping before issue 16: four AdamW steps, the rollout's logpi_old, and
+    """gradient_accumulation_steps=1, a step per mini-batch: four AdamW steps, the rollout's logpi_old, and
     every mini-batch after the first sees weights already moved: rho != 1, a different update from the whole batch's."""
     seen, steps, weights, _ = one_grpo_step(GRPOConfig(mini_batch_size=2, gradient_accumulation_steps=1, **ONE_STEP))
     _, _, whole_weights, _ = one_grpo_step(GRPOConfig(mini_batch_size=8, **ONE_STEP))
