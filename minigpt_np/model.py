@@ -20,7 +20,7 @@ FORMAT = "minigpt_np GPT"   # the "format" entry of a GPT file's metadata
 
 @dataclasses.dataclass
 class GPTConfig:
-    vocab_size: int = 4096      # tokens in the vocabulary, V (4096 beat 2048 in bits/char, see README)
+    vocab_size: int = 4096      # tokens in the vocabulary, V (4096 beat 2048 in validation bits/char)
     block_size: int = 64        # longest sequence the position embedding covers, T_max
     n_layer: int = 4            # transformer blocks, L
     n_head: int = 4             # attention heads per block, H

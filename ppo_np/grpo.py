@@ -37,7 +37,7 @@ m / (B T_max) and m / N, so the step's gradient is the gradient of the whole bat
 "bnpo" is the exception, in TRL too: its step is the mean of each mini-batch's own token mean. With
 num_iterations 1 such a step sees samples of the weights it starts from, and TRL then computes no logpi_old: it
 uses per_token_logps.detach() (:2642-2644, :3066), so rho = 1 exactly on every token and the clip never acts.
-grpo_minibatch_loss does the same. K = 1 (a step per mini-batch) splits groups
+grpo_minibatch_loss does the same. K = 1 (a step per mini-batch, gradient_accumulation_steps=1) splits groups
 across steps, and every step after a batch's first sees rho != 1.
 
 At rho = 1 the surrogate part of a whole batch's "grpo" loss is -1/B sum_i A_i = 0 (each group's advantages sum
@@ -228,7 +228,7 @@ class GRPOConfig(TrainerConfig):
     batch; mini_batch_size: rows per forward pass with a graph, TRL's per_device_train_batch_size) and GRPO's own."""
     gradient_accumulation_steps: Optional[int] = None   # K, mini-batches per AdamW step. None: all of a pass's, one
                                         # step per pass over the batch, whole groups (trl 1.16.0's default); 1: a step
-                                        # per mini-batch
+                                        # per mini-batch, each after the first on weights already moved
     num_iterations: int = 1             # mu: passes over the batch per step (trl 0.19.1's and 1.16.0's default)
     group_size: int = 8                 # G, responses per prompt (TRL's num_generations, default 8)
     beta: float = 0.04                  # weight of the KL in the loss (trl 0.14.0's; 0.19.1's and 1.16.0's is 0.0)

@@ -179,7 +179,8 @@ def rloo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
 
 # The application's defaults, as every method's: chosen on validation prompts with the main job's shared settings (90
 # steps of 64 responses, 2 epochs, lr 2e-4; seed 0's run), the value whose answers the lexicon judge found positive
-# most often among those that kept the KL within 12 nats and did not collapse (docs/methods.md, section 8).
+# most often among those that kept the KL within 12 nats and did not collapse (docs/experiments.md, "The methods
+# compared").
 BASELINE = "the baseline is the other responses to a prompt"
 
 RLOO = Method(

@@ -27,8 +27,8 @@ interleaved, so a change in machine load hits every side alike; the figure is th
 step (--reference) is timed after them, its repeats on their own: its products run on every BLAS thread, which keep
 spinning after it and would slow the step timed next. Other processes on the machine distort the figures,
 multi-threaded BLAS most of all (a waiting thread spins): read them together with the load average printed. So does
-the engine before: a thread of it that still spins takes a core from the next step (PyTorch's pipeline step took 141
-ms right after a NumPy step whose products used two OpenBLAS threads, 68 ms alone; README, section "Speed").
+the engine before: a thread of it that still spins takes a core from the next step (PyTorch's pipeline step took about
+twice as long right after a NumPy step whose products used two OpenBLAS threads; docs/speed.md).
 
 Like the minichatgpt command line, the benchmark first asks glibc's malloc to keep the memory a step frees
 (`minigpt_np.fast.memory.keep_freed_memory`; it applies to the whole process, so to every engine). --default-malloc

@@ -37,11 +37,12 @@ def make_trainer(args, forward_batch_size):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mini-batch-size", type=int, default=16)
-    p.add_argument("--forward-batch-sizes", type=int, nargs="+", default=[4, 16, 64])
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64, help="rollouts per PPO step")
+    p.add_argument("--mini-batch-size", type=int, default=16, help="rows per gradient update")
+    p.add_argument("--forward-batch-sizes", type=int, nargs="+", default=[4, 16, 64],
+                   help="the forward_batch_size values to time, one after the other")
+    p.add_argument("--vocab-size", type=int, default=4096, help="the GPT's vocabulary")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per value (median reported)")
     args = p.parse_args(argv)
     mg.kernels.use("fast")                                              # the engine as the command line runs it
     inputs = make_inputs(args.batch_size, args.vocab_size)

@@ -13,8 +13,8 @@ is refused), measured as the main job measures them, the lexicon judge included.
 The sweep works in the run's lock, as every command on a run does, so the run cannot be rebuilt under it. One JSON
 line per setting is appended to --out (default runs/<name>/sweep.jsonl, which a restart of the run deletes), and a
 table row is printed. Every setting and --out are checked before the first one runs; a refusal is one line on
-stderr. This is the development script behind the frontier table in the README; it prints figures and asserts
-nothing.
+stderr. --reference first measures the run's reference model on the same prompts. `python scripts/results.py measure`
+runs it for the sweep table of docs/experiments.md; it prints figures and asserts nothing.
 """
 import dataclasses
 import json
@@ -83,13 +83,15 @@ def sweep(argv):
     p.add_argument("settings", nargs="+",
                    help='each the main job\'s RL flags, e.g. "--lr 1e-4 --ppo-steps 80" or '
                         '"--method grpo --grpo-beta 0.1"')
-    p.add_argument("--name", default="default")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--name", default="default", help="the finished run folder under --runs-dir")
+    p.add_argument("--runs-dir", default="runs", help="where run folders are")
     p.add_argument("--out", default=None, help="the JSON-lines file rows are appended to (default: the run's "
                    "sweep.jsonl); outside the run folder otherwise")
     p.add_argument("--eval-on", choices=("test", "validation"), default="test",
                    help="measure each setting on the run's held-out test prompts, or on prompts cut from the "
                         "validation split's reviews (choose there, then report on test)")
+    p.add_argument("--reference", action="store_true",
+                   help="first measure the run's reference model on the same prompts, as a row named reference")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     try:
@@ -106,6 +108,11 @@ def sweep(argv):
             config, given = checked_setting(text, run.config)
             settings.append((text, config, eval_queries(run, config, given, args.eval_on)))
         print(f"{'setting':48s} " + " ".join(f"{label:>6s}" for _, label, _ in COLUMNS) + "   time")
+        if args.reference:
+            t0 = time.perf_counter()
+            queries = eval_queries(run, run.config, set(), args.eval_on)
+            metrics, _ = run.evaluate(run.ref_model, queries=queries)
+            write_row(out, "reference", None, args.eval_on, queries, metrics, time.perf_counter() - t0)
         for text, config, queries in settings:
             t0 = time.perf_counter()
             policy = run.policy_start(METHODS[config.method].values)
@@ -115,12 +122,18 @@ def sweep(argv):
                                     os.path.join(tmp, "log.jsonl"), progress=False)
             seconds = time.perf_counter() - t0
             metrics, _ = run.evaluate(policy, queries=queries, sampling=config.sampling)
-            row = {"setting": text, "method": config.method, "eval_on": args.eval_on, "eval_prompts": len(queries),
-                   **metrics, "seconds": seconds, "final_kl_coef": history[-1].get("objective/kl_coef")}
-            with open(out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{text:48s} " + " ".join(f"{fmt.format(metrics[key]):>6s}" for key, _, fmt in COLUMNS)
-                  + f" {seconds:5.0f}s  {metrics['top_word']}", flush=True)
+            write_row(out, text, config.method, args.eval_on, queries, metrics, seconds,
+                      final_kl_coef=history[-1].get("objective/kl_coef"))
+
+
+def write_row(out, text, method, eval_on, queries, metrics, seconds, **extra):
+    """Append a setting's measurements to `out` as one JSON line, and print its table row."""
+    row = {"setting": text, "method": method, "eval_on": eval_on, "eval_prompts": len(queries), **metrics,
+           "seconds": seconds, **extra}
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{text:48s} " + " ".join(f"{fmt.format(metrics[key]):>6s}" for key, _, fmt in COLUMNS)
+          + f" {seconds:5.0f}s  {metrics['top_word']}", flush=True)
 
 
 def main(argv=None):

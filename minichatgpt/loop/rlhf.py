@@ -37,7 +37,7 @@ PAIRS_SEED_OFFSET = 2   # the pairs' reference samples: rlhf.seed + 2 (the loop 
 @dataclasses.dataclass
 class RLHFConfig:
     steps: int = 90                          # PPO steps (each: batch_size rollouts, scoring, ppo_epochs of updates);
-                                             # 90 of 2 epochs keep the default run's KL near 11 nats (README)
+                                             # 90 of 2 epochs keep the default run's KL under 12 nats
     max_seconds: Optional[float] = None      # stop earlier once this much PPO time has passed (then resumable)
     query_min_tokens: int = 2                # prompts are the first k tokens of a review, k ~ U{min, ..., max}
     query_max_tokens: int = 8

@@ -239,7 +239,7 @@ def _build(s, config, run_dir, data, progress):
                        lambda: stages.gpt_reward_stage(config, run_dir, tokenizer, train, val, test, progress),
                        lambda: stages.load_scorer_of(run_dir, "reward"))
     else:
-        scorer = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test),
+        scorer = s.run("reward", {}, lambda: stages.reward_stage(run_dir, train, val, test, progress),
                        lambda: stages.load_scorer_of(run_dir, "reward"))
     gold = s.run("gold", hashes(run_dir, ["reward.npz"]), lambda: stages.gold_stage(run_dir, train, val, test, scorer),
                  lambda: stages.load_scorer_of(run_dir, "gold"))

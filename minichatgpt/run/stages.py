@@ -5,6 +5,7 @@
 Each stage reads what the earlier ones made and writes its artifacts into the run folder. `pipeline` decides,
 with the run folder's manifest, which stages to run, skip or refuse; `finished_run` opens what they left.
 """
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,7 +21,7 @@ from minigpt_np.checkpoint import load_npz
 from minigpt_np.resume import training_state
 from reward import GPTRewardConfig, GPTRewardModel, Scorer, load_gpt_reward, load_scorer, train_gpt_reward, train_scorer
 from reward.gpt_reward import FORMAT as GPT_REWARD_FORMAT
-from reward.train import refit_scorer
+from reward.train import L2_GRID, refit_scorer
 
 from ppo_np import METHODS
 
@@ -143,18 +144,18 @@ def labelled(snippets):
     return [t for t, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64)
 
 
-def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15):
+def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15, log=None):
     """Fit the scorer on the labelled training snippets, choosing on validation, and measure it on every split.
 
     -> (scorer, metrics) with metrics = {split sizes, chosen features and l2, "train"/"val"/"test"
     {accuracy, log_loss, n}, top features, train seconds}. The test split is text the scorer never saw: the
-    PPO prompts come from it.
+    PPO prompts come from it. log: receives a line per fit (default: the reward package's logger).
     """
     t0 = time.perf_counter()
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = labelled(train), labelled(val), labelled(test)
     if len(val_x) == 0:
         raise ValueError("the validation split has no labelled snippets; give a corpus with more labelled rows")
-    scorer = train_scorer(train_x, train_y, val_x, val_y, l2=l2, features=features)
+    scorer = train_scorer(train_x, train_y, val_x, val_y, l2=l2, features=features, log=log)
     positive, negative = scorer.top_features(top_k)
     metrics = {
         "splits": {name: {"snippets": len(part), "labelled": len(x), "positive": int(np.sum(y == 1)),
@@ -173,13 +174,35 @@ def train_reward_model(train, val, test, *, features="nb", l2=None, top_k=15):
     return scorer, metrics
 
 
-def reward_stage(run_dir, train, val, test):
+def reward_stage(run_dir, train, val, test, progress=True):
     """Train the reward model and write reward.npz -> (scorer, its metrics on the validation and test splits)."""
-    scorer, metrics = train_reward_model(train, val, test)
+    with fits_bar(progress) as tick:
+        scorer, metrics = train_reward_model(train, val, test, log=tick)
     with writing(path(run_dir, "reward.npz")):
         scorer.save(path(run_dir, "reward.npz"))
     log.info("reward model: test accuracy %.3f", metrics["test"]["accuracy"])
     return scorer, {"val": metrics["val"], "test": metrics["test"]}
+
+
+@contextlib.contextmanager
+def fits_bar(enabled):
+    """A progress bar over the reward model's fits along the L2 grid -> yields the log function its fits report to
+    (None when disabled: then each fit logs its line). The search may stop before the grid's end; the bar then ends
+    where it stopped."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(L2_GRID) + 1, desc="reward", unit="fit", dynamic_ncols=True)   # the fits, then the choice
+
+    def tick(line):
+        bar.set_postfix_str(line.split(": ", 1)[-1][:48], refresh=False)
+        bar.update(1)
+    try:
+        yield tick
+    finally:
+        bar.total = bar.n
+        bar.close()
 
 
 def gpt_reward_stage(config, run_dir, tokenizer, train, val, test, progress=True):

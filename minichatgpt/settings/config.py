@@ -28,8 +28,8 @@ from .options import Option, check_config, get, multiple_of, replace_fields, spl
 
 MODEL = GPTConfig()
 PRETRAIN = PretrainConfig()
-# A 1.3 M-parameter model trained for a minute or two, chosen on validation prompts from the measured frontier in
-# the README ("A default judged by three judges"): lr 2e-4 (TRL's 1.41e-5 barely moves it; 4e-4 collapses onto one
+# A 1.3 M-parameter model trained for a minute or two, chosen on validation prompts from the measured frontier
+# (docs/experiments.md, "How the default was chosen"): lr 2e-4 (TRL's 1.41e-5 barely moves it; 4e-4 collapses onto one
 # word), 64 rollouts per step in mini-batches of 16 (TRL 0.1 hard-coded 1), 2 passes over each batch (TRL's 4 lean
 # on one word sooner: "entertaining" in 55% of the answers at 55 steps); PPO's own options at their rows' defaults
 # (a fixed KL coefficient 0.2: ppo_np/ppo.py says why).
@@ -196,9 +196,16 @@ def for_its_method_only(values, given):
             raise ValueError(f"{typed} changes nothing with --method {method}, which does not use {o.flag}: drop it")
 
 
-# Named sets of options (--preset NAME): (what it shows, {field: value}). Flags given explicitly still win.
+# Named sets of options (--preset NAME, into runs/NAME unless --name says otherwise): (what it shows,
+# {field: value}). Flags given explicitly still win.
 PRESETS = {
-    "exploit": ("the collapse onto the reward model's favourite word, on purpose (README, 'What RLHF gained')",
+    # a smaller GPT and fewer steps, the same pipeline and table: the whole job in about a minute on 2 idle cores. 60
+    # steps at the default lr gain on every judge without a collapse (the README's table); lr 3e-4, or 80 steps, put
+    # the top word in about half of the answers (measured)
+    "quick": ("the whole pipeline in about a minute, with a smaller GPT and fewer steps",
+              {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 96, "model.vocab_size": 2048,
+               "pretrain.max_steps": 800, "rlhf.steps": 60, "eval_prompts": 128}),
+    "exploit": ("the collapse onto the reward model's favourite word, on purpose (docs/experiments.md)",
                 {"ppo.lr": 3e-4, "ppo.adap_kl_ctrl": False, "ppo.init_kl_coef": 0.05, "rlhf.steps": 60,
                  "ppo.ppo_epochs": 4}),
 }

@@ -1,5 +1,5 @@
-"""The experiments trust only what the run recorded: one test per way a hostile user can make a run folder lie (a
-replaced file, an edited record, a link, a killed process, a full disk, ...), each built from its reproduction.
+"""The experiments trust only what the run recorded: one test per way a run folder can be tampered with or left
+half-written, each built as its reproduction.
 
 A refusal is one line on stderr, exit status 1 (2 for a bad option); a refused command leaves the run folder
 byte-identical but for the pid in .lock, and blocks no valid command after it.

@@ -1,7 +1,7 @@
 """The run folder cannot lie or be clobbered, and every refusal on the command line is one line a person can act on.
 
-One test per finding of the bad-input trials: the exact case, the refusal (exit status and the one line on
-stderr) or the behaviour, and that nothing outside the run folder changed.
+One test per bad input: the exact case, the refusal (exit status and the one line on stderr) or the behaviour, and
+that nothing outside the run folder changed.
 """
 import json
 import os
