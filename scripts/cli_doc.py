@@ -6,7 +6,7 @@
 The commands are the console scripts pyproject.toml installs and the scripts under scripts/ that a reader runs. Each
 is called as its reader would call it, and its parser is caught where it parses the command line, before any work:
 so the page shows the options a command really takes, with the defaults its config rows give them, however the
-parser is built. tests/test_cli_doc.py checks that docs/cli.md is current.
+parser is built. tests/docs/test_cli_doc.py checks that docs/cli.md is current.
 """
 import argparse
 import contextlib

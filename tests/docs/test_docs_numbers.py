@@ -176,7 +176,7 @@ def gpt_doc_quotes():
 
 def readme_quotes():
     """README.md, wordings that it holds today (the PPO step of its tutorial). Every option's default is in
-    docs/cli.md, written from the option rows themselves (tests/test_cli_doc.py)."""
+    docs/cli.md, written from the option rows themselves (tests/docs/test_cli_doc.py)."""
     TRL, PPO = PPOConfig(), config.PPO
     return [
         Quote("`PPOConfig` defaults are TRL 0.1's (lr @, batch @, forward batch @, mini-batch @,",

@@ -16,7 +16,7 @@ from minichatgpt.data import rotten_tomatoes
 
 from minichatgpt.run import stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOGGING = "import logging, sys\nlogging.basicConfig(stream=sys.stdout, level=logging.INFO)   # as the command line\n"
 
 

@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HISTORY = [re.compile(pattern, re.I) for pattern in (r"\bissue" + r" \d+", r"in another" + r" session",
                                                       r"earlier" + r" machine", r"trials" + r" of")]
 SUFFIXES = (".py", ".md", ".ipynb")

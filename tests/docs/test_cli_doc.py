@@ -9,7 +9,7 @@ import pytest
 
 from minichatgpt.settings import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("cli_doc", ROOT / "scripts" / "cli_doc.py")
 cli_doc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli_doc)

@@ -18,7 +18,7 @@ import pytest
 
 from tiny_run import fixture_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("results", ROOT / "scripts" / "results.py")
 results = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(results)
