@@ -3,14 +3,17 @@
     from minichatgpt import RunConfig, run_pipeline
     summary = run_pipeline(RunConfig(), "runs/default")      # what the `minichatgpt` command does
 
-Modules, from the bottom up: `text_files`, `rotten_tomatoes` and `corpus` (the data); `run_folder` (files,
-manifest, lock); `options` (the option mechanism) and `config` (every option and its default); `sampling`,
-`collapse`, `evaluate` and `best_of_n` (sampling and measuring answers); `rlhf` (the loop every trainer shares);
-`stages` (the main job's stages); `finished_run` (a finished run, as everything built on it opens it); `report`
-and `token_view` (what a reader sees); the drivers `pipeline`, `compare` and `overopt`, which never import each
-other; `entry` (how a command ends, and where it may write) and `cli` (the entry points).
+Its folders are its parts, in the order a reader meets them. `loop/` is RLHF itself: prompt, sample, score and one
+trainer step, for every method of ppo_np.METHODS, with the checkpoints that let a killed loop resume. `data/` reads
+the corpus it learns from. `run/` is the main job and the folder it writes: its stages, the manifest that records
+what each was built from, the lock, and the finished run every later command opens. `evaluation/` measures a policy
+and writes what a reader sees (the table, curves, samples, tokens view, an exported model). `experiments/` holds
+the studies built on a finished run (compare, overopt). `settings/` holds every option of every command, as rows
+with their defaults, and `commands/` the entry points that parse them. The drivers (run/pipeline,
+experiments/compare, experiments/overopt) never import each other, and the libraries never import the application
+(tests/app/test_layout.py).
 """
-from .config import RunConfig
-from .pipeline import run_pipeline
+from .run.pipeline import run_pipeline
+from .settings.config import RunConfig
 
 __all__ = ["RunConfig", "run_pipeline"]

@@ -1,5 +1,5 @@
 """Which kernels the engine runs: "reference", the equations as plain NumPy (the default), or "fast", the same
-functions tuned for a CPU (`minigpt_np.fast`), equal up to rounding (tests/test_kernels.py).
+functions tuned for a CPU (`minigpt_np.fast`), equal up to rounding (tests/engine/test_kernels.py).
 
     import minigpt_np as mg
     mg.kernels.use("fast")                      # for the rest of the process

@@ -1,7 +1,7 @@
 """Forward/backward pairs on plain ndarrays, the backward written by hand directly under its forward.
 
 Each function is its equation in plain NumPy (docs/gpt.md derives each backward). `minigpt_np.fast.ops` has the
-same functions tuned for speed, and tests prove the two equal (tests/test_kernels.py).
+same functions tuned for speed, and tests prove the two equal (tests/engine/test_kernels.py).
 
 Shape legend: B batch, T time (query positions), S key positions, C channels, OC output channels,
 H heads, D = C/H head size, V vocabulary, N = B*T flattened positions. A `d` prefix means

@@ -63,7 +63,7 @@ from typing import Optional
 import numpy as np
 
 from . import checks, core, kl
-from .skeleton import Method, Trainer, rollout_stats, whole_batch
+from .skeleton import Method, Option, Trainer, TrainerConfig, rollout_stats, whole_batch
 
 __all__ = ["grpo_advantages", "group_reward_std", "grpo_loss", "GRPOTerms", "grpo_loss_backward", "grpo_stats",
            "GRPOConfig", "grpo_accumulation", "GRPOTrainer", "GRPO"]
@@ -223,11 +223,9 @@ def grpo_stats(terms):
 
 
 @dataclasses.dataclass
-class GRPOConfig:
-    lr: float = 1.41e-5                 # Adam learning rate (PPOConfig's, so that methods differ by their equations)
-    batch_size: int = 256               # responses per step: batch_size / group_size prompts (TRL's generation batch)
-    forward_batch_size: int = 16        # rows per no-grad forward pass: bounds memory
-    mini_batch_size: int = 16           # rows per forward pass with a graph (TRL's per_device_train_batch_size)
+class GRPOConfig(TrainerConfig):
+    """TrainerConfig's settings (batch_size: responses per step, batch_size / group_size prompts, TRL's generation
+    batch; mini_batch_size: rows per forward pass with a graph, TRL's per_device_train_batch_size) and GRPO's own."""
     gradient_accumulation_steps: Optional[int] = None   # K, mini-batches per AdamW step. None: all of a pass's, one
                                         # step per pass over the batch, whole groups (trl 1.16.0's default); 1: a step
                                         # per mini-batch, each after the first on weights already moved
@@ -242,9 +240,6 @@ class GRPOConfig:
     use_bias_correction_kl: bool = False        # multiply k3 by rho (trl 1.16.0's default: True)
     scale_rewards: bool = True          # divide advantages by the group std (+1e-4); False: Dr. GRPO
     max_completion_length: Optional[int] = None   # T_max of "dr_grpo": the rollout's max_new_tokens
-    max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off
-    weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam
-    seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
         checks.method_config("GRPOConfig", self, "num_iterations", coefficients=("beta",))
@@ -330,6 +325,44 @@ class GRPOTrainer(Trainer):
         super().__init__(GRPO, model, ref_model, config, pad_token_id)
 
 
-GRPO = Method("grpo", GRPOTrainer, GRPOConfig, "num_iterations", grpo_prepare, grpo_minibatch_loss,
-              grpo_loss_backward, grpo_stats, check=grpo_check, prepare_timing="compute_advantages",
-              minibatches_per_update=grpo_accumulation)
+def grpo_configure(fields, response_tokens):
+    """The Method's configure: "dr_grpo" divides by T_max, the rollout's cap on response length (response_tokens);
+    the other loss types take none."""
+    return {**fields, "max_completion_length": response_tokens if fields.get("loss_type") == "dr_grpo" else None}
+
+
+def grpo_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    """tokens.html's credit: each response's group-relative advantage on every one of its tokens, (N, R)."""
+    return grpo_advantages(scores, cfg.group_size, cfg.scale_rewards)[:, None] * mask
+
+
+GRPO = Method(
+    name="grpo", label="GRPO", trainer=GRPOTrainer, config=GRPOConfig, epochs="num_iterations",
+    prepare=grpo_prepare, loss=grpo_minibatch_loss, loss_backward=grpo_loss_backward, stats=grpo_stats,
+    check=grpo_check, prepare_timing="compute_advantages", minibatches_per_update=grpo_accumulation,
+    group="group_size", clip="epsilon", configure=grpo_configure,
+    # The application's defaults (RLOO's note on how they were chosen). The loss, clip and KL options default to
+    # what those measurements ran with: loss "grpo", no clip-higher, a ratio per token and plain k3 (trl 1.16.0's
+    # defaults are "dapo" and the bias-corrected k3 with beta 0; docs/methods.md, section 3).
+    options=(
+        Option(flag="--grpo-group-size", field="group_size", default=4, at_least=2,
+               why="the baseline is the other responses to a prompt", help="GRPO: responses per prompt"),
+        # TRL 0.14.0's 0.04 let the run reach 35.6 nats with "smart" in 76% of the answers (measured); 0.2 put one
+        # word in 51% of them, 0.1 ran to 20 nats
+        Option(flag="--grpo-beta", field="beta", default=0.25, at_least=0,
+               help="GRPO: weight of the k3 KL in the loss"),
+        Option(flag="--grpo-loss-type", field="loss_type", default="grpo", choices=LOSS_TYPES,
+               help="GRPO: the loss's normalisation (dapo: trl 1.16.0's default)"),
+        Option(flag="--grpo-epsilon-high", field="epsilon_high", default=None, above=0, kind=float,
+               help="GRPO: the clip's upper range (DAPO: 0.28); none: the lower range"),
+        Option(flag="--grpo-importance-sampling", field="importance_sampling_level", default="token",
+               choices=("token", "sequence"), help="GRPO: the ratio per token, or per response (sequence: GSPO)"),
+        Option(flag="--grpo-bias-correction-kl", field="use_bias_correction_kl", default=False,
+               help="GRPO: multiply the k3 KL by the ratio (trl 1.16.0's default)"),
+    ),
+    curves=((("grpo/loss/kl",), "k3 KL term of the loss"), (("grpo/policy/entropy",), "policy entropy (nats / token)"),
+            (("grpo/loss/policy",), "policy loss"), (("grpo/policy/clipfrac",), "policy clipfrac")),
+    credit=grpo_credit,
+    credit_text="the response's group-relative advantage, on every token: its score against those of "
+                "{group_others} more responses to its prompt, sampled with it",
+)

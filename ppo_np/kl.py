@@ -38,7 +38,7 @@ the reverse conditional KL. Neither is the gradient of a sequence KL, for two di
 - KL(pi_ref || pi) = sum_t E_{y_<t ~ pi_ref}[KL_t(pi_ref || pi)] draws its prefixes from pi_ref, which does not move
   with the weights, so its gradient has no such term. k3 has every conditional gradient right but weighs the
   prefixes by pi instead of pi_ref.
-tests/test_kl_estimators.py checks every one of these statements by exact enumeration of all sequences of a tiny GPT.
+tests/methods/test_kl_estimators.py checks every one of these statements by exact enumeration of all sequences of a tiny GPT.
 """
 import numpy as np
 

@@ -26,13 +26,12 @@ others from the same prompt (k responses per prompt), which removes the prompt's
 A = (B - 1)/B times RLOO's leave-one-out advantage with the whole batch as one group.
 """
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
 from . import checks
 from .rloo import rloo_rewards
-from .skeleton import Method, Trainer, rollout_stats, whole_batch
+from .skeleton import SHARED, Method, Option, Trainer, TrainerConfig, rollout_stats, whole_batch
 
 __all__ = ["reinforce_loss", "REINFORCETerms", "reinforce_loss_backward", "reinforce_stats", "REINFORCEConfig",
            "REINFORCETrainer", "REINFORCE"]
@@ -79,15 +78,10 @@ def reinforce_stats(terms):
 
 
 @dataclasses.dataclass
-class REINFORCEConfig:
-    lr: float = 1.41e-5                 # Adam learning rate (PPOConfig's, so that methods differ by their equations)
-    batch_size: int = 256               # responses per step, one AdamW step
-    forward_batch_size: int = 16        # rows per no-grad forward pass: bounds memory
-    mini_batch_size: int = 16           # rows per forward pass with a graph: bounds memory, not a step
+class REINFORCEConfig(TrainerConfig):
+    """TrainerConfig's settings (batch_size: responses per step, one AdamW step; mini_batch_size: rows per forward
+    pass with a graph, which bounds memory and is not a step) and REINFORCE's own."""
     kl_coef: float = 0.05               # beta of the KL penalty in the reward (RLOOConfig's)
-    max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off
-    weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam
-    seed: int = 0                       # seeds the mini-batch shuffling
 
     def __post_init__(self):
         checks.method_config("REINFORCEConfig", self, coefficients=("kl_coef",))
@@ -118,5 +112,27 @@ class REINFORCETrainer(Trainer):
         super().__init__(REINFORCE, model, ref_model, config, pad_token_id)
 
 
-REINFORCE = Method("reinforce", REINFORCETrainer, REINFORCEConfig, None, reinforce_prepare, reinforce_minibatch_loss,
-                   reinforce_loss_backward, reinforce_stats, minibatches_per_update=whole_batch)
+def reinforce_credit(cfg, scores, logprobs, ref_logprobs, values, mask):
+    """tokens.html's credit: each response's advantage (its reward minus the mean of those shown) on every one of its
+    tokens, (N, R)."""
+    rewards, _ = rloo_rewards(scores, logprobs, ref_logprobs, cfg.kl_coef, mask)
+    return (rewards - rewards.mean())[:, None] * mask
+
+
+REINFORCE = Method(
+    name="reinforce", label="REINFORCE", trainer=REINFORCETrainer, config=REINFORCEConfig,
+    prepare=reinforce_prepare, loss=reinforce_minibatch_loss, loss_backward=reinforce_loss_backward,
+    stats=reinforce_stats, minibatches_per_update=whole_batch,
+    uses=tuple(flag for flag in SHARED if flag != "--ppo-epochs"),    # one pass, one AdamW step per batch
+    options=(
+        # the application's default (RLOO's note on how it was chosen); 0.1 ran to 17 nats
+        Option(flag="--reinforce-kl-coef", field="kl_coef", default=0.2, at_least=0,
+               help="REINFORCE: beta of the sequence KL in the reward"),
+    ),
+    curves=((("objective/kl_coef",), "kl_coef"), (("reinforce/policy/entropy",), "policy entropy (nats / token)"),
+            (("reinforce/loss/policy",), "policy loss"),
+            (("reinforce/mean_rlhf_reward",), "mean reward with the KL penalty")),
+    credit=reinforce_credit,
+    credit_text="the response's advantage, on every token: its reward (score &minus; &beta;&nbsp;=&nbsp;"
+                "{kl_coef:.3f} times its KL) minus the mean reward of the responses shown (the batch-mean baseline)",
+)

@@ -1,9 +1,11 @@
 """The trainer skeleton: one step for every method (PPO, RLOO, GRPO, DPO, REINFORCE), and the parts a method plugs
 into it.
 
-A method is a `Method`: its config, its `prepare` and the forward/backward pair of its loss over a mini-batch's
-token log-probabilities, defined in its own module beside its equations. `Trainer` does the rest, the same way for
-every method (docs/methods.md, section 6):
+A method is a `Method`, declared in its own module beside its equations with keyword arguments: its config (a
+`TrainerConfig`, which holds the fields every trainer has), its `prepare` and the forward/backward pair of its loss
+over a mini-batch's token log-probabilities; and, as plain data for an application to read, how a loop drives it, its
+own options (`Option` rows) and how a report shows it (docs/methods.md, section 7). `Trainer` does the rest, the same
+way for every method (docs/methods.md, section 6):
 
     construction  the policy, the frozen reference, AdamW, the generator that shuffles; the two vocabularies must
                   match, a method with values needs the policy's value head; no dropout anywhere
@@ -38,17 +40,57 @@ from . import checks, core, update
 from .batch import Batch, layout, response_logprobs, response_logprobs_and_values
 
 
+@dataclasses.dataclass
+class TrainerConfig:
+    """The settings every method's trainer has, declared once; a method's config adds its own fields (and may give
+    these other defaults: PPO's mini_batch_size 1, DPO's batch_size 64). Checked by checks.method_config."""
+    lr: float = 1.41e-5                 # Adam learning rate (TRL 0.1's, so that methods differ by their equations)
+    batch_size: int = 256               # rows per step (DPO: pairs)
+    forward_batch_size: int = 16        # units per no-grad forward pass: bounds memory
+    mini_batch_size: int = 16           # units per forward pass with a graph
+    max_grad_norm: Optional[float] = None   # global gradient-norm clip; None = off, as in TRL 0.1
+    weight_decay: float = 0.0           # AdamW decoupled decay; 0 = Adam, as in TRL 0.1
+    seed: int = 0                       # seeds the mini-batch shuffling
+
+
 @dataclasses.dataclass(frozen=True)
+class Option:
+    """One of a method's own options, as plain data: the application makes a command-line option of it, and a
+    trainer config of the values given (`field` of the method's config). Its name in a record is the flag's words
+    ("--rloo-kl-coef": rloo_kl_coef)."""
+    flag: str                           # on the command line, "--<method>-..." (PPO's, the default's, need not say)
+    field: str                          # the field of the method's config it sets
+    default: object                     # the application's default, chosen on validation prompts (docs/methods.md)
+    help: str
+    at_least: Optional[float] = None    # numbers: the smallest value allowed
+    above: Optional[float] = None       # numbers: the value must be greater than this
+    choices: Optional[tuple] = None
+    kind: Optional[type] = None         # the type of a value whose default (None) does not show it
+    why: str = ""                       # what a refusal of the bounds adds
+
+
+# The options of the application's loop that every method may take (its flags): the loop's length, the batch and how
+# it is cut, the learning rate, the passes over a batch, the responses' length and end, the held-out prompts. A
+# method that does not read one says so in its `uses`, and the application refuses it with that method.
+SHARED = ("--ppo-steps", "--batch-size", "--forward-batch-size", "--mini-batch-size", "--ppo-epochs", "--lr",
+          "--response-tokens", "--stop-at-eos", "--eval-prompts")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Method:
-    """A method's parts: everything the skeleton asks of it. Its module defines them, beside its equations."""
+    """Everything about a method, declared in its module beside its equations, as keyword arguments: the parts the
+    skeleton asks of it, how the application's loop drives it, its own options, and how a report shows it."""
     name: str                 # "ppo": the prefix of its stats ("ppo/loss/policy") and timings ("time/ppo/total")
+    label: str                # how logs, tables and reports name it: "PPO"
     trainer: type             # its Trainer subclass: METHODS[name].trainer(model, ref_model, config)
-    config: type              # its config dataclass; a trainer given config=None uses config()
-    epochs: Optional[str]     # the config field that counts the passes over the batch per step; None: one pass
+    config: type              # its config dataclass (a TrainerConfig); a trainer given config=None uses config()
+
+    # ---- the skeleton's parts (module docstring)
     prepare: Callable         # (trainer, rollout) -> (tuple of per-unit arrays, {stat: value} about the rollout)
     loss: Callable            # (config, batch, logprobs, values, *the units' arrays) -> (loss, terms)
     loss_backward: Callable   # terms -> dL/dlogprobs (b, R); with values {"logprobs": (b, R), "values": (b, R)}
     stats: Callable           # terms -> {stat: float} of one mini-batch
+    epochs: Optional[str] = None    # the config field that counts the passes over the batch per step; None: one pass
     forward: tuple = ("logprobs", "ref_logprobs")   # what the no-graph passes compute; "values" needs a value head
                                                     # and gives the loss the values, the update dL/dvalues
     check: Optional[Callable] = None        # (config, queries, responses): checks beyond checks.rollout_batch
@@ -63,8 +105,28 @@ class Method:
                                                         # with n > 1 normalises each mini-batch's loss as its share
                                                         # of the n mini-batches' loss
 
+    # ---- how the application's loop drives it (docs/methods.md, section 7)
+    group: Optional[str] = None     # the config field: responses per prompt, consecutive in a step; None: one each
+    pairs: bool = False             # no sampling in the loop: preference pairs of reference samples made up front,
+                                    # and steps over them (DPO; its trainer's step takes (queries, chosen, rejected))
+    clip: Optional[str] = None      # the config field set to the run's clip range (PPO's cliprange), if it clips
+    configure: Optional[Callable] = None    # (config fields, response_tokens) -> fields: what else it derives from
+                                            # the loop (GRPO's max_completion_length for "dr_grpo")
+    uses: tuple = SHARED            # the shared options its trainer or its loop reads; the others are refused
+    options: tuple = ()             # its own options, as Option rows
+
+    # ---- how a report shows it
+    curves: tuple = ()              # its panels of curves.png: ((stat keys...), title), after the loop's own panels
+                                    # (the rollouts' scores, KL, collapse and length) for a method that samples
+    credit: Optional[Callable] = None   # tokens.html's credit view: (config, scores (N,), logprobs, ref_logprobs,
+                                        # values or None, mask (N, R)) -> what it pushes each token by (N, R)
+    credit_text: str = ""           # what the view says of it; format fields: the config's, and group_others
+    credit_from_log: tuple = ()     # ((config field, stat), ...): fields the view takes from the log's last step
+                                    # (PPO's kl_coef, which its controller moves)
+
     @property
     def values(self):
+        """A value head: the no-graph passes compute values, and the loss takes them (PPO)."""
         return "values" in self.forward
 
 
@@ -110,12 +172,15 @@ class Trainer:
 
     def step(self, queries, responses, scores):
         """One step. queries, responses: lists of B = batch_size 1-D int arrays (any lengths); scores (B,) -> stats."""
-        cfg = self.config
-        queries, responses, scores = checks.rollout_batch(queries, responses, scores, cfg.batch_size,
-                                                          self.model.cfg.block_size, self.model.cfg.vocab_size)
+        queries, responses, scores = self.checked(checks.rollout_batch, queries, responses, scores)
         if self.method.check is not None:
-            self.method.check(cfg, queries, responses)
+            self.method.check(self.config, queries, responses)
         return self.run(layout(queries, responses, self.pad_token_id), scores)
+
+    def checked(self, check, *rows):
+        """The opening of every step: the rows, checked by check(*rows, batch_size, block_size, vocab_size)
+        (ppo_np.checks: rollout_batch, preference_batch) -> them as check returns them."""
+        return check(*rows, self.config.batch_size, self.model.cfg.block_size, self.model.cfg.vocab_size)
 
     def run(self, batch, scores=None):
         """Steps 2 to 5 of the module docstring, on a checked batch already laid out -> stats, then timings."""

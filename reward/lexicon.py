@@ -10,7 +10,7 @@ applied at line 485 and rounded to 4 decimals at line 509. The thresholds are th
 from the project README (github.com/cjhutto/vaderSentiment, README.rst lines 243-245 at commit 0150f59, the
 3.3.2 release of 2020-05-22).
 
-What such a judge cannot see, measured with vaderSentiment 3.3.2 (tests/test_lexicon.py checks each number):
+What such a judge cannot see, measured with vaderSentiment 3.3.2 (tests/reward/test_lexicon.py checks each number):
 - Words it does not list. Its 7,506 entries are attuned to social media (its package summary says so), and
   many critics' words are missing ("letdown", "incoherent", "pretentious"). The rotten snippet
   "A well-crafted letdown." from the corpus's test split scores 0.0, a neutral verdict.

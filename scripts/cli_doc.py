@@ -6,7 +6,7 @@
 The commands are the console scripts pyproject.toml installs and the scripts under scripts/ that a reader runs. Each
 is called as its reader would call it, and its parser is caught where it parses the command line, before any work:
 so the page shows the options a command really takes, with the defaults its config rows give them, however the
-parser is built. tests/test_cli_doc.py checks that docs/cli.md is current.
+parser is built. tests/docs/test_cli_doc.py checks that docs/cli.md is current.
 """
 import argparse
 import contextlib
@@ -26,9 +26,10 @@ HEADER = """# Every command and option
 
 This page is written by `python scripts/cli_doc.py` from the commands' own parsers; do not edit it by hand. The
 defaults of the main job's options are the config dataclasses of
-[`minichatgpt/config.py`](../minichatgpt/config.py), one row per option (its flag, field, bounds and help), and
-the other commands' rows are there too. Every command also takes `--help`. A refusal is one line on stderr
-([troubleshooting.md](troubleshooting.md)).
+[`minichatgpt/settings/config.py`](../minichatgpt/settings/config.py), one row per option (its flag, field, bounds
+and help), and the other commands' rows are there too; each method's own options are rows its module in
+[`ppo_np/`](../ppo_np/__init__.py) declares, with their defaults. Every command also takes `--help`. A refusal is one
+line on stderr ([troubleshooting.md](troubleshooting.md)).
 """
 
 

@@ -16,7 +16,7 @@ kernels, the date, the load average, the seconds it took). It copies the picture
 this command writes docs/results/.
 
 `render` writes each table between its markers, `<!-- results:NAME -->` and `<!-- /results:NAME -->`, from the JSON
-alone, with its stamp below it; a table whose source was not measured says so. tests/test_results.py checks that
+alone, with its stamp below it; a table whose source was not measured says so. tests/docs/test_results.py checks that
 every marked table is what `render` writes, and that every JSON carries its stamp, commands and manifest hashes.
 
 --tiny runs every source at toy sizes into a --results-dir other than docs/results: it tests this machinery, and

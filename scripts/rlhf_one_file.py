@@ -12,7 +12,7 @@ GPT's backward, the clip and the AdamW step; the stats under TRL's names. Nothin
 and the policy go to --out, or nowhere.
 
 It is a copy, on purpose (as CleanRL's ppo.py is), of what ppo_np spreads over core.py, batch.py, skeleton.py,
-update.py and trainer.py, and imports nothing from there. tests/test_rlhf_one_file.py holds the two equal: the same
+update.py and ppo.py, and imports nothing from there. tests/methods/test_rlhf_one_file.py holds the two equal: the same
 rollouts give the same stats, weights and optimizer state, to 1e-12 at float64. Started from the run's own policy,
 it repeats the run's ppo_log.jsonl (its last line says how closely), which is why it needs a finished PPO run.
 """
@@ -23,10 +23,10 @@ import sys
 import numpy as np
 
 import minigpt_np as mg
-from minichatgpt.finished_run import FinishedRun, main_job, trained_method
-from minichatgpt.options import Parser, UsageError
-from minichatgpt.rlhf import PromptStream
-from minichatgpt.run_folder import DamagedFile, Refused, check_name
+from minichatgpt.run.finished_run import FinishedRun, main_job, trained_method
+from minichatgpt.settings.options import Parser, UsageError
+from minichatgpt.loop.rlhf import PromptStream
+from minichatgpt.run.run_folder import DamagedFile, Refused, check_name
 
 SHOWN = ("env/reward_mean", "objective/kl", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/val/var_explained")
 

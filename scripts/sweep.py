@@ -24,20 +24,24 @@ import tempfile
 import time
 
 import minigpt_np as mg
-from minichatgpt import config as defaults
-from minichatgpt.entry import checked_output, run_cli
-from minichatgpt.finished_run import FinishedRun
-from minichatgpt.methods import DRIVING, train_run
-from minichatgpt.options import Parser, UsageError, add_arguments, checked, given_fields
-from minichatgpt.run_folder import Lock, check_name, path
-from minichatgpt.stages import METHODS
+from minichatgpt.settings import config as defaults
+from minichatgpt.commands.entry import checked_output, run_cli
+from minichatgpt.run.finished_run import FinishedRun
+from minichatgpt.loop.rlhf import train_run
+from minichatgpt.settings.options import Parser, UsageError, add_arguments, checked, given_fields
+from minichatgpt.run.run_folder import Lock, check_name, path
+from minichatgpt.run.stages import METHODS
 
 COLUMNS = [("reward_positive", "RM+", "{:.2f}"), ("gold_positive", "gold+", "{:.2f}"), ("gold_mean", "gold", "{:+.2f}"),
            ("lexicon_positive", "lex+", "{:.2f}"), ("lexicon_negative", "lex-", "{:.2f}"),
            ("kl_to_reference", "KL", "{:.1f}"), ("top_word_share", "top", "{:.2f}"), ("unique_share", "uniq", "{:.2f}"),
            ("distinct_2", "d-2", "{:.2f}"), ("response_tokens", "len", "{:.1f}"), ("reference_nll", "nll", "{:.2f}")]
-SWEPT = [o for o in defaults.OPTIONS
-         if o.stage in ("rl", *METHODS) or o.field in ("seed", "rlhf.max_seconds", "method")]
+
+
+def swept():
+    """The main job's options a setting may give: the RL stage's, every method's own, the seed and the budget."""
+    return [o for o in defaults.run_options()
+            if o.stage in ("rl", *METHODS) or o.field in ("seed", "rlhf.max_seconds", "method")]
 
 
 def setting_of(text, run_config):
@@ -48,14 +52,14 @@ def setting_of(text, run_config):
 def checked_setting(text, run_config):
     """A setting's text -> (its RunConfig, the fields it gives), checked as the main job checks its command line
     (an option the setting's method does not read is refused); UsageError naming the setting otherwise."""
-    parser = Parser(prog="setting", add_help=False)
-    add_arguments(parser, SWEPT, run_config)
+    parser, options = Parser(prog="setting", add_help=False), swept()
+    add_arguments(parser, options, run_config)
     argv = shlex.split(text)
-    values = checked(parser.parse_args(argv), SWEPT, run_config, defaults.run_rules)
-    given = given_fields(parser, argv, SWEPT)
+    values = checked(parser.parse_args(argv), options, run_config, defaults.run_rules)
+    given = given_fields(parser, argv, options)
     values.setdefault("method", run_config.method)
     try:
-        defaults.for_its_method_only(values, given, DRIVING[values["method"]].uses)
+        defaults.for_its_method_only(values, given)
         return defaults.with_values(values, run_config), given
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -111,7 +115,7 @@ def sweep(argv):
             write_row(out, "reference", None, args.eval_on, queries, metrics, time.perf_counter() - t0)
         for text, config, queries in settings:
             t0 = time.perf_counter()
-            policy = run.policy_start(DRIVING[config.method].value_head)
+            policy = run.policy_start(METHODS[config.method].values)
             task = dataclasses.replace(run.task(), sampling=config.sampling)
             with tempfile.TemporaryDirectory() as tmp:
                 history = train_run(config, policy, task, os.path.join(tmp, "policy.npz"),

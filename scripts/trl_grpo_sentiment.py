@@ -7,10 +7,10 @@ proxy never saw (docs/graduate.md, section 3). Not run in CI.
     python scripts/trl_grpo_sentiment.py --name default /tmp/reference_hf /tmp/grpo_out
 
 Written against trl 1.16.0 and transformers 5.25.0 (trl 1.16.0 asks for transformers>=4.56.2), with datasets for
-the prompt table. Every GRPOConfig field and GRPOTrainer argument named here is checked by tests/test_graduate.py
+the prompt table. Every GRPOConfig field and GRPOTrainer argument named here is checked by tests/methods/test_graduate.py
 against tests/data/trl_1_16_0_fields.json, extracted from the trl 1.16.0 wheel (scripts/trl_fields.py).
 
-The options are minichatgpt-compare's GRPO (minichatgpt/config.py, CompareConfig; compare.py) in trl's names: 64
+The options are minichatgpt-compare's GRPO (minichatgpt/settings/config.py, CompareConfig; compare.py) in trl's names: 64
 responses in groups of 4 per generation batch, 2 iterations over each (an optimizer step per pass over the whole
 batch, in forward passes of 16 rows), beta 0.25 on the k3 KL without the bias correction, the "grpo" loss, Adam at
 a constant 2e-4, 92 generation batches (the comparison's budget of 5,888 responses: trl's max_steps counts optimizer
@@ -24,7 +24,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from minichatgpt.finished_run import FinishedRun
+from minichatgpt.run.finished_run import FinishedRun
 
 
 def proxy_reward(run):

@@ -1,5 +1,6 @@
 """Make the project importable from a source checkout, and keep BLAS to one thread in tests; and the tiny runs the
-tests share.
+tests share. The tests mirror the packages: engine/ (minigpt_np), methods/ (ppo_np), reward/, app/ (minichatgpt) and
+docs/.
 
 The tests use tiny matrices, where a second OpenBLAS thread only adds synchronisation; on a busy machine it
 made some test files 10x slower. Set before numpy is first imported; an explicit setting wins.
@@ -10,7 +11,11 @@ import sys
 import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# the project, the shared helpers beside this file (tiny_run, gradcheck, ...), and each folder's modules, which a
+# few tests of another folder import (test_docs_numbers' quotes, test_export's layout helpers)
+sys.path[:0] = [os.path.dirname(TESTS), TESTS,
+                *(os.path.join(TESTS, folder) for folder in ("engine", "methods", "reward", "app", "docs"))]
 
 
 @pytest.fixture(scope="session")

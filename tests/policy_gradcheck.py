@@ -1,5 +1,5 @@
 """Shared by the RLOO, GRPO and DPO trainer tests: tiny float64 models, batches of response groups, the
-finite-difference check of the gradient a trainer applies (as tests/test_ppo_trainer.py does for PPO), and the
+finite-difference check of the gradient a trainer applies (as tests/methods/test_ppo_trainer.py does for PPO), and the
 token-level toy reward every trainer must learn."""
 import time
 

@@ -47,7 +47,7 @@ class Built:
 
     def __call__(self, *extra):
         if extra not in self.runs:
-            from minichatgpt import cli
+            from minichatgpt.commands import cli
             name = f"built{len(self.runs)}"
             cli.run_main(tiny_args(self.folder, name, self.corpus, *extra))
             self.runs[extra] = self.folder / "runs" / name
@@ -62,7 +62,7 @@ class Built:
 
 def kill_ppo_in_step(monkeypatch, n, error=KeyboardInterrupt):
     """Make the n-th PPOTrainer.step raise `error` (a kill after the checkpoint of step n - 1); -> the real step."""
-    from ppo_np.trainer import PPOTrainer
+    from ppo_np.ppo import PPOTrainer
     return kill_in_step(monkeypatch, PPOTrainer, n, error)
 
 
@@ -81,7 +81,7 @@ def kill_in_step(monkeypatch, trainer_class, n, error=KeyboardInterrupt):
 
 def run_cli(capsys, argv, main=None):
     """-> (exit status, stderr) of a console entry point (default: minichatgpt's)."""
-    from minichatgpt import cli
+    from minichatgpt.commands import cli
     try:
         (main or cli.main)(argv)
         status = 0

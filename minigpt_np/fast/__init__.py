@@ -11,7 +11,7 @@
   threadpoolctl);
 - `memory`: glibc's malloc told to keep the memory a step frees (the program's choice, not the switch's).
 
-Tests prove them equal to the reference (tests/test_kernels.py): per tensor, to 1e-12 at float64 and within a
+Tests prove them equal to the reference (tests/engine/test_kernels.py): per tensor, to 1e-12 at float64 and within a
 stated tolerance at float32. docs/gpt.md, "The fast kernels", has what each gains.
 """
 from . import functional, ops, optim, pretrain

@@ -6,7 +6,7 @@ The other Tensor ops of `functional` need no version of their own: `kernels.use(
   into its slice of dqkv (B, T, 3C);
 - the tied lm_head and the cross-entropy are one op: the softmax is written over the logits it owns, and the
   backward writes dlogits over the softmax, so the step's largest array, (N, V), exists once.
-The same numbers as the reference's, up to rounding (tests/test_kernels.py).
+The same numbers as the reference's, up to rounding (tests/engine/test_kernels.py).
 """
 import numpy as np
 

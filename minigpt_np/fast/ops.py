@@ -1,5 +1,5 @@
 """The forward/backward pairs of `minigpt_np.ops`, tuned for a CPU: the same functions, arguments and returns (some
-take an `out=` array), the same numbers up to rounding (tests/test_kernels.py). docs/gpt.md, "The fast kernels",
+take an `out=` array), the same numbers up to rounding (tests/engine/test_kernels.py). docs/gpt.md, "The fast kernels",
 says what each change gains.
 
 What they change, and why:

@@ -2,7 +2,7 @@
 parameter, its moments or one scratch array, so that the update allocates one array where the expressions of the
 reference allocate a temporary per operation.
 
-The same operations in the same order as the reference, so the same bits (tests/test_kernels.py).
+The same operations in the same order as the reference, so the same bits (tests/engine/test_kernels.py).
 """
 import math
 
