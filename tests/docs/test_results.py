@@ -72,7 +72,7 @@ CLAIMS = [
     ("quick", "the quick run's policy gains on the gold and on the lexicon without collapsing",
      lambda d: gains_without_collapse(d["quick"]["entries"][0]["summary"])),
     ("main", "all three judges find the policy's answers more positive than the reference's, on every seed, and the "
-             "answers stay varied",
+             "answers stay distinct from one another",
      lambda d: all(e["summary"]["policy"][k] > e["summary"]["reference"][k] and e["summary"]["policy"]["unique_share"]
                    >= 0.95 for e in d["main"]["entries"] for k in ("reward_positive", "gold_positive",
                                                                        "lexicon_positive"))),
