@@ -13,6 +13,9 @@ What they change, and why:
 - the embedding's backward sums each token's run of positions with np.add.reduceat instead of np.add.at's row by
   row scatter.
 
+The ops that gain nothing from tuning (the linear layer's backward, the tied lm_head, the embedding's lookup) are the
+reference's own, imported.
+
 Shape legend as in `minigpt_np.ops`: B batch, T query positions, S key positions, C channels, OC output channels,
 H heads, D = C/H, V vocabulary, N = B*T. A `d` prefix means "gradient of the loss with respect to".
 """
@@ -20,7 +23,8 @@ from functools import partial
 
 import numpy as np
 
-from ..ops import GELU_K, LN_EPS, merge_heads, split_heads  # noqa: F401 - shared by both kernels
+from ..ops import (GELU_K, LN_EPS, embedding_forward, linear_backward, lm_head_backward,  # noqa: F401
+                   lm_head_forward, merge_heads, split_heads)                  # the same in both kernels
 from .blocks import in_row_blocks
 
 
@@ -33,35 +37,7 @@ def linear_forward(x, w, b=None):
     return y.reshape(*x.shape[:-1], w.shape[1])
 
 
-def linear_backward(dy, x, w, need_dx=True):
-    """dx = dy W^T,  dW = x^T dy,  db = sum_N dy.   dy (..., OC) -> dx (..., C), dW (C, OC), db (OC,)."""
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    x2 = x.reshape(-1, x.shape[-1])
-    dw = x2.T @ dy2
-    db = dy2.sum(axis=0)
-    dx = (dy2 @ w.T).reshape(x.shape) if need_dx else None
-    return dx, dw, db
-
-
-def lm_head_forward(x, wte):
-    """logits = x E^T with the token embedding E tied as output layer.   x (..., C), E (V, C) -> (..., V)."""
-    return (x.reshape(-1, x.shape[-1]) @ wte.T).reshape(*x.shape[:-1], wte.shape[0])
-
-
-def lm_head_backward(dlogits, x, wte):
-    """dx = dlogits E,  dE = dlogits^T x.   dlogits (..., V) -> dx (..., C), dE (V, C)."""
-    dl2 = dlogits.reshape(-1, dlogits.shape[-1])
-    dx = (dl2 @ wte).reshape(x.shape)
-    dwte = dl2.T @ x.reshape(-1, x.shape[-1])
-    return dx, dwte
-
-
 # ------------------------------------------------------------------------------------------------- embedding
-def embedding_forward(weight, idx):
-    """out[b, t] = W[idx[b, t]].   W (V, C), idx int (B, T) -> (B, T, C)."""
-    return weight[idx]
-
-
 def embedding_backward(dout, idx, num_embeddings):
     """dW[v] = sum over positions with idx == v of dout: a scatter-add.   dout (B, T, C) -> dW (V, C).
 
