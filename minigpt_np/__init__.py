@@ -4,7 +4,7 @@ The engine runs its reference kernels, the equations in plain NumPy, unless `ker
 `minigpt_np.fast`, the same functions tuned for a CPU. Everything here needs only NumPy, except the tokenizer, which
 imports Hugging Face `tokenizers` when it is first used, and the fast kernels, which import threadpoolctl.
 """
-from . import functional, kernels, ops
+from . import functional, kernels, ops, sft
 from .generate import KVCache, generate
 from .model import GPT, GPTConfig, load_checkpoint
 from .optim import AdamW, clip_grad_norm, lr_schedule
@@ -12,4 +12,4 @@ from .tensor import Tensor, no_grad
 from .tokenizer import EOS, load_tokenizer, train_tokenizer
 
 __all__ = ["EOS", "GPT", "AdamW", "GPTConfig", "KVCache", "Tensor", "clip_grad_norm", "functional", "generate",
-           "kernels", "load_checkpoint", "load_tokenizer", "lr_schedule", "no_grad", "ops", "train_tokenizer"]
+           "kernels", "load_checkpoint", "load_tokenizer", "lr_schedule", "no_grad", "ops", "sft", "train_tokenizer"]

@@ -28,6 +28,7 @@ from .resume import resume, save_training_checkpoint, sha256_of_array
 from .tensor import no_grad
 
 logger = logging.getLogger(__name__)
+IGNORE = -100    # a target that predicts nothing (cross_entropy's ignore_index): supervised fine-tuning's prompts
 
 
 @dataclasses.dataclass
@@ -73,13 +74,14 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite; the checkpoint on disk was left untouched."""
 
 
-def train_step(model, optimizer, windows, lr, grad_clip):
+def train_step(model, optimizer, windows, lr, grad_clip, targets=None):
     """One AdamW update on windows (B, T+1) -> (loss, gradient norm before clipping), as nanoGPT's step: the
     micro-batches' losses and backwards, their gradients accumulated (`loss_and_gradients`), a clip, the step.
+    targets: as in loss_and_gradients (supervised fine-tuning's completion-only targets, `minigpt_np.sft`).
 
     Raises TrainingDiverged, before the weights change, if the loss or the gradient norm is not finite.
     """
-    loss = loss_and_gradients(model, windows)
+    loss = loss_and_gradients(model, windows, targets)
     if not math.isfinite(loss):
         raise TrainingDiverged(f"loss is {loss}")
     grad_norm = clip_grad_norm(model.parameters(), grad_clip)
@@ -90,31 +92,52 @@ def train_step(model, optimizer, windows, lr, grad_clip):
     return loss, grad_norm
 
 
-def loss_and_gradients(model, windows):
+def loss_and_gradients(model, windows, targets=None):
     """The mean next-token loss L over windows (B, T+1) -> float; every parameter's .grad is set to dL/dtheta.
 
-    Micro-batch by micro-batch (`micro_batches`), each backward adding its share to the gradients. With n_i of the
-    batch's n target tokens in micro-batch i,
+    targets (B, T): the token each position predicts, IGNORE (-100) where it predicts none; default windows[:, 1:],
+    every next token (pretraining). Micro-batch by micro-batch (`micro_batches`), each backward adding its share to
+    the gradients. With n_i of the batch's n counted targets (!= -100) in micro-batch i,
 
         L = sum_i (n_i / n) L_i,      dL/dtheta = sum_i (n_i / n) dL_i/dtheta
 
     `kernels.use("fast")` replaces it with `minigpt_np.fast.pretrain.loss_and_gradients`, which runs the two
     micro-batches at once on two cores.
     """
+    targets, n = counted_targets(windows, targets)
     model.zero_grad()
-    n, loss = windows[:, 1:].size, 0.0
-    for part in micro_batches(windows):
-        share = part[:, 1:].size / n                                   # n_i / n
-        part_loss = model.loss(part[:, :-1], part[:, 1:])              # L_i
+    loss = 0.0
+    for part, part_targets in zip(micro_batches(windows), micro_batches(targets)):
+        share = counted(part_targets) / n                              # n_i / n
+        if share == 0:     # a part of prompts alone (fine-tuning) has nothing to learn, and its mean would be 0/0
+            continue
+        part_loss = model.loss(part[:, :-1], part_targets)             # L_i
         part_loss.backward(np.asarray(share, dtype=part_loss.dtype))  # .grad += (n_i / n) dL_i/dtheta
         loss += float(part_loss.data) * share
     return loss
 
 
-def micro_batches(windows):
-    """The micro-batches of a step's windows (B, T+1): the first ceil(B/2) windows and the rest (one if B = 1)."""
-    half = first_half(len(windows))
-    return [windows] if len(windows) == 1 else [windows[:half], windows[half:]]
+def counted_targets(windows, targets):
+    """A step's targets (B, T), windows[:, 1:] if None -> (targets, n): n of them are not IGNORE (ValueError if none)."""
+    targets = windows[:, 1:] if targets is None else np.asarray(targets)
+    if targets.shape != windows[:, 1:].shape:
+        raise ValueError(f"targets must have the shape of windows[:, 1:], {windows[:, 1:].shape}; got {targets.shape}")
+    n = counted(targets)
+    if n == 0:
+        raise ValueError(f"every target is {IGNORE}: the batch has nothing to learn; give each row at least one target")
+    return targets, n
+
+
+def counted(targets):
+    """How many targets are predicted: those that are not IGNORE."""
+    return int(np.count_nonzero(np.asarray(targets) != IGNORE))
+
+
+def micro_batches(rows):
+    """The micro-batches of a step's rows (its windows (B, T+1), or their targets (B, T)): the first ceil(B/2) rows and
+    the rest (one if B = 1)."""
+    half = first_half(len(rows))
+    return [rows] if len(rows) == 1 else [rows[:half], rows[half:]]
 
 
 def first_half(batch):

@@ -233,17 +233,17 @@ def test_the_fast_adamw_update_equals_the_reference(dtype):
 STEP_CFG = mg.GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
-def training_step(name, dtype, windows, wrong=None):
+def training_step(name, dtype, windows, wrong=None, targets=None):
     """One pretraining update on `name` kernels: the loss and every gradient (pretrain.loss_and_gradients, two
     micro-batches), then a global-norm clip and AdamW -> {name: array}: the loss, the gradients, AdamW's moments
     and, at float64, the parameters after the update (see the test). wrong: (fast module, its function's name) to
-    perturb by 1e-2."""
+    perturb by 1e-2. targets: as loss_and_gradients takes them (fine-tuning's, tests/engine/test_sft.py)."""
     with kernels.using(name):
         if wrong is not None:          # undone as the block ends, with the rest of the switch
             mg.functional.ops = perturbed(*wrong, 1.01)
         model = mg.GPT(STEP_CFG, dtype=dtype, seed=0)
         optimizer = mg.AdamW(model.named_parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-        loss = pretrain.loss_and_gradients(model, windows)
+        loss = pretrain.loss_and_gradients(model, windows, targets)
         results = {"loss": np.asarray(loss), **{f"d {n}": p.grad.copy() for n, p in model.named_parameters()}}
         mg.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
