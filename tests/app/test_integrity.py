@@ -59,7 +59,7 @@ def precious_file(tmp_path):
     return precious
 
 
-# ---------------------------------------------------------------------------------------------- 1. --restart
+# ---------------------------------------------------------------------------------------------- --restart
 
 
 def test_restart_checks_every_other_stage_before_it_deletes_anything(finished, tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_restart_checks_every_other_stage_before_it_deletes_anything(finished, t
     assert snapshot(run_dir) == before, "a refused --restart deleted files"
 
 
-# ---------------------------------------------------------------------------------------------- 2. links
+# ---------------------------------------------------------------------------------------------- links
 
 
 def test_a_lock_that_is_a_link_is_never_followed(finished, tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_a_users_own_link_beside_what_pretraining_writes_is_left_alone(tmp_path,
     assert (out / "data").is_symlink() and (out / "gpt_pretrained.npz").is_file()
 
 
-# ---------------------------------------------------------------------------------------------- 3. replaced files
+# ---------------------------------------------------------------------------------------------- replaced files
 
 
 @pytest.mark.parametrize("main, replaced, by", [("overopt", "reward.npz", "gold.npz"),
@@ -145,7 +145,7 @@ def test_a_replaced_run_file_is_refused_by_every_command_that_opens_the_run(fini
     assert snapshot(run_dir) == before
 
 
-# ---------------------------------------------------------------------------------------------- 4. corpus, config
+# ---------------------------------------------------------------------------------------------- corpus, config
 
 
 def test_an_edited_corpus_is_refused_by_the_experiments(tmp_path, capsys):
@@ -190,7 +190,7 @@ def test_the_config_is_the_manifests_and_an_edited_summary_is_refused(finished, 
         {k: v for k, v in before.items() if k != "summary.json"}
 
 
-# ---------------------------------------------------------------------------------------------- 5. experiment files
+# ---------------------------------------------------------------------------------------------- experiment files
 
 
 def replace_with_reward_model(run_dir):
@@ -244,7 +244,7 @@ def test_a_log_edited_while_its_run_was_interrupted_is_refused_on_resume(finishe
                             f"delete {run_dir / 'overopt'}")
 
 
-# ---------------------------------------------------------------------------------------------- 6. to 8. options
+# ---------------------------------------------------------------------------------------------- options
 
 
 def test_a_refused_experiment_writes_nothing_and_blocks_no_valid_run(finished, tmp_path, capsys):
@@ -282,7 +282,7 @@ def test_more_prompts_than_the_run_holds_out_are_refused(finished, tmp_path, cap
     assert snapshot(run_dir) == before
 
 
-# ---------------------------------------------------------------------------------------------- 9. stale results
+# ---------------------------------------------------------------------------------------------- stale results
 
 
 def test_restart_deletes_the_results_built_on_the_run(finished, tmp_path, capsys):
@@ -306,7 +306,7 @@ def test_a_killed_restart_leaves_no_summary_an_experiment_could_build_on(finishe
     assert_one_line_refusal(status, err, 1, "is not a finished run (its ppo, report stages are not finished)")
 
 
-# ---------------------------------------------------------------------------------------------- 10. sample
+# ---------------------------------------------------------------------------------------------- sample
 
 
 def test_sample_refuses_a_run_folder_without_its_trained_policy(tmp_path, capsys, monkeypatch):
@@ -320,7 +320,7 @@ def test_sample_refuses_a_run_folder_without_its_trained_policy(tmp_path, capsys
     assert_one_line_refusal(status, err, 1, "is not a finished run (its ppo stage is not finished)")
 
 
-# ---------------------------------------------------------------------------------------------- 11. pretrain
+# ---------------------------------------------------------------------------------------------- pretrain
 
 
 def test_pretrain_refuses_a_tokenizer_of_another_corpus_or_vocabulary_in_its_folder(tmp_path, capsys):
@@ -332,7 +332,7 @@ def test_pretrain_refuses_a_tokenizer_of_another_corpus_or_vocabulary_in_its_fol
                "--pretrain-steps", "3", "--samples", "0", "--quiet"]
     status, err = run_cli(capsys, ["--corpus", str(a), "--vocab-size", "300", *options], cli.pretrain_main)
     assert status == 0, err
-    (out / "gpt_pretrained.npz").unlink()            # what the refusal of another vocabulary used to advise
+    (out / "gpt_pretrained.npz").unlink()            # a folder holding the tokenizer alone is refused all the same
     before = snapshot(out)
     for corpus, vocab, named in ((b, "300", "corpus sha256"), (a, "320", "--vocab-size: 300 -> 320")):
         status, err = run_cli(capsys, ["--corpus", str(corpus), "--vocab-size", vocab, *options], cli.pretrain_main)
@@ -343,7 +343,7 @@ def test_pretrain_refuses_a_tokenizer_of_another_corpus_or_vocabulary_in_its_fol
     assert status == 0, err
 
 
-# ---------------------------------------------------------------------------------------------- 12. compare's KL
+# ---------------------------------------------------------------------------------------------- compare's KL
 
 
 def test_exact_kl_matches_torch_and_is_never_negative_where_the_sampled_sum_is():
@@ -378,7 +378,7 @@ def test_compare_reports_the_exact_kl_and_says_so(finished):
     assert "KL to reference (exact; best-of-n: bound)" in (run_dir / "compare.md").read_text()
 
 
-# ---------------------------------------------------------------------------------------------- the ugly list
+# ---------------------------------------------------------------------------------------------- messages, paths and corpora
 
 
 @pytest.mark.parametrize("manifest", ['{"stages": {"ppo": 5}}', '{"stages": []}', "[1, 2]",
